@@ -1,0 +1,62 @@
+"""cffi build script: compiles the C engine into ``dcxsec._tls``.
+
+The cdef is read from ``dcxtls.h`` itself, so the header stays the one
+declaration of the engine.  Exactly one backend is compiled per platform.
+"""
+import os
+import re
+import sys
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HEADER = os.path.join(HERE, "dcxtls.h")
+
+
+def cdef_from_header(path: str, defined: set) -> str:
+    """The header's declarations, minus what cffi cannot parse.
+
+    Handles the header's own #ifdef/#ifndef/#else/#endif against ``defined``;
+    keeps ``#define NAME <integer>`` lines, which cffi turns into constants.
+    """
+    text = re.sub(r"/\*.*?\*/", "", open(path).read(), flags=re.S)
+    out, stack = [], []
+    for line in text.splitlines():
+        directive = line.strip()
+        m = re.match(r"#\s*(ifdef|ifndef)\s+(\w+)", directive)
+        if m:
+            stack.append((m.group(2) in defined) == (m.group(1) == "ifdef"))
+        elif re.match(r"#\s*else", directive):
+            stack[-1] = not stack[-1]
+        elif re.match(r"#\s*endif", directive):
+            stack.pop()
+        elif not all(stack):
+            continue
+        elif re.match(r"#\s*define\s+\w+\s+(0x[0-9a-fA-F]+|\d+)\s*$", directive):
+            out.append(directive)
+        elif not directive.startswith("#"):
+            out.append(line)
+    return "\n".join(out)
+
+
+def backend_sources():
+    if sys.platform == "win32":
+        return ["tls_schannel.c"], ["secur32", "crypt32", "ws2_32", "ncrypt"]
+    return ["tls_openssl.c"], ["ssl", "crypto"]
+
+
+ffibuilder = FFI()
+_defined = ({"_WIN32"} if sys.platform == "win32" else set())
+ffibuilder.cdef(cdef_from_header(HEADER, _defined))
+_sources, _libraries = backend_sources()
+ffibuilder.set_source(
+    "dcxsec._tls",
+    '#include "dcxtls.h"',
+    sources=[os.path.relpath(os.path.join(HERE, name)) for name in ["dcxtls_common.c", *_sources]],
+    include_dirs=[os.path.relpath(HERE)],
+    libraries=_libraries,
+    extra_compile_args=[] if sys.platform == "win32" else ["-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-Wall"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

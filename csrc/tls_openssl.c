@@ -1,0 +1,818 @@
+/*
+ * tls_openssl.c - the OpenSSL 3 backend of dcxtls.h (Linux, macOS).
+ *
+ * One SSL_CTX serves both roles.  Each connection reads and writes its
+ * non-blocking socket through a socket BIO and waits with poll(), so every
+ * call honours its deadline.  Verification is one certificate-verify
+ * callback that applies the configured method and records why it refused.
+ */
+#include "dcxtls.h"
+#include "dcxtls_common.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/decoder.h>
+#include <openssl/err.h>
+#include <openssl/opensslv.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+struct dcx_ctx {
+    SSL_CTX *ssl_ctx;
+    dcx_verify verify;
+    int check_hostname;
+    int has_identity;
+    pthread_mutex_t lock; /* guards thumbs, which may be replaced while serving */
+    dcx_thumbs thumbs;
+};
+
+struct dcx_conn {
+    dcx_ctx *ctx;
+    SSL *ssl;
+    dcx_socket fd;
+    int server_side;
+    int handshake_done;
+    int dead;             /* a fatal error happened; the SSL object is unusable */
+    int received_alert;   /* fatal alert from the peer, or -1 */
+    unsigned char first[DCX_SNIFF_LEN]; /* the peer's first bytes, to recognise non-TLS */
+    size_t first_len;
+    int verify_reason;    /* set by the verify callback when it refuses */
+    char verify_detail[256];
+    char subject[256];
+    char thumbprint[2 * DCX_SHA1_LEN + 1];
+    char not_after[32];
+    char server_name[256];
+};
+
+static int conn_index = -1;
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static void init_library(void)
+{
+    OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL);
+    conn_index = SSL_get_ex_new_index(0, "dcx_conn", NULL, NULL, NULL);
+}
+
+const char *dcx_backend(void)
+{
+    return OpenSSL_version(OPENSSL_VERSION);
+}
+
+int dcx_max_supported_version(void)
+{
+    return DCX_TLS1_3;
+}
+
+/* ---- certificates and keys ------------------------------------------- */
+
+static int is_pem(const dcx_blob *b)
+{
+    static const char marker[] = "-----BEGIN";
+    size_t n = sizeof(marker) - 1;
+    for (size_t i = 0; i + n <= b->len; i++)
+        if (memcmp(b->data + i, marker, n) == 0)
+            return 1;
+    return 0;
+}
+
+static int blob_contains(const dcx_blob *b, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= b->len; i++)
+        if (memcmp(b->data + i, needle, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* All certificates in a blob (one DER, or any number of PEM blocks). */
+static STACK_OF(X509) *parse_certificates(const dcx_blob *b)
+{
+    STACK_OF(X509) *certs = sk_X509_new_null();
+    if (!certs)
+        return NULL;
+    if (is_pem(b)) {
+        BIO *bio = BIO_new_mem_buf(b->data, (int)b->len);
+        X509 *x;
+        while (bio && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+            sk_X509_push(certs, x);
+        BIO_free(bio);
+    } else {
+        const unsigned char *p = b->data;
+        X509 *x = d2i_X509(NULL, &p, (long)b->len);
+        if (x)
+            sk_X509_push(certs, x);
+    }
+    ERR_clear_error();
+    if (sk_X509_num(certs) == 0) {
+        sk_X509_free(certs);
+        return NULL;
+    }
+    return certs;
+}
+
+static int no_password(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf; (void)size; (void)rwflag; (void)u;
+    return -1;
+}
+
+static EVP_PKEY *parse_private_key(const dcx_blob *b, const char *password, dcx_error *err)
+{
+    EVP_PKEY *pkey = NULL;
+    const unsigned char *p = b->data;
+    size_t len = b->len;
+    OSSL_DECODER_CTX *dctx = OSSL_DECODER_CTX_new_for_pkey(&pkey, NULL, NULL, NULL,
+                                                           EVP_PKEY_KEYPAIR, NULL, NULL);
+    if (!dctx) {
+        dcx_fail(err, DCX_E_NOMEM, "out of memory reading the private key");
+        return NULL;
+    }
+    if (password)
+        OSSL_DECODER_CTX_set_passphrase(dctx, (const unsigned char *)password, strlen(password));
+    else
+        OSSL_DECODER_CTX_set_pem_password_cb(dctx, no_password, NULL);
+    int ok = OSSL_DECODER_from_data(dctx, &p, &len);
+    OSSL_DECODER_CTX_free(dctx);
+    ERR_clear_error();
+    if (ok && pkey)
+        return pkey;
+    EVP_PKEY_free(pkey);
+    if (blob_contains(b, "ENCRYPTED") && !password)
+        dcx_fail(err, DCX_E_CONFIG, "the private key is encrypted: give its password");
+    else if (password)
+        dcx_fail(err, DCX_E_CONFIG,
+                 "the private key could not be decrypted: wrong password, or not a "
+                 "private key in PEM or DER (PKCS#8, PKCS#1 or SEC1)");
+    else
+        dcx_fail(err, DCX_E_CONFIG,
+                 "the private key is not a key in PEM or DER (PKCS#8, PKCS#1 or SEC1)");
+    return NULL;
+}
+
+static void describe_cert(X509 *x, char *subject, size_t subject_cap, char *thumb,
+                          char *not_after, size_t not_after_cap)
+{
+    BIO *bio = BIO_new(BIO_s_mem());
+    subject[0] = '\0';
+    if (bio) {
+        X509_NAME_print_ex(bio, X509_get_subject_name(x), 0, XN_FLAG_RFC2253);
+        int n = BIO_read(bio, subject, (int)subject_cap - 1);
+        subject[n > 0 ? n : 0] = '\0';
+        BIO_free(bio);
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (X509_digest(x, EVP_sha1(), md, &mdlen))
+        dcx_hex(md, mdlen, thumb);
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm))
+        strftime(not_after, not_after_cap, "%Y-%m-%d %H:%M:%S UTC", &tm);
+    else
+        snprintf(not_after, not_after_cap, "?");
+}
+
+static int load_identity(SSL_CTX *sctx, const dcx_config *cfg, dcx_error *err)
+{
+    STACK_OF(X509) *chain = parse_certificates(&cfg->certificate_chain);
+    if (!chain)
+        return dcx_fail(err, DCX_E_CONFIG,
+                        "the certificate is not an X.509 certificate in PEM or DER");
+    X509 *leaf = sk_X509_value(chain, 0);
+    if (err)
+        describe_cert(leaf, err->subject, sizeof(err->subject), err->thumbprint,
+                      err->not_after, sizeof(err->not_after));
+    int rc = DCX_OK;
+    EVP_PKEY *pkey = NULL;
+    if (SSL_CTX_use_certificate(sctx, leaf) != 1) {
+        rc = dcx_fail(err, DCX_E_CONFIG, "certificate '%s' cannot be used: %s",
+                      err ? err->subject : "", ERR_reason_error_string(ERR_peek_last_error()));
+        goto out;
+    }
+    for (int i = 1; i < sk_X509_num(chain); i++)
+        SSL_CTX_add1_chain_cert(sctx, sk_X509_value(chain, i));
+    pkey = parse_private_key(&cfg->private_key, cfg->private_key_password, err);
+    if (!pkey) {
+        rc = err ? err->status : DCX_E_CONFIG;
+        goto out;
+    }
+    if (SSL_CTX_use_PrivateKey(sctx, pkey) != 1 || SSL_CTX_check_private_key(sctx) != 1)
+        rc = dcx_fail(err, DCX_E_CONFIG,
+                      "the private key does not belong to certificate '%s' (thumbprint %s)",
+                      err ? err->subject : "", err ? err->thumbprint : "");
+out:
+    EVP_PKEY_free(pkey);
+    sk_X509_pop_free(chain, X509_free);
+    ERR_clear_error();
+    return rc;
+}
+
+static int load_trust(SSL_CTX *sctx, const dcx_config *cfg, dcx_error *err)
+{
+    X509_STORE *store = SSL_CTX_get_cert_store(sctx);
+    if (cfg->use_system_trust)
+        X509_STORE_set_default_paths(store);
+    if (cfg->trusted_dir && !X509_STORE_load_path(store, cfg->trusted_dir))
+        return dcx_fail(err, DCX_E_CONFIG, "cannot read trusted certificates folder '%s'",
+                        cfg->trusted_dir);
+    for (size_t i = 0; i < cfg->trusted_count; i++) {
+        STACK_OF(X509) *certs = parse_certificates(&cfg->trusted[i]);
+        if (!certs)
+            return dcx_fail(err, DCX_E_CONFIG,
+                            "trusted certificate #%zu is not an X.509 certificate in PEM or DER",
+                            i + 1);
+        for (int j = 0; j < sk_X509_num(certs); j++)
+            X509_STORE_add_cert(store, sk_X509_value(certs, j)); /* duplicates are fine */
+        sk_X509_pop_free(certs, X509_free);
+    }
+    ERR_clear_error();
+    return DCX_OK;
+}
+
+/* ---- verification ---------------------------------------------------- */
+
+static int reason_of_x509_error(int code)
+{
+    switch (code) {
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+        return DCX_VR_EXPIRED;
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        return DCX_VR_NOT_YET_VALID;
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_CERT_UNTRUSTED:
+        return DCX_VR_UNTRUSTED;
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+        return DCX_VR_HOSTNAME;
+    case X509_V_ERR_CERT_REVOKED:
+        return DCX_VR_REVOKED;
+    case X509_V_ERR_CERT_SIGNATURE_FAILURE:
+        return DCX_VR_BAD_SIGNATURE;
+    case X509_V_ERR_INVALID_PURPOSE:
+    case X509_V_ERR_INVALID_CA:
+    case X509_V_ERR_KEYUSAGE_NO_CERTSIGN:
+        return DCX_VR_PURPOSE;
+    default:
+        return DCX_VR_OTHER;
+    }
+}
+
+static void name_of(X509_NAME *name, char *out, size_t cap)
+{
+    BIO *bio = BIO_new(BIO_s_mem());
+    out[0] = '\0';
+    if (!bio)
+        return;
+    X509_NAME_print_ex(bio, name, 0, XN_FLAG_RFC2253);
+    int n = BIO_read(bio, out, (int)cap - 1);
+    out[n > 0 ? n : 0] = '\0';
+    BIO_free(bio);
+}
+
+static void explain_chain_failure(dcx_conn *c, X509_STORE_CTX *sctx)
+{
+    int code = X509_STORE_CTX_get_error(sctx);
+    int depth = X509_STORE_CTX_get_error_depth(sctx);
+    X509 *bad = X509_STORE_CTX_get_current_cert(sctx);
+    char name[256] = "";
+    c->verify_reason = reason_of_x509_error(code);
+    switch (c->verify_reason) {
+    case DCX_VR_UNTRUSTED:
+        if (code == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT) {
+            snprintf(c->verify_detail, sizeof(c->verify_detail),
+                     "it is self-signed and not among the trusted certificates");
+        } else {
+            if (bad)
+                name_of(X509_get_issuer_name(bad), name, sizeof(name));
+            snprintf(c->verify_detail, sizeof(c->verify_detail), "its issuer '%s' is unknown",
+                     name);
+        }
+        break;
+    case DCX_VR_EXPIRED:
+    case DCX_VR_NOT_YET_VALID:
+        if (bad && depth > 0) { /* an issuer, not the leaf, is out of date */
+            char thumb[41], not_after[32];
+            describe_cert(bad, name, sizeof(name), thumb, not_after, sizeof(not_after));
+            c->verify_reason = DCX_VR_OTHER;
+            snprintf(c->verify_detail, sizeof(c->verify_detail),
+                     "issuing CA '%s' %s (valid until %s)", name,
+                     code == X509_V_ERR_CERT_HAS_EXPIRED ? "has expired" : "is not yet valid",
+                     not_after);
+        } else if (bad) {
+            struct tm tm;
+            if (ASN1_TIME_to_tm(X509_get0_notBefore(bad), &tm))
+                strftime(c->verify_detail, sizeof(c->verify_detail),
+                         "valid from %Y-%m-%d %H:%M:%S UTC", &tm);
+        }
+        break;
+    case DCX_VR_HOSTNAME:
+        snprintf(c->verify_detail, sizeof(c->verify_detail), "%s", c->server_name);
+        break;
+    default:
+        snprintf(c->verify_detail, sizeof(c->verify_detail), "%s (depth %d)",
+                 X509_verify_cert_error_string(code), depth);
+    }
+}
+
+/* Replaces OpenSSL's chain check, so that one place decides every method. */
+static int verify_peer(X509_STORE_CTX *sctx, void *arg)
+{
+    (void)arg;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+    dcx_conn *c = SSL_get_ex_data(ssl, conn_index);
+    X509 *leaf = X509_STORE_CTX_get0_cert(sctx);
+    if (!c || !leaf)
+        return 0;
+    describe_cert(leaf, c->subject, sizeof(c->subject), c->thumbprint, c->not_after,
+                  sizeof(c->not_after));
+    switch (c->ctx->verify) {
+    case DCX_VERIFY_NONE:
+        return 1;
+    case DCX_VERIFY_THUMBPRINT: {
+        unsigned char sha1[EVP_MAX_MD_SIZE], sha256[EVP_MAX_MD_SIZE];
+        unsigned int n1 = 0, n256 = 0;
+        int ok = X509_digest(leaf, EVP_sha1(), sha1, &n1) &&
+                 X509_digest(leaf, EVP_sha256(), sha256, &n256);
+        pthread_mutex_lock(&c->ctx->lock);
+        ok = ok && dcx_thumbs_match(&c->ctx->thumbs, sha1, sha256);
+        pthread_mutex_unlock(&c->ctx->lock);
+        if (!ok) {
+            c->verify_reason = DCX_VR_THUMBPRINT;
+            X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+        }
+        return ok;
+    }
+    case DCX_VERIFY_TRUST_CHAIN:
+    default:
+        if (X509_verify_cert(sctx) == 1)
+            return 1;
+        explain_chain_failure(c, sctx);
+        return 0;
+    }
+}
+
+static const char *method_name(dcx_verify v)
+{
+    return v == DCX_VERIFY_THUMBPRINT ? "THUMBPRINT" : v == DCX_VERIFY_NONE ? "NONE" : "TRUST_CHAIN";
+}
+
+/* ---- context ----------------------------------------------------------- */
+
+dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
+{
+    pthread_once(&init_once, init_library);
+    dcx_error_clear(err);
+    int lo = cfg->min_version ? cfg->min_version : DCX_TLS1_2;
+    int hi = cfg->max_version ? cfg->max_version : DCX_TLS1_3;
+    if (lo < DCX_TLS1_2) {
+        dcx_fail(err, DCX_E_CONFIG,
+                 "TLS versions below 1.2 are not allowed (RFC 8996, DICOM PS3.15 B.12)");
+        return NULL;
+    }
+    if (hi > DCX_TLS1_3 || lo > hi) {
+        dcx_fail(err, DCX_E_CONFIG, "the protocol version range 0x%04x..0x%04x is empty", lo, hi);
+        return NULL;
+    }
+    dcx_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx) {
+        dcx_fail(err, DCX_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&ctx->lock, NULL);
+    ctx->verify = cfg->verify;
+    ctx->check_hostname = cfg->check_hostname;
+    ctx->ssl_ctx = SSL_CTX_new(TLS_method());
+    if (!ctx->ssl_ctx) {
+        dcx_fail(err, DCX_E_NOMEM, "cannot create an OpenSSL context");
+        goto fail;
+    }
+    SSL_CTX *s = ctx->ssl_ctx;
+    SSL_CTX_set_min_proto_version(s, lo);
+    SSL_CTX_set_max_proto_version(s, hi);
+    SSL_CTX_set_options(s, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                               SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                            SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_session_id_context(s, (const unsigned char *)"dcxsec", 6);
+    SSL_CTX_set_session_cache_mode(s, cfg->session_cache ? SSL_SESS_CACHE_SERVER
+                                                         : SSL_SESS_CACHE_OFF);
+    if (!cfg->session_cache)
+        SSL_CTX_set_num_tickets(s, 0);
+    SSL_CTX_set_cert_verify_callback(s, verify_peer, NULL);
+    if (cfg->certificate_chain.len) {
+        if (load_identity(s, cfg, err) != DCX_OK)
+            goto fail;
+        ctx->has_identity = 1;
+    } else if (cfg->private_key.len) {
+        dcx_fail(err, DCX_E_CONFIG, "a private key was given without its certificate");
+        goto fail;
+    }
+    if (load_trust(s, cfg, err) != DCX_OK)
+        goto fail;
+    if (dcx_thumbs_set(&ctx->thumbs, cfg->thumbprints, cfg->thumbprint_lens,
+                       cfg->thumbprint_count) != DCX_OK) {
+        dcx_fail(err, DCX_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (err) /* load_identity describes the certificate; a success reports nothing */
+        dcx_error_clear(err);
+    return ctx;
+fail:
+    dcx_ctx_free(ctx);
+    return NULL;
+}
+
+int dcx_ctx_set_thumbprints(dcx_ctx *ctx, const unsigned char *thumbprints,
+                            const unsigned char *lens, size_t count, dcx_error *err)
+{
+    pthread_mutex_lock(&ctx->lock);
+    int rc = dcx_thumbs_set(&ctx->thumbs, thumbprints, lens, count);
+    pthread_mutex_unlock(&ctx->lock);
+    return rc == DCX_OK ? DCX_OK : dcx_fail(err, rc, "out of memory");
+}
+
+void dcx_ctx_free(dcx_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    SSL_CTX_free(ctx->ssl_ctx);
+    dcx_thumbs_free(&ctx->thumbs);
+    pthread_mutex_destroy(&ctx->lock);
+    free(ctx);
+}
+
+/* ---- connection -------------------------------------------------------- */
+
+/* Keeps the peer's first bytes, to tell "not TLS" from a TLS failure. */
+static long capture_first_bytes(BIO *bio, int oper, const char *argp, size_t len, int argi,
+                                long argl, int ret, size_t *processed)
+{
+    (void)len; (void)argi; (void)argl;
+    if (oper == (BIO_CB_READ | BIO_CB_RETURN) && ret > 0 && processed) {
+        dcx_conn *c = BIO_get_callback_arg(bio) ? (dcx_conn *)BIO_get_callback_arg(bio) : NULL;
+        if (c && c->first_len < DCX_SNIFF_LEN) {
+            size_t n = *processed;
+            if (n > DCX_SNIFF_LEN - c->first_len)
+                n = DCX_SNIFF_LEN - c->first_len;
+            memcpy(c->first + c->first_len, argp, n);
+            c->first_len += n;
+        }
+    }
+    return ret;
+}
+
+static void track_alerts(const SSL *ssl, int where, int value)
+{
+    if ((where & SSL_CB_READ_ALERT) && ((value >> 8) & 0xff) == SSL3_AL_FATAL) {
+        dcx_conn *c = SSL_get_ex_data(ssl, conn_index);
+        if (c)
+            c->received_alert = value & 0xff;
+    }
+}
+
+static int is_ip_literal(const char *name)
+{
+    ASN1_OCTET_STRING *ip = a2i_IPADDRESS(name);
+    ASN1_OCTET_STRING_free(ip);
+    ERR_clear_error();
+    return ip != NULL;
+}
+
+dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char *server_name,
+                       dcx_error *err)
+{
+    dcx_error_clear(err);
+    if (server_side && !ctx->has_identity) {
+        dcx_fail(err, DCX_E_CONFIG,
+                 "the accepting side needs its own certificate and private key");
+        return NULL;
+    }
+    dcx_conn *c = calloc(1, sizeof(*c));
+    BIO *bio = NULL;
+    if (!c || !(c->ssl = SSL_new(ctx->ssl_ctx)) || !(bio = BIO_new_socket(fd, BIO_NOCLOSE))) {
+        dcx_fail(err, DCX_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    c->ctx = ctx;
+    c->fd = fd;
+    c->server_side = server_side;
+    c->received_alert = -1;
+    SSL_set_ex_data(c->ssl, conn_index, c);
+    BIO_set_callback_arg(bio, (char *)c);
+    BIO_set_callback_ex(bio, capture_first_bytes);
+    SSL_set_bio(c->ssl, bio, bio);
+    SSL_set_info_callback(c->ssl, track_alerts);
+
+    int mode = SSL_VERIFY_PEER; /* the callback decides; NONE accepts anything */
+    if (server_side && ctx->verify != DCX_VERIFY_NONE)
+        mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+    if (!server_side && ctx->verify == DCX_VERIFY_NONE)
+        mode = SSL_VERIFY_NONE;
+    SSL_set_verify(c->ssl, mode, NULL);
+
+    if (server_name && *server_name) {
+        snprintf(c->server_name, sizeof(c->server_name), "%s", server_name);
+        int ip = is_ip_literal(server_name);
+        if (!server_side && !ip)
+            SSL_set_tlsext_host_name(c->ssl, server_name);
+        if (ctx->check_hostname && ctx->verify == DCX_VERIFY_TRUST_CHAIN) {
+            X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
+            if (ip)
+                X509_VERIFY_PARAM_set1_ip_asc(param, server_name);
+            else
+                SSL_set1_host(c->ssl, server_name);
+        }
+    }
+    if (server_side)
+        SSL_set_accept_state(c->ssl);
+    else
+        SSL_set_connect_state(c->ssl);
+    if (dcx_set_nonblocking(fd, err) != DCX_OK)
+        goto fail;
+    return c;
+fail:
+    dcx_conn_free(c);
+    return NULL;
+}
+
+static int has_reason(unsigned long e, int reason)
+{
+    return ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == reason;
+}
+
+/* Turn a failed handshake into the one reason a person needs. */
+static int handshake_failure(dcx_conn *c, int ssl_error, dcx_error *err)
+{
+    unsigned long e = ERR_peek_error();
+    int sys = dcx_socket_errno();
+    char what[128];
+    const char *role = c->server_side ? "client" : "server";
+    c->dead = 1;
+    if (err) {
+        snprintf(err->subject, sizeof(err->subject), "%s", c->subject);
+        snprintf(err->thumbprint, sizeof(err->thumbprint), "%s", c->thumbprint);
+        snprintf(err->not_after, sizeof(err->not_after), "%s", c->not_after);
+        err->alert = c->received_alert;
+    }
+    int rc;
+    if (c->verify_reason) {
+        rc = dcx_fail_verify(err, c->verify_reason, method_name(c->ctx->verify), c->verify_detail);
+    } else if (has_reason(e, SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)) {
+        rc = dcx_fail_verify(err, DCX_VR_NO_CERTIFICATE, method_name(c->ctx->verify), "");
+    } else if (dcx_sniff_not_tls(c->first, c->first_len, what, sizeof(what))) {
+        rc = c->server_side
+                 ? dcx_fail(err, DCX_E_NOT_TLS, "%s on the TLS port: the peer is not speaking TLS", what)
+                 : dcx_fail(err, DCX_E_NOT_TLS,
+                            "the peer answered with %s: it is not speaking TLS on this port "
+                            "(is this its plain DICOM port?)", what);
+    } else if (c->received_alert >= 0) {
+        const char *advice = dcx_alert_advice(c->received_alert);
+        rc = dcx_fail(err, DCX_E_PEER_ALERT, "the %s refused the handshake with TLS alert '%s' (%d)%s%s",
+                      role, dcx_alert_text(c->received_alert), c->received_alert,
+                      *advice ? ": " : "", advice);
+    } else if (has_reason(e, SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
+               (ssl_error == SSL_ERROR_SYSCALL && e == 0 && sys == 0) ||
+               ssl_error == SSL_ERROR_ZERO_RETURN) {
+        if (c->first_len == 0)
+            rc = c->server_side
+                     ? dcx_fail(err, DCX_E_PROTOCOL,
+                                "the client closed the connection before sending anything")
+                     : dcx_fail(err, DCX_E_NOT_TLS,
+                                "the server closed the connection without answering the TLS "
+                                "ClientHello: it is probably not speaking TLS on this port, or "
+                                "it refused us without saying why");
+        else
+            rc = dcx_fail(err, DCX_E_PROTOCOL, "the %s closed the connection during the handshake",
+                          role);
+    } else if (ssl_error == SSL_ERROR_SYSCALL && e == 0) {
+        if (err)
+            err->sys_errno = sys;
+        rc = dcx_fail(err, DCX_E_SYSCALL, "socket error during the handshake: %s", strerror(sys));
+    } else if (has_reason(e, SSL_R_UNSUPPORTED_PROTOCOL) ||
+               has_reason(e, SSL_R_NO_PROTOCOLS_AVAILABLE) ||
+               has_reason(e, SSL_R_UNSUPPORTED_SSL_VERSION) ||
+               has_reason(e, SSL_R_WRONG_SSL_VERSION)) {
+        rc = dcx_fail(err, DCX_E_PROTOCOL,
+                      "no TLS version in common with the %s (this side allows TLS %s to %s)",
+                      role, SSL_get_min_proto_version(c->ssl) == TLS1_3_VERSION ? "1.3" : "1.2",
+                      SSL_get_max_proto_version(c->ssl) == TLS1_2_VERSION ? "1.2" : "1.3");
+    } else if (has_reason(e, SSL_R_NO_SHARED_CIPHER)) {
+        rc = dcx_fail(err, DCX_E_PROTOCOL, "no cipher suite in common with the %s", role);
+    } else {
+        rc = dcx_fail(err, DCX_E_PROTOCOL, "TLS handshake failed: %s",
+                      e ? ERR_reason_error_string(e) : "unknown error");
+    }
+    ERR_clear_error();
+    return rc;
+}
+
+/* Wait for what OpenSSL asked for; returns DCX_OK to retry. */
+static int wait_for(dcx_conn *c, int ssl_error, int64_t deadline, dcx_error *err)
+{
+    return dcx_wait(c->fd, ssl_error == SSL_ERROR_WANT_WRITE, deadline, err);
+}
+
+int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
+{
+    dcx_error_clear(err);
+    if (c->handshake_done)
+        return DCX_OK;
+    if (c->dead)
+        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed");
+    int64_t deadline = dcx_deadline(timeout_ms);
+    ERR_clear_error();
+    for (;;) {
+        int r = SSL_do_handshake(c->ssl);
+        if (r == 1)
+            break;
+        int e = SSL_get_error(c->ssl, r);
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+            return handshake_failure(c, e, err);
+        int w = wait_for(c, e, deadline, err);
+        if (w == DCX_E_TIMEOUT) {
+            c->dead = 1;
+            return dcx_fail(err, DCX_E_TIMEOUT,
+                            c->first_len == 0
+                                ? "TLS handshake timed out after %d ms: the peer sent nothing"
+                                : "TLS handshake timed out after %d ms: the peer stopped answering",
+                            timeout_ms);
+        }
+        if (w != DCX_OK) {
+            c->dead = 1;
+            return w;
+        }
+    }
+    c->handshake_done = 1;
+    BIO_set_callback_ex(SSL_get_rbio(c->ssl), NULL); /* sniffing is for the handshake only */
+    return DCX_OK;
+}
+
+/* A failure after the handshake: alert, truncation, socket error. */
+static int io_failure(dcx_conn *c, int ssl_error, const char *doing, dcx_error *err)
+{
+    unsigned long e = ERR_peek_error();
+    int sys = dcx_socket_errno();
+    int rc;
+    c->dead = 1;
+    if (err)
+        err->alert = c->received_alert;
+    if (c->received_alert >= 0) {
+        const char *advice = dcx_alert_advice(c->received_alert);
+        rc = dcx_fail(err, DCX_E_PEER_ALERT, "the peer ended the connection with TLS alert '%s' (%d)%s%s",
+                      dcx_alert_text(c->received_alert), c->received_alert,
+                      *advice ? ": " : "", advice);
+    } else if (has_reason(e, SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
+               (ssl_error == SSL_ERROR_SYSCALL && e == 0 && sys == 0)) {
+        rc = dcx_fail(err, DCX_E_TRUNCATED,
+                      "the peer closed the connection in the middle of a TLS record "
+                      "(truncated data)");
+    } else if (ssl_error == SSL_ERROR_SYSCALL && e == 0) {
+        if (err)
+            err->sys_errno = sys;
+        rc = dcx_fail(err, DCX_E_SYSCALL, "socket error while %s: %s", doing, strerror(sys));
+    } else {
+        rc = dcx_fail(err, DCX_E_PROTOCOL, "TLS error while %s: %s", doing,
+                      e ? ERR_reason_error_string(e) : "unknown error");
+    }
+    ERR_clear_error();
+    return rc;
+}
+
+long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error *err)
+{
+    if (c->dead)
+        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
+    int64_t deadline = dcx_deadline(timeout_ms);
+    for (;;) {
+        size_t n = 0;
+        if (SSL_read_ex(c->ssl, buf, len, &n) == 1)
+            return (long)n;
+        int e = SSL_get_error(c->ssl, 0);
+        if (e == SSL_ERROR_ZERO_RETURN)
+            return DCX_EOF;
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            int w = wait_for(c, e, deadline, err);
+            if (w != DCX_OK)
+                return w;
+            continue;
+        }
+        /* EOF at a record boundary without close_notify: the DICOM layer frames
+         * its own PDUs, and peers that never send close_notify are common. */
+        if ((has_reason(ERR_peek_error(), SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
+             (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && dcx_socket_errno() == 0)) &&
+            !SSL_has_pending(c->ssl)) {
+            ERR_clear_error();
+            c->dead = 1;
+            return DCX_EOF;
+        }
+        return io_failure(c, e, "reading", err);
+    }
+}
+
+long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err)
+{
+    if (c->dead)
+        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
+    int64_t deadline = dcx_deadline(timeout_ms);
+    const unsigned char *p = buf;
+    size_t done = 0;
+    while (done < len) {
+        size_t n = 0;
+        if (SSL_write_ex(c->ssl, p + done, len - done, &n) == 1) {
+            done += n;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, 0);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            int w = wait_for(c, e, deadline, err);
+            if (w != DCX_OK)
+                return w;
+            continue;
+        }
+        return io_failure(c, e, "writing", err);
+    }
+    return (long)len;
+}
+
+size_t dcx_conn_pending(const dcx_conn *c)
+{
+    return c->dead ? 0 : (size_t)SSL_pending(c->ssl);
+}
+
+int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err)
+{
+    dcx_error_clear(err);
+    if (!c->handshake_done || c->dead)
+        return DCX_OK;
+    int64_t deadline = dcx_deadline(timeout_ms);
+    for (;;) {
+        int r = SSL_shutdown(c->ssl);
+        if (r == 1 || (r == 0 && !wait_peer))
+            break;
+        if (r == 0)
+            continue;
+        int e = SSL_get_error(c->ssl, r);
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+            ERR_clear_error();
+            break; /* the peer is gone; nothing more to say to it */
+        }
+        int w = wait_for(c, e, deadline, err);
+        if (w != DCX_OK)
+            return w;
+    }
+    c->dead = 1;
+    return DCX_OK;
+}
+
+size_t dcx_conn_peer_cert(dcx_conn *c, unsigned char *buf, size_t cap)
+{
+    X509 *peer = SSL_get0_peer_certificate(c->ssl);
+    if (!peer)
+        return 0;
+    int n = i2d_X509(peer, NULL);
+    if (n <= 0)
+        return 0;
+    if (buf && (size_t)n <= cap) {
+        unsigned char *p = buf;
+        i2d_X509(peer, &p);
+    }
+    return (size_t)n;
+}
+
+int dcx_conn_version(const dcx_conn *c)
+{
+    return c->handshake_done ? SSL_version(c->ssl) : 0;
+}
+
+const char *dcx_conn_cipher(const dcx_conn *c)
+{
+    const SSL_CIPHER *cipher = c->handshake_done ? SSL_get_current_cipher(c->ssl) : NULL;
+    return cipher ? SSL_CIPHER_get_name(cipher) : "";
+}
+
+int dcx_conn_cipher_bits(const dcx_conn *c)
+{
+    const SSL_CIPHER *cipher = c->handshake_done ? SSL_get_current_cipher(c->ssl) : NULL;
+    return cipher ? SSL_CIPHER_get_bits(cipher, NULL) : 0;
+}
+
+int dcx_conn_session_reused(const dcx_conn *c)
+{
+    return c->handshake_done && SSL_session_reused(c->ssl);
+}
+
+void dcx_conn_free(dcx_conn *c)
+{
+    if (!c)
+        return;
+    SSL_free(c->ssl);
+    free(c);
+}
