@@ -1,0 +1,37 @@
+"""dcxsec: secure DICOM networking (DICOM TLS) for Python.
+
+A TLS engine in C (OpenSSL 3 on Linux and macOS, SChannel on Windows) behind
+``TLSContext.wrap_socket()``, which pynetdicom uses as its transport on both
+sides of an association.
+"""
+from dcxsec._native import lib as _lib
+from dcxsec.config import SecurityConfig
+from dcxsec.context import TLSContext
+from dcxsec.engine import backend
+from dcxsec.errors import (
+    CertificateVerificationError,
+    ConfigurationError,
+    HandshakeTimeoutError,
+    NotTLSError,
+    TLSError,
+)
+from dcxsec.store import CertStore
+from dcxsec.tlssocket import TLSSocket
+from dcxsec.verify import VerificationMethod, normalize_thumbprint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CertStore",
+    "CertificateVerificationError",
+    "ConfigurationError",
+    "HandshakeTimeoutError",
+    "NotTLSError",
+    "SecurityConfig",
+    "TLSContext",
+    "TLSError",
+    "TLSSocket",
+    "VerificationMethod",
+    "backend",
+    "normalize_thumbprint",
+]

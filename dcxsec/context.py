@@ -1,0 +1,132 @@
+"""TLSContext: one engine context for both roles, handed to pynetdicom."""
+from __future__ import annotations
+
+import socket
+from typing import Iterable
+
+from dcxsec._native import ffi, lib
+from dcxsec.config import SecurityConfig
+from dcxsec.engine import new_error, to_exception
+from dcxsec.verify import VerificationMethod, normalize_thumbprints
+
+
+def _thumbprint_table(thumbprints: tuple[str, ...]):
+    """The C layout of accepted thumbprints: 32-byte slots and their lengths."""
+    digests = b"".join(bytes.fromhex(t).ljust(32, b"\0") for t in thumbprints)
+    lengths = bytes(len(t) // 2 for t in thumbprints)
+    return digests, lengths
+
+
+class TLSContext:
+    """The secure transport of an AE, for requesting and accepting alike.
+
+    Give it to pynetdicom as ``ae.associate(..., tls_args=(ctx, None))`` or
+    ``ae.start_server(..., ssl_context=ctx)``.  Building it loads and checks
+    the identity and trust once; every association shares it.
+    """
+
+    def __init__(self, config: SecurityConfig | None = None) -> None:
+        self._config = config if config is not None else SecurityConfig(
+            verification_method=VerificationMethod.NONE)
+        self._ctx = self._build(self._config)
+
+    @staticmethod
+    def _build(config: SecurityConfig):
+        cfg = ffi.new("dcx_config *")
+        keep = []  # cffi buffers that must outlive dcx_ctx_new
+
+        def blob(target, data: bytes | bytearray | None) -> None:
+            if data:
+                buf = ffi.from_buffer(data)
+                keep.append(buf)
+                target.data, target.len = buf, len(data)
+
+        key = bytearray(config.private_key_bytes() or b"")
+        try:
+            blob(cfg.certificate_chain, config.certificate_bytes())
+            blob(cfg.private_key, key)
+            if config.private_key_password is not None:
+                password = config.private_key_password
+                password = password.encode() if isinstance(password, str) else bytes(password)
+                keep.append(ffi.new("char[]", password))
+                cfg.private_key_password = keep[-1]
+            trusted = config.trusted_bytes()
+            blobs = ffi.new("dcx_blob[]", max(1, len(trusted)))
+            keep.append(blobs)
+            for i, data in enumerate(trusted):
+                blob(blobs[i], data)
+            cfg.trusted, cfg.trusted_count = blobs, len(trusted)
+            if config.trusted_folder:
+                keep.append(ffi.new("char[]", str(config.trusted_folder).encode()))
+                cfg.trusted_dir = keep[-1]
+            cfg.use_system_trust = bool(config.use_system_trust)
+            cfg.verify = int(config.verification_method)
+            digests, lengths = _thumbprint_table(tuple(config.accepted_thumbprints))
+            keep += [ffi.from_buffer(digests), ffi.from_buffer(lengths)]
+            cfg.thumbprints, cfg.thumbprint_lens = keep[-2], keep[-1]
+            cfg.thumbprint_count = len(lengths)
+            cfg.min_version, cfg.max_version = config.version_range()
+            cfg.check_hostname = bool(config.check_hostname)
+            cfg.session_cache = bool(config.session_cache)
+            err = new_error()
+            ctx = lib.dcx_ctx_new(cfg, err)
+            if ctx == ffi.NULL:
+                raise to_exception(err, err.status)
+            return ffi.gc(ctx, lib.dcx_ctx_free)
+        finally:
+            key[:] = bytes(len(key))  # do not leave the key lying in memory
+
+    @property
+    def config(self) -> SecurityConfig:
+        """The configuration this context was built from."""
+        return self._config
+
+    @property
+    def verification_method(self) -> VerificationMethod:
+        return self._config.verification_method
+
+    @property
+    def handshake_timeout(self) -> float:
+        return self._config.handshake_timeout
+
+    @property
+    def accepted_thumbprints(self) -> tuple[str, ...]:
+        """The thumbprints THUMBPRINT accepts; assigning applies to new associations."""
+        return tuple(self._config.accepted_thumbprints)
+
+    @accepted_thumbprints.setter
+    def accepted_thumbprints(self, thumbprints: Iterable[str]) -> None:
+        normalized = normalize_thumbprints(thumbprints)
+        digests, lengths = _thumbprint_table(normalized)
+        err = new_error()
+        rc = lib.dcx_ctx_set_thumbprints(self._ctx, ffi.from_buffer(digests),
+                                         ffi.from_buffer(lengths), len(lengths), err)
+        if rc != lib.DCX_OK:
+            raise to_exception(err, rc)
+        self._config.accepted_thumbprints = normalized
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False,
+                    do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
+                    server_hostname: str | None = None, session: object = None) -> "TLSSocket":
+        """Wrap a TCP socket, as ``ssl.SSLContext.wrap_socket`` does.
+
+        The requesting side handshakes in ``connect()``.  The accepting side
+        never handshakes here (this runs in pynetdicom's accept loop): it
+        handshakes on first use, in the association's own thread, with the
+        configured ``handshake_timeout``.
+        """
+        from dcxsec.tlssocket import TLSSocket
+
+        return TLSSocket._create(sock, self, server_side=server_side,
+                                 server_hostname=server_hostname,
+                                 do_handshake_on_connect=do_handshake_on_connect)
+
+    def _new_connection(self, fd: int, server_side: bool, server_hostname: str | None):
+        """A C connection on ``fd``; raises the engine's error."""
+        err = new_error()
+        name = ffi.new("char[]", server_hostname.encode("idna")) if server_hostname else ffi.NULL
+        conn = lib.dcx_conn_new(self._ctx, fd, bool(server_side), name, err)
+        if conn == ffi.NULL:
+            raise to_exception(err, err.status)
+        # The connection points into the context: keep the context alive with it.
+        return ffi.gc(conn, lib.dcx_conn_free), self._ctx

@@ -1,0 +1,73 @@
+"""The seam to the C engine: status codes and engine errors as Python exceptions."""
+from __future__ import annotations
+
+from dcxsec._native import ffi, lib
+from dcxsec.errors import (
+    CertificateVerificationError,
+    ConfigurationError,
+    HandshakeTimeoutError,
+    NotTLSError,
+    TLSError,
+)
+
+_STATUS_NAMES = {
+    lib.DCX_E_TIMEOUT: "TIMEOUT",
+    lib.DCX_E_SYSCALL: "SYSCALL",
+    lib.DCX_E_CONFIG: "CONFIG",
+    lib.DCX_E_VERIFY: "VERIFY",
+    lib.DCX_E_NOT_TLS: "NOT_TLS",
+    lib.DCX_E_PROTOCOL: "PROTOCOL",
+    lib.DCX_E_PEER_ALERT: "PEER_ALERT",
+    lib.DCX_E_TRUNCATED: "TRUNCATED",
+    lib.DCX_E_CLOSED: "CLOSED",
+    lib.DCX_E_NOMEM: "NOMEM",
+    lib.DCX_E_UNSUPPORTED: "UNSUPPORTED",
+}
+
+_RULES = {
+    lib.DCX_VR_NO_CERTIFICATE: "no_certificate",
+    lib.DCX_VR_UNTRUSTED: "untrusted",
+    lib.DCX_VR_EXPIRED: "expired",
+    lib.DCX_VR_NOT_YET_VALID: "not_yet_valid",
+    lib.DCX_VR_THUMBPRINT: "thumbprint",
+    lib.DCX_VR_HOSTNAME: "hostname",
+    lib.DCX_VR_REVOKED: "revoked",
+    lib.DCX_VR_BAD_SIGNATURE: "bad_signature",
+    lib.DCX_VR_PURPOSE: "purpose",
+    lib.DCX_VR_OTHER: "other",
+}
+
+
+def new_error():
+    """A fresh ``dcx_error`` for one call."""
+    return ffi.new("dcx_error *")
+
+
+def _text(chars) -> str:
+    return ffi.string(chars).decode("utf-8", "replace")
+
+
+def to_exception(err, status: int, *, during_handshake: bool = False) -> OSError:
+    """The Python exception for an engine failure."""
+    message = _text(err.reason) or _STATUS_NAMES.get(status, str(status)).lower()
+    if status == lib.DCX_E_TIMEOUT:
+        if during_handshake:
+            return HandshakeTimeoutError(message)
+        return TimeoutError(message)
+    if status == lib.DCX_E_SYSCALL:
+        return OSError(err.sys_errno, message) if err.sys_errno else ConnectionError(message)
+    if status == lib.DCX_E_CONFIG:
+        return ConfigurationError(message)
+    if status == lib.DCX_E_VERIFY:
+        return CertificateVerificationError(
+            message, _RULES.get(err.verify_reason, "other"), _text(err.subject),
+            _text(err.thumbprint), _text(err.not_after))
+    if status == lib.DCX_E_NOT_TLS:
+        return NotTLSError(message)
+    alert = err.alert if err.alert >= 0 else None
+    return TLSError(message, _STATUS_NAMES.get(status, "PROTOCOL"), alert)
+
+
+def backend() -> str:
+    """The TLS library under the engine, e.g. ``"OpenSSL 3.0.19 27 Jan 2026"``."""
+    return ffi.string(lib.dcx_backend()).decode()

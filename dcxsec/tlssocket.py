@@ -1,0 +1,414 @@
+"""TLSSocket: a TCP socket whose bytes go through dcxsec's C engine.
+
+It subclasses ``ssl.SSLSocket`` because pynetdicom asks ``pending()`` only of
+``ssl.SSLSocket`` instances, and decrypted plaintext waiting in the engine is
+invisible to ``select()``.  Every I/O method of the base class is replaced, so
+no byte ever leaves or arrives in the clear.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from dcxsec._native import ffi, lib
+from dcxsec.certinfo import certificate_dict
+from dcxsec.engine import new_error, to_exception
+from dcxsec.errors import HandshakeTimeoutError
+
+if TYPE_CHECKING:
+    from dcxsec.context import TLSContext
+
+log = logging.getLogger("dcxsec")
+
+_READ_CHUNK = 65536
+_CLOSE_NOTIFY_MS = 100
+_VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
+
+
+def _milliseconds(timeout: float | None) -> int:
+    return -1 if timeout is None else max(0, int(timeout * 1000))
+
+
+class TLSSocket(ssl.SSLSocket):
+    """A TLS connection over a TCP socket, made by ``TLSContext.wrap_socket``.
+
+    Offers what pynetdicom and ``socketserver`` call, plus ``recv_into``,
+    ``sendall``, ``version()``, ``cipher()``, ``getpeercert()`` and the peer's
+    thumbprints.  One thread at a time does I/O on it; ``close()`` and
+    ``shutdown()`` may come from any thread.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("TLSSocket has no public constructor: use TLSContext.wrap_socket()")
+
+    @classmethod
+    def _create(cls, sock: socket.socket, context: "TLSContext", *, server_side: bool,
+                server_hostname: str | None, do_handshake_on_connect: bool) -> "TLSSocket":
+        if sock.type != socket.SOCK_STREAM:
+            raise NotImplementedError("only stream sockets can carry TLS")
+        if server_side and server_hostname:
+            raise ValueError("server_hostname can only be given on the requesting side")
+        timeout = sock.gettimeout()
+        self = cls.__new__(cls)
+        socket.socket.__init__(self, sock.family, sock.type, sock.proto, sock.detach())
+        socket.socket.settimeout(self, timeout)
+        self._context = context
+        self._sslobj = None  # inherited code must see an "unwrapped" socket, never plaintext
+        self._session = None
+        self.server_side = server_side
+        self.server_hostname = server_hostname
+        self.do_handshake_on_connect = do_handshake_on_connect
+        self.suppress_ragged_eofs = True
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._conn = None
+        self._keep_ctx = None
+        self._handshake_done = False
+        self._failure: OSError | None = None
+        self._wrapped_at = time.monotonic()
+        self._rbuf = ffi.new("char[]", _READ_CHUNK)
+        self._peer_der: bytes | None = None
+        self._peer_address = None
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Handshake flights and small PDUs must not wait for delayed ACKs.
+            socket.socket.setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if server_side:
+            try:
+                self._peer_address = socket.socket.getpeername(self)
+            except OSError:
+                pass
+        return self
+
+    # ---- handshake ------------------------------------------------------
+
+    def connect(self, address: Any) -> None:
+        """TCP connect, then the TLS handshake (requesting side)."""
+        if self.server_side:
+            raise ValueError("can't connect in server-side mode")
+        if self._conn is not None:
+            raise ValueError("attempt to connect already-connected TLSSocket")
+        socket.socket.connect(self, address)
+        self._peer_address = address
+        if self.do_handshake_on_connect:
+            self.do_handshake()
+
+    def connect_ex(self, address: Any) -> int:
+        try:
+            self.connect(address)
+        except OSError as exc:
+            return exc.errno or -1
+        return 0
+
+    def do_handshake(self, block: bool = False) -> None:
+        """Run the TLS handshake now, within its deadline."""
+        with self._lock:
+            self._handshake_locked()
+
+    def _handshake_locked(self) -> None:
+        if self._handshake_done:
+            return
+        if self._failure is not None:
+            raise self._failure
+        if self._conn is None:
+            if socket.socket.fileno(self) < 0:
+                raise OSError(9, "the socket is closed")
+            self._conn, self._keep_ctx = self._context._new_connection(
+                socket.socket.fileno(self), self.server_side, self.server_hostname)
+            socket.socket.setblocking(self, False)  # the engine waits with its own deadlines
+        timeout = self._context.handshake_timeout
+        if not self.server_side and self._timeout is not None:
+            timeout = self._timeout
+        err = new_error()
+        rc = lib.dcx_conn_handshake(self._conn, _milliseconds(timeout), err)
+        if rc != lib.DCX_OK:
+            self._fail_handshake(to_exception(err, rc, during_handshake=True))
+        self._handshake_done = True
+        if self.server_side and log.isEnabledFor(logging.DEBUG):
+            log.debug("TLS handshake with %s: %s %s", self._peer_text(), self.version(),
+                      self.cipher()[0])
+
+    def _fail_handshake(self, exc: OSError) -> None:
+        """Record, log (accepting side), close, and raise a failed handshake."""
+        self._failure = exc
+        if self.server_side:
+            log.warning("TLS handshake with %s failed: %s", self._peer_text(), exc)
+        else:
+            log.debug("TLS handshake with %s failed: %s", self._peer_text(), exc)
+        self._conn = None
+        try:
+            socket.socket.close(self)
+        except OSError:
+            pass
+        raise exc
+
+    def _peer_text(self) -> str:
+        address = self._peer_address
+        if isinstance(address, tuple) and len(address) >= 2:
+            host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
+            return f"{host}:{address[1]}"
+        return str(address) if address else "unknown peer"
+
+    def _check_silent_peer(self) -> None:
+        """Give up on an accepted client that has not handshaken in time."""
+        if time.monotonic() - self._wrapped_at <= self._context.handshake_timeout:
+            return
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if not self._handshake_done and self._failure is None:
+                try:
+                    self._fail_handshake(HandshakeTimeoutError(
+                        f"no TLS handshake within {self._context.handshake_timeout:g} s: "
+                        "the client connected and sent nothing"))
+                except OSError:
+                    pass
+        finally:
+            self._lock.release()
+
+    # ---- reading ----------------------------------------------------------
+
+    def _io_error(self, err, rc: int, reading: bool) -> OSError:
+        if rc == lib.DCX_E_TIMEOUT:
+            if self._timeout == 0:
+                return (ssl.SSLWantReadError if reading else ssl.SSLWantWriteError)(
+                    "The operation did not complete")
+            return TimeoutError("The read operation timed out" if reading
+                                else "The write operation timed out")
+        return to_exception(err, rc)
+
+    def _ready_conn(self):
+        """The live engine connection, after the handshake; lock held."""
+        if not self._handshake_done:
+            self._handshake_locked()
+        conn = self._conn
+        if conn is None:
+            raise self._failure or OSError(9, "the TLS connection is closed")
+        return conn
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        """Up to ``buflen`` bytes of plaintext; ``b""`` when the peer closed."""
+        if flags:
+            raise ValueError("non-zero flags not allowed in calls to recv() on TLSSocket")
+        if buflen <= 0:
+            return b""
+        err = new_error()
+        with self._lock:
+            conn = self._ready_conn()
+            buf = self._rbuf if buflen <= _READ_CHUNK else ffi.new("char[]", buflen)
+            n = lib.dcx_conn_read(conn, buf, buflen, _milliseconds(self._timeout), err)
+            if n > 0:
+                return ffi.buffer(buf, n)[:]
+        if n == lib.DCX_EOF:
+            return b""
+        raise self._io_error(err, n, reading=True)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """Read plaintext straight into ``buffer``; returns the count, 0 at EOF."""
+        if flags:
+            raise ValueError("non-zero flags not allowed in calls to recv_into() on TLSSocket")
+        target = ffi.from_buffer(buffer, require_writable=True)
+        nbytes = len(target) if nbytes <= 0 else min(nbytes, len(target))
+        if nbytes == 0:
+            return 0
+        err = new_error()
+        with self._lock:
+            n = lib.dcx_conn_read(self._ready_conn(), target, nbytes,
+                                  _milliseconds(self._timeout), err)
+        if n >= 0:
+            return n
+        if n == lib.DCX_EOF:
+            return 0
+        raise self._io_error(err, n, reading=True)
+
+    def read(self, len: int = 1024, buffer: Any = None) -> bytes | int:
+        return self.recv(len) if buffer is None else self.recv_into(buffer, len)
+
+    def pending(self) -> int:
+        """Decrypted bytes waiting in the engine, which ``select()`` cannot see."""
+        conn = self._conn
+        if not self._handshake_done:
+            if self.server_side and self._failure is None:
+                self._check_silent_peer()
+            return 0
+        if conn is None or not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            return lib.dcx_conn_pending(conn)
+        finally:
+            self._lock.release()
+
+    # ---- writing ----------------------------------------------------------
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        """Send all of ``data``; a PDU leaves in as few records as possible."""
+        if flags:
+            raise ValueError("non-zero flags not allowed in calls to sendall() on TLSSocket")
+        source = ffi.from_buffer(data)
+        if len(source) == 0:
+            return
+        err = new_error()
+        with self._lock:
+            n = lib.dcx_conn_write(self._ready_conn(), source, len(source),
+                                   _milliseconds(self._timeout), err)
+        if n < 0:
+            raise self._io_error(err, n, reading=False)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        """Send all of ``data`` and return its length."""
+        if flags:
+            raise ValueError("non-zero flags not allowed in calls to send() on TLSSocket")
+        self.sendall(data)
+        return memoryview(data).nbytes
+
+    def write(self, data: Any) -> int:
+        return self.send(data)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        return self._sendfile_use_send(file, offset, count)
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("datagram and ancillary-data calls are not allowed on a TLSSocket")
+
+    sendto = sendmsg = recvfrom = recvfrom_into = recvmsg = recvmsg_into = _refuse
+
+    # ---- closing ----------------------------------------------------------
+
+    def _send_close_notify(self) -> None:
+        conn = self._conn
+        if conn is None or not self._handshake_done or not self._lock.acquire(blocking=False):
+            return
+        try:
+            lib.dcx_conn_shutdown(conn, _CLOSE_NOTIFY_MS, 0, new_error())
+        finally:
+            self._lock.release()
+
+    def shutdown(self, how: int) -> None:
+        """Send close_notify, then shut the TCP connection down."""
+        self._send_close_notify()
+        socket.socket.shutdown(self, how)
+
+    def _real_close(self) -> None:
+        if self._conn is not None:
+            if self._lock.locked():
+                # Another thread is inside the engine: wake it before the fd goes.
+                try:
+                    socket.socket.shutdown(self, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            else:
+                self._send_close_notify()
+            self._conn = None  # freed once the last thread using it lets go
+        socket.socket._real_close(self)
+
+    def unwrap(self) -> socket.socket:
+        raise NotImplementedError("dcxsec does not hand a connection back to plaintext")
+
+    def dup(self) -> socket.socket:
+        raise NotImplementedError(f"Can't dup() {self.__class__.__name__} instances")
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        raise NotImplementedError("accept() on a TLSSocket; wrap the accepted socket instead")
+
+    # ---- timeouts -----------------------------------------------------------
+
+    def settimeout(self, value: float | None) -> None:
+        self._timeout = None if value is None else float(value)
+        if self._conn is None:  # before the engine owns the fd, connect() uses it
+            socket.socket.settimeout(self, value)
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self.settimeout(None if flag else 0.0)
+
+    # ---- what was negotiated ------------------------------------------------
+
+    @property
+    def context(self) -> "TLSContext":
+        return self._context
+
+    @context.setter
+    def context(self, ctx: "TLSContext") -> None:
+        raise AttributeError("the context of a TLSSocket cannot be changed")
+
+    @property
+    def session(self) -> None:
+        return None
+
+    @property
+    def session_reused(self) -> bool:
+        conn = self._conn
+        return bool(conn is not None and lib.dcx_conn_session_reused(conn))
+
+    def version(self) -> str | None:
+        """``"TLSv1.2"`` or ``"TLSv1.3"``; None before the handshake."""
+        conn = self._conn
+        if conn is None or not self._handshake_done:
+            return None
+        return _VERSION_NAMES.get(lib.dcx_conn_version(conn))
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        """(cipher suite, protocol version, secret bits), as ``ssl`` gives it."""
+        conn = self._conn
+        if conn is None or not self._handshake_done:
+            return None
+        return (ffi.string(lib.dcx_conn_cipher(conn)).decode(), self.version() or "",
+                lib.dcx_conn_cipher_bits(conn))
+
+    def shared_ciphers(self) -> None:
+        return None
+
+    def compression(self) -> None:
+        return None
+
+    def selected_alpn_protocol(self) -> None:
+        return None
+
+    def selected_npn_protocol(self) -> None:
+        return None
+
+    def get_channel_binding(self, cb_type: str = "tls-unique") -> None:
+        raise ValueError("channel binding is not supported by dcxsec")
+
+    def verify_client_post_handshake(self) -> None:
+        raise NotImplementedError("post-handshake authentication is not supported by dcxsec")
+
+    def _peer_certificate_der(self) -> bytes | None:
+        if not self._handshake_done:
+            raise ValueError("handshake not done yet")
+        if self._peer_der is None and self._conn is not None:
+            size = lib.dcx_conn_peer_cert(self._conn, ffi.NULL, 0)
+            if size:
+                buf = ffi.new("unsigned char[]", size)
+                lib.dcx_conn_peer_cert(self._conn, buf, size)
+                self._peer_der = ffi.buffer(buf, size)[:]
+        return self._peer_der
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        """The peer's certificate: DER bytes, or a dict shaped as ``ssl`` makes it."""
+        der = self._peer_certificate_der()
+        if der is None:
+            return None
+        return der if binary_form else certificate_dict(der)
+
+    @property
+    def peer_thumbprint(self) -> str | None:
+        """SHA-1 of the peer's certificate, upper-case hex, as Windows shows it."""
+        der = self._peer_certificate_der()
+        return hashlib.sha1(der).hexdigest().upper() if der else None
+
+    @property
+    def peer_thumbprint_sha256(self) -> str | None:
+        """SHA-256 of the peer's certificate, upper-case hex."""
+        der = self._peer_certificate_der()
+        return hashlib.sha256(der).hexdigest().upper() if der else None
+
+    def __repr__(self) -> str:
+        state = self.version() or ("failed" if self._failure else "no handshake yet")
+        return f"<dcxsec.TLSSocket fd={self.fileno()} {state} peer={self._peer_text()}>"
