@@ -639,11 +639,17 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
         int w = wait_for(c, e, deadline, err);
         if (w == DCX_E_TIMEOUT) {
             c->dead = 1;
-            return dcx_fail(err, DCX_E_TIMEOUT,
-                            c->first_len == 0
-                                ? "TLS handshake timed out after %d ms: the peer sent nothing"
-                                : "TLS handshake timed out after %d ms: the peer stopped answering",
-                            timeout_ms);
+            if (c->first_len > 0)
+                return dcx_fail(err, DCX_E_TIMEOUT,
+                                "TLS handshake timed out after %d ms: the peer stopped answering",
+                                timeout_ms);
+            return c->server_side
+                       ? dcx_fail(err, DCX_E_TIMEOUT,
+                                  "TLS handshake timed out after %d ms: the client sent nothing",
+                                  timeout_ms)
+                       : dcx_fail(err, DCX_E_TIMEOUT,
+                                  "TLS handshake timed out after %d ms: the server never answered "
+                                  "our ClientHello (is this a TLS port?)", timeout_ms);
         }
         if (w != DCX_OK) {
             c->dead = 1;

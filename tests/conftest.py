@@ -1,0 +1,160 @@
+"""Shared fixtures: a test PKI, TLS contexts, connected pairs, pynetdicom SCPs."""
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+import dcxsec
+from dcxsec import SecurityConfig, TLSContext, VerificationMethod
+
+pytest_plugins = ["pki_fixtures"]
+
+
+def config_for(issued, method=VerificationMethod.TRUST_CHAIN, trusted=(), **kw) -> SecurityConfig:
+    """A SecurityConfig with ``issued`` as the local identity."""
+    return SecurityConfig(certificate=issued.cert_path, private_key=issued.key_path,
+                          verification_method=method, trusted_certificates=list(trusted),
+                          use_system_trust=False, **kw)
+
+
+@pytest.fixture(scope="session")
+def server_ctx(pki) -> TLSContext:
+    return TLSContext(config_for(pki.server, trusted=[pki.ca.cert_path]))
+
+
+@pytest.fixture(scope="session")
+def client_ctx(pki) -> TLSContext:
+    return TLSContext(config_for(pki.client, trusted=[pki.ca.cert_path]))
+
+
+def listener() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Pair:
+    """A connected, handshaken client/server pair of TLSSockets (or the server's error)."""
+
+    def __init__(self, server_ctx: TLSContext, client_ctx: TLSContext, **client_kw):
+        self.listener = listener()
+        self.server = None
+        self.server_error: BaseException | None = None
+        accepted = threading.Event()
+
+        def accept() -> None:
+            raw, _ = self.listener.accept()
+            try:
+                self.server = server_ctx.wrap_socket(raw, server_side=True)
+                self.server.do_handshake()
+            except BaseException as exc:  # noqa: BLE001 - reported to the test
+                self.server_error = exc
+            finally:
+                accepted.set()
+
+        self.thread = threading.Thread(target=accept, daemon=True)
+        self.thread.start()
+        self.client = client_ctx.wrap_socket(socket.socket(), **client_kw)
+        self.client_error: BaseException | None = None
+        try:
+            self.client.connect(self.listener.getsockname())
+        except OSError as exc:
+            self.client_error = exc
+        accepted.wait(10)
+
+    def close(self) -> None:
+        for sock in (self.client, self.server, self.listener):
+            if sock is not None:
+                sock.close()
+
+
+@pytest.fixture
+def pair_factory():
+    pairs = []
+
+    def make(server_ctx, client_ctx, **client_kw) -> Pair:
+        pairs.append(Pair(server_ctx, client_ctx, **client_kw))
+        return pairs[-1]
+
+    yield make
+    for p in pairs:
+        p.close()
+
+
+class SCP:
+    """A pynetdicom Verification + CT Storage SCP, optionally on dcxsec."""
+
+    def __init__(self, ssl_context, directory: Path, ae_title: str = "DCXSEC-SCP", **ae_kw):
+        self.directory = directory
+        self.received: list[Path] = []
+        self.peer_thumbprints: list[str | None] = []
+        self.ae = AE(ae_title)
+        for key, value in ae_kw.items():
+            setattr(self.ae, key, value)
+        self.ae.add_supported_context(Verification)
+        self.ae.add_supported_context(CTImageStorage)
+        self.port = free_port()
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)]
+        self.server = self.ae.start_server(("127.0.0.1", self.port), block=False,
+                                           ssl_context=ssl_context, evt_handlers=handlers)
+
+    def _peer(self, event) -> None:
+        sock = event.assoc.dul.socket.socket
+        self.peer_thumbprints.append(getattr(sock, "peer_thumbprint", None))
+
+    def _on_echo(self, event) -> int:
+        self._peer(event)
+        return 0x0000
+
+    def _on_store(self, event) -> int:
+        self._peer(event)
+        path = self.directory / f"{event.request.AffectedSOPInstanceUID}.dcm"
+        with path.open("wb") as f:
+            f.write(event.encoded_dataset())
+        self.received.append(path)
+        return 0x0000
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def scp_factory(tmp_path):
+    scps = []
+
+    def make(ssl_context, **kw) -> SCP:
+        directory = tmp_path / f"scp{len(scps)}"
+        directory.mkdir()
+        scps.append(SCP(ssl_context, directory, **kw))
+        return scps[-1]
+
+    yield make
+    for s in scps:
+        s.stop()
+
+
+def requestor(**kw) -> AE:
+    """A pynetdicom SCU that proposes Verification and CT Image Storage."""
+    ae = AE("DCXSEC-SCU")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.connection_timeout = 10
+    for key, value in kw.items():
+        setattr(ae, key, value)
+    return ae
+
+
+__all__ = ["config_for", "listener", "free_port", "requestor", "dcxsec"]

@@ -1,0 +1,86 @@
+"""What arrives on the TLS port that is not TLS, and a TLS client at a plain port."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import time
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+import dicom_wire
+from conftest import config_for, free_port, requestor
+from dcxsec import NotTLSError, TLSContext
+
+
+def client_hello() -> bytes:
+    """The first flight of a real TLS client."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="scp.example")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+BAD_INPUTS = {
+    "plain-dicom": (lambda: dicom_wire.associate_rq(), "plain DICOM A-ASSOCIATE-RQ PDU on the TLS port"),
+    "http": (lambda: b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n", "an HTTP request on the TLS port"),
+    "random": (lambda: b"\xfe" + os.urandom(200), "data that is not TLS (first bytes: fe"),
+    "half-handshake": (lambda: client_hello()[:40], "closed the connection during the handshake"),
+}
+
+
+def wait_for_log(caplog, words: str, timeout: float = 10) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = [r.getMessage() for r in caplog.records if r.name == "dcxsec"]
+        if any(words in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("kind", list(BAD_INPUTS))
+def test_bad_input_is_refused_with_a_reason_and_service_goes_on(pki, scp_factory, server_ctx,
+                                                                client_ctx, caplog, kind):
+    caplog.set_level(logging.WARNING, logger="dcxsec")
+    make, words = BAD_INPUTS[kind]
+    scp = scp_factory(server_ctx)
+    with socket.create_connection(("127.0.0.1", scp.port)) as raw:
+        raw.settimeout(10)
+        raw.sendall(make())
+        if kind == "half-handshake":
+            raw.shutdown(socket.SHUT_WR)
+        while raw.recv(4096):  # the server closes; an alert may come first
+            pass
+    messages = wait_for_log(caplog, words)
+    assert any(words in m and "127.0.0.1:" in m for m in messages), messages
+    assoc = requestor().associate("127.0.0.1", scp.port, tls_args=(client_ctx, None))
+    assert assoc.is_established and assoc.send_c_echo().Status == 0
+    assoc.release()
+
+
+@pytest.fixture
+def plain_scp():
+    ae = AE("PLAIN-SCP")
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    yield port
+    server.shutdown()
+
+
+def test_tls_client_at_a_plain_dicom_port_says_so(client_ctx, plain_scp):
+    sock = client_ctx.wrap_socket(socket.socket())
+    with pytest.raises(NotTLSError, match="not speaking TLS"):
+        sock.connect(("127.0.0.1", plain_scp))
+    sock.close()
+
+
+def test_pynetdicom_requestor_at_a_plain_port_fails_cleanly(client_ctx, plain_scp, caplog):
+    caplog.set_level(logging.ERROR)
+    assoc = requestor().associate("127.0.0.1", plain_scp, tls_args=(client_ctx, None))
+    assert not assoc.is_established
+    assert any("not speaking TLS" in r.getMessage() for r in caplog.records)

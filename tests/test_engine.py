@@ -1,0 +1,171 @@
+"""The engine over real loopback sockets: handshake, records, EOF, buffering."""
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import socket
+import ssl
+import threading
+
+import pytest
+
+import dcxsec
+from dcxsec import ConfigurationError, TLSContext, TLSError
+from conftest import config_for
+
+
+def test_handshake_negotiates_tls13_and_reports_the_peer(pki, pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    assert pair.server_error is None and pair.client_error is None
+    assert isinstance(pair.client, ssl.SSLSocket) and isinstance(pair.client, dcxsec.TLSSocket)
+    assert pair.client.version() == pair.server.version() == "TLSv1.3"
+    name, version, bits = pair.client.cipher()
+    assert name.startswith("TLS_") and version == "TLSv1.3" and bits >= 128
+    assert pair.client.peer_thumbprint == pki.server.thumbprint
+    assert pair.server.peer_thumbprint == pki.client.thumbprint
+    assert pair.server.peer_thumbprint_sha256 == pki.client.thumbprint256
+    der = pair.client.getpeercert(binary_form=True)
+    assert hashlib.sha1(der).hexdigest().upper() == pki.server.thumbprint
+    info = pair.client.getpeercert()
+    assert ("commonName", "dcxsec-scp") in [rdn[0] for rdn in info["subject"]]
+    assert ("DNS", "localhost") in info["subjectAltName"]
+
+
+def test_tls12_when_one_side_caps_it(pki, pair_factory, server_ctx):
+    client = TLSContext(config_for(pki.client, trusted=[pki.ca.cert_path],
+                                   maximum_version=ssl.TLSVersion.TLSv1_2))
+    pair = pair_factory(server_ctx, client)
+    assert pair.client.version() == pair.server.version() == "TLSv1.2"
+    assert "GCM" in pair.client.cipher()[0] or "CHACHA" in pair.client.cipher()[0]
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+def test_versions_below_tls12_are_refused(pki, version):
+    with pytest.raises(ConfigurationError, match="RFC 8996"):
+        config_for(pki.client, minimum_version=version)
+
+
+def test_no_version_in_common_is_named(pki, pair_factory):
+    server = TLSContext(config_for(pki.server, trusted=[pki.ca.cert_path],
+                                   minimum_version=ssl.TLSVersion.TLSv1_3))
+    client = TLSContext(config_for(pki.client, trusted=[pki.ca.cert_path],
+                                   maximum_version=ssl.TLSVersion.TLSv1_2))
+    pair = pair_factory(server, client)
+    assert isinstance(pair.server_error, TLSError)
+    assert "no TLS version in common" in str(pair.server_error)
+    assert isinstance(pair.client_error, TLSError)
+    assert "protocol version" in str(pair.client_error)
+
+
+def _pump(sock, data: bytes) -> None:
+    view = memoryview(data)
+    for offset in range(0, len(view), 1 << 20):
+        sock.sendall(view[offset:offset + (1 << 20)])
+
+
+def _drain(sock, size: int) -> str:
+    digest, buf, got = hashlib.sha256(), bytearray(1 << 18), 0
+    while got < size:
+        n = sock.recv_into(buf)
+        assert n > 0, f"EOF after {got} of {size} bytes"
+        digest.update(memoryview(buf)[:n])
+        got += n
+    return digest.hexdigest()
+
+
+def test_50_mb_each_way_arrives_intact(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    up, down = os.urandom(50 << 20), os.urandom(50 << 20)
+    results = {}
+    writer = threading.Thread(target=_pump, args=(pair.client, up))
+    writer.start()
+    results["up"] = _drain(pair.server, len(up))
+    writer.join()
+    writer = threading.Thread(target=_pump, args=(pair.server, down))
+    writer.start()
+    results["down"] = _drain(pair.client, len(down))
+    writer.join()
+    assert results == {"up": hashlib.sha256(up).hexdigest(), "down": hashlib.sha256(down).hexdigest()}
+
+
+def test_plaintext_waiting_in_the_engine_is_reported_by_pending(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    pair.client.sendall(b"PDU-ONE:" + b"PDU-TWO!")  # one TLS record
+    assert pair.server.recv(8) == b"PDU-ONE:"
+    readable, _, _ = select.select([pair.server], [], [], 0)
+    assert readable == []  # the kernel has nothing more ...
+    assert pair.server.pending() == 8  # ... but the engine does
+    assert pair.server.recv(100) == b"PDU-TWO!"
+    assert pair.server.pending() == 0
+
+
+def test_tcp_nodelay_is_set_on_every_wrapped_socket(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    for sock in (pair.client, pair.server):
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_close_notify_reads_as_eof(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    pair.client.sendall(b"bye")
+    pair.client.shutdown(socket.SHUT_RDWR)
+    assert pair.server.recv(10) == b"bye"
+    assert pair.server.recv(10) == b""
+
+
+def test_tcp_close_at_a_record_boundary_reads_as_eof(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    pair.client.sendall(b"last")
+    socket.socket.shutdown(pair.client, socket.SHUT_RDWR)  # no close_notify, as many peers do
+    assert pair.server.recv(10) == b"last"
+    assert pair.server.recv(10) == b""
+
+
+def test_truncated_record_is_an_error(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    # Half of an application-data record, written under the engine's feet.
+    os.write(pair.client.fileno(), b"\x17\x03\x03\x00\x40" + b"\x00" * 20)
+    socket.socket.shutdown(pair.client, socket.SHUT_RDWR)
+    with pytest.raises(TLSError, match="truncated"):
+        pair.server.recv(10)
+
+
+def test_read_timeout_raises_timeout_error(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    pair.server.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        pair.server.recv(10)
+    pair.client.sendall(b"still alive")
+    assert pair.server.recv(100) == b"still alive"
+
+
+def test_non_blocking_read_raises_want_read(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    pair.client.setblocking(False)
+    with pytest.raises(ssl.SSLWantReadError):
+        pair.client.recv(10)
+
+
+def test_accepting_side_needs_an_identity(pki, pair_factory, client_ctx):
+    anonymous = TLSContext(dcxsec.SecurityConfig(verification_method=dcxsec.VerificationMethod.NONE))
+    pair = pair_factory(anonymous, client_ctx)
+    assert isinstance(pair.server_error, ConfigurationError)
+    assert "needs its own certificate" in str(pair.server_error)
+
+
+def test_datagram_calls_never_send_plaintext(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    with pytest.raises(ValueError):
+        pair.client.sendto(b"x", ("127.0.0.1", 9))
+    with pytest.raises(NotImplementedError):
+        pair.client.unwrap()
+
+
+def test_makefile_reads_and_writes_through_tls(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    with pair.client.makefile("wb") as out:
+        out.write(b"line one\nline two\n")
+    with pair.server.makefile("rb") as incoming:
+        assert incoming.readline() == b"line one\n"
+        assert incoming.readline() == b"line two\n"
