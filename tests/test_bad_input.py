@@ -53,7 +53,10 @@ def test_bad_input_is_refused_with_a_reason_and_service_goes_on(pki, scp_factory
         raw.sendall(make())
         if kind == "half-handshake":
             raw.shutdown(socket.SHUT_WR)
-        while raw.recv(4096):  # the server closes; an alert may come first
+        try:
+            while raw.recv(4096):  # the server closes; an alert may come first
+                pass
+        except ConnectionResetError:  # closed with our unread bytes still queued
             pass
     messages = wait_for_log(caplog, words)
     assert any(words in m and "127.0.0.1:" in m for m in messages), messages
