@@ -471,7 +471,7 @@ static long capture_first_bytes(BIO *bio, int oper, const char *argp, size_t len
 
 static void track_alerts(const SSL *ssl, int where, int value)
 {
-    if ((where & SSL_CB_READ_ALERT) && ((value >> 8) & 0xff) == SSL3_AL_FATAL) {
+    if ((where & SSL_CB_ALERT) && (where & SSL_CB_READ) && ((value >> 8) & 0xff) == SSL3_AL_FATAL) {
         dcx_conn *c = SSL_get_ex_data(ssl, conn_index);
         if (c)
             c->received_alert = value & 0xff;

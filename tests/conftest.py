@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from pynetdicom import AE, evt
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 import dcxsec
@@ -149,7 +150,8 @@ def requestor(**kw) -> AE:
     """A pynetdicom SCU that proposes Verification and CT Image Storage."""
     ae = AE("DCXSEC-SCU")
     ae.add_requested_context(Verification)
-    ae.add_requested_context(CTImageStorage)
+    # Only the files' own transfer syntax, so that nothing is transcoded on the way.
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.connection_timeout = 10
     for key, value in kw.items():

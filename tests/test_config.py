@@ -84,8 +84,9 @@ def test_import_without_the_engine_says_so(tmp_path):
     package = Path(dcxsec.__file__).parent
     copy = tmp_path / "dcxsec"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("_tls*", "__pycache__"))
-    done = subprocess.run([sys.executable, "-c", "import dcxsec"], cwd=tmp_path,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    # -S: no site-packages, so no installed copy of the engine can be found instead.
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import dcxsec"
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
     assert done.returncode != 0
     assert "compiled TLS engine (dcxsec._tls) is missing or failed to build" in done.stderr
     assert "libssl-dev" in done.stderr

@@ -39,7 +39,7 @@ def test_storescu_tls_files_arrive_byte_identical(pki, scp_factory, server_ctx, 
     done = run(["storescu", *tls_args(pki.client, pki.ca), "-aec", "DCXSEC-SCP",
                 "127.0.0.1", str(scp.port), *map(str, sources)])
     assert done.returncode == 0, done.stderr
-    assert sorted(p.read_bytes() for p in scp.received) == sorted(dataset_bytes(s) for s in sources)
+    assert sorted(dataset_bytes(p) for p in scp.received) == sorted(dataset_bytes(s) for s in sources)
 
 
 def test_storescu_pinned_by_thumbprint(pki, scp_factory, dicom_file):
@@ -49,7 +49,7 @@ def test_storescu_pinned_by_thumbprint(pki, scp_factory, dicom_file):
     source = dicom_file(64 * 1024)
     done = run(["storescu", *tls_args(pki.client, pki.ca), "127.0.0.1", str(scp.port), str(source)])
     assert done.returncode == 0, done.stderr
-    assert [p.read_bytes() for p in scp.received] == [dataset_bytes(source)]
+    assert [dataset_bytes(p) for p in scp.received] == [dataset_bytes(source)]
 
 
 def test_echoscu_with_an_untrusted_certificate_is_refused_and_logged(pki, scp_factory, server_ctx, caplog):

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import time
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.filereader import read_preamble, _read_file_meta_info
 
 import dicom_wire
 from conftest import config_for, requestor
@@ -28,11 +29,11 @@ def contexts(pki, method, **kw) -> tuple[TLSContext, TLSContext]:
 
 
 def dataset_bytes(path) -> bytes:
-    """A DICOM file's dataset, after its preamble and file meta group."""
-    with open(path, "rb") as f:
-        read_preamble(f, False)
-        _read_file_meta_info(f)
-        return f.read()
+    """A DICOM file's dataset: what follows the preamble and the file meta group."""
+    data = Path(path).read_bytes()
+    assert data[128:132] == b"DICM" and data[132:136] == b"\x02\x00\x00\x00"
+    (group_length,) = struct.unpack_from("<I", data, 140)  # (0002,0000) UL, explicit VR
+    return data[144 + group_length:]
 
 
 @pytest.mark.parametrize("method", [TRUST_CHAIN, THUMBPRINT, NONE], ids=lambda m: m.name)
@@ -46,7 +47,7 @@ def test_echo_and_store_in_every_method(pki, scp_factory, dicom_file, method):
     assert assoc.send_c_echo().Status == 0x0000
     assert assoc.send_c_store(source).Status == 0x0000
     assoc.release()
-    assert [dataset_bytes(source)] == [p.read_bytes() for p in scp.received]
+    assert [dataset_bytes(source)] == [dataset_bytes(p) for p in scp.received]
     expected = pki.client.thumbprint if method != NONE else pki.client.thumbprint
     assert scp.peer_thumbprints == [expected, expected]
 
@@ -63,7 +64,7 @@ def test_store_50_mb(pki, scp_factory, dicom_file, method, max_pdu):
     assert assoc.send_c_store(source).Status == 0x0000
     assoc.release()
     assert len(scp.received) == 1
-    assert scp.received[0].read_bytes() == dataset_bytes(source)
+    assert dataset_bytes(scp.received[0]) == dataset_bytes(source)
     assert dcmread(scp.received[0], force=True).SOPInstanceUID == dcmread(source).SOPInstanceUID
 
 
