@@ -29,7 +29,11 @@ _KEY_KINDS = {
 
 def thumbprint(cert: x509.Certificate, algorithm: str = "sha1") -> str:
     """The certificate's thumbprint in upper-case hex, as Windows shows it."""
-    algo = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}[algorithm.lower()]
+    algorithms = {"sha1": hashes.SHA1, "sha256": hashes.SHA256}
+    try:
+        algo = algorithms[algorithm.lower().replace("-", "")]()
+    except KeyError:
+        raise ValueError(f"unsupported thumbprint algorithm {algorithm!r}: use 'sha1' or 'sha256'") from None
     return cert.fingerprint(algo).hex().upper()
 
 
@@ -153,8 +157,9 @@ def _end_entity_extensions(key: PrivateKey, server: bool, client: bool, dns_name
     usages = [u for u, on in ((ExtendedKeyUsageOID.SERVER_AUTH, server),
                               (ExtendedKeyUsageOID.CLIENT_AUTH, client)) if on]
     extensions = [(x509.BasicConstraints(ca=False, path_length=None), True),
-                  (_key_usage(signing=True, key_encipherment=isinstance(key, rsa.RSAPrivateKey)), True),
-                  (x509.ExtendedKeyUsage(usages), False)]
+                  (_key_usage(signing=True, key_encipherment=isinstance(key, rsa.RSAPrivateKey)), True)]
+    if usages:
+        extensions.append((x509.ExtendedKeyUsage(usages), False))
     names = [x509.DNSName(n) for n in dns_names] + [
         x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
     if names:
@@ -188,9 +193,15 @@ def self_signed(common_name: str, *, key_kind: str = "ec256", days: int = 825,
 
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     """Every certificate in ``data``: one DER, or one or more PEM blocks."""
-    try:
-        if b"-----BEGIN" in data:
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        try:
             return x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise ValueError("not an X.509 certificate: a PEM 'BEGIN CERTIFICATE' block is damaged") from None
+    if b"-----BEGIN" in data:
+        raise ValueError("not an X.509 certificate: PEM data without a 'BEGIN CERTIFICATE' block "
+                         "(a private key or request?)")
+    try:
         return [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
-        raise ValueError(f"not an X.509 certificate in PEM or DER: {exc}") from None
+    except ValueError:
+        raise ValueError("not an X.509 certificate: expected DER or PEM ('BEGIN CERTIFICATE')") from None

@@ -87,7 +87,7 @@ def test_two_pdus_in_one_record_are_both_handled_at_once(pki, scp_factory, clien
 def test_silent_clients_do_not_delay_a_real_association(pki, scp_factory, caplog):
     caplog.set_level(logging.WARNING, logger="dcxsec")
     server, client = contexts(pki, TRUST_CHAIN, handshake_timeout=2.0)
-    scp = scp_factory(server)
+    scp = scp_factory(server, maximum_associations=32)  # each silent client holds a slot
     silent = [socket.create_connection(("127.0.0.1", scp.port)) for _ in range(20)]
     try:
         # The requestor gives up after its own 2 s handshake deadline if the acceptor
