@@ -85,6 +85,12 @@ typedef struct dcx_blob {
     size_t len;
 } dcx_blob;
 
+/* The platform certificate store (Windows system stores); see dcx_config. */
+typedef enum dcx_store {
+    DCX_STORE_CURRENT_USER = 0,
+    DCX_STORE_LOCAL_COMPUTER = 1
+} dcx_store;
+
 typedef struct dcx_config {
     dcx_blob certificate_chain;      /* own certificate, leaf first, then intermediates */
     dcx_blob private_key;            /* its key: PKCS#8, PKCS#1 or SEC1, PEM or DER */
@@ -101,6 +107,15 @@ typedef struct dcx_config {
     int max_version;                 /* 0 = the newest the platform has */
     int check_hostname;              /* check server_name against the peer's certificate */
     int session_cache;               /* keep sessions for resumption */
+    /* The identity from the platform's system store instead of bytes: the
+     * certificate whose SHA-1 is identity_thumbprint (20 bytes) in "My" of
+     * cert_store, with its private key.  Backends without system stores
+     * (OpenSSL) answer DCX_E_UNSUPPORTED; there dcxsec's Python layer reads its
+     * own store folders and passes certificate_chain/private_key instead. */
+    dcx_store cert_store;
+    const unsigned char *identity_thumbprint;
+    /* TRUST_CHAIN on system stores: the platform's roots plus those of cert_store. */
+    int check_revocation;            /* fail when revocation cannot be checked (off: offline is fine) */
 } dcx_config;
 
 typedef struct dcx_ctx dcx_ctx;

@@ -381,6 +381,11 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
         dcx_fail(err, DCX_E_CONFIG, "the protocol version range 0x%04x..0x%04x is empty", lo, hi);
         return NULL;
     }
+    if (cfg->identity_thumbprint) {
+        dcx_fail(err, DCX_E_UNSUPPORTED,
+                 "this platform has no system certificate store: give the certificate and key");
+        return NULL;
+    }
     dcx_ctx *ctx = calloc(1, sizeof(*ctx));
     if (!ctx) {
         dcx_fail(err, DCX_E_NOMEM, "out of memory");
