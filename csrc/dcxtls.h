@@ -97,6 +97,8 @@ typedef struct dcx_config {
     const char *private_key_password;/* NULL if the key is not encrypted */
     const dcx_blob *trusted;         /* extra trusted roots, each PEM or DER */
     size_t trusted_count;
+    const dcx_blob *intermediates;   /* intermediate CAs that may complete a peer's chain */
+    size_t intermediate_count;
     const char *trusted_dir;         /* a folder of trusted roots (hashed), or NULL */
     int use_system_trust;            /* also trust the platform's store */
     dcx_verify verify;

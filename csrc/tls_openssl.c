@@ -211,6 +211,23 @@ out:
     return rc;
 }
 
+static int add_to_store(X509_STORE *store, const dcx_blob *blobs, size_t count, const char *what,
+                        dcx_error *err)
+{
+    for (size_t i = 0; i < count; i++) {
+        STACK_OF(X509) *certs = parse_certificates(&blobs[i]);
+        if (!certs)
+            return dcx_fail(err, DCX_E_CONFIG,
+                            "%s certificate #%zu is not an X.509 certificate in PEM or DER", what,
+                            i + 1);
+        for (int j = 0; j < sk_X509_num(certs); j++)
+            X509_STORE_add_cert(store, sk_X509_value(certs, j)); /* duplicates are fine */
+        sk_X509_pop_free(certs, X509_free);
+    }
+    ERR_clear_error();
+    return DCX_OK;
+}
+
 static int load_trust(SSL_CTX *sctx, const dcx_config *cfg, dcx_error *err)
 {
     X509_STORE *store = SSL_CTX_get_cert_store(sctx);
@@ -219,18 +236,11 @@ static int load_trust(SSL_CTX *sctx, const dcx_config *cfg, dcx_error *err)
     if (cfg->trusted_dir && !X509_STORE_load_path(store, cfg->trusted_dir))
         return dcx_fail(err, DCX_E_CONFIG, "cannot read trusted certificates folder '%s'",
                         cfg->trusted_dir);
-    for (size_t i = 0; i < cfg->trusted_count; i++) {
-        STACK_OF(X509) *certs = parse_certificates(&cfg->trusted[i]);
-        if (!certs)
-            return dcx_fail(err, DCX_E_CONFIG,
-                            "trusted certificate #%zu is not an X.509 certificate in PEM or DER",
-                            i + 1);
-        for (int j = 0; j < sk_X509_num(certs); j++)
-            X509_STORE_add_cert(store, sk_X509_value(certs, j)); /* duplicates are fine */
-        sk_X509_pop_free(certs, X509_free);
-    }
-    ERR_clear_error();
-    return DCX_OK;
+    if (add_to_store(store, cfg->trusted, cfg->trusted_count, "trusted", err) != DCX_OK)
+        return err ? err->status : DCX_E_CONFIG;
+    /* Without X509_V_FLAG_PARTIAL_CHAIN a store certificate that is not
+     * self-signed is a link, never an anchor: intermediates can live here too. */
+    return add_to_store(store, cfg->intermediates, cfg->intermediate_count, "intermediate", err);
 }
 
 /* ---- verification ---------------------------------------------------- */

@@ -49,3 +49,8 @@ def certificate_dict(der: bytes) -> dict[str, Any]:
         + [("IP Address", str(n)) for n in san.get_values_for_type(x509.IPAddress)]
     )
     return info
+
+
+def subject_text(der: bytes) -> str:
+    """The certificate's subject as an RFC 4514 string ("CN=...,O=...")."""
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()

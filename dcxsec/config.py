@@ -6,10 +6,11 @@ import ssl
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Mapping, Sequence, Union
 
 from dcxsec.errors import ConfigurationError
-from dcxsec.verify import VerificationMethod, normalize_thumbprints
+from dcxsec.store import CertificateStore, CertStore
+from dcxsec.verify import VerificationMethod, normalize_thumbprint, normalize_thumbprints
 
 Source = Union[str, "os.PathLike[str]", bytes]
 """A certificate or key: a file path, or the PEM/DER bytes themselves."""
@@ -21,11 +22,16 @@ _VERSION_FLOOR = ssl.TLSVersion.TLSv1_2
 class SecurityConfig:
     """Everything that decides how dcxsec secures an association.
 
-    ``certificate`` and ``private_key`` are the local AE's identity (PEM or DER,
-    as a path or bytes; the certificate file may carry the intermediates after
-    the leaf).  ``verification_method`` decides how the peer is checked:
-    TRUST_CHAIN against the system trust store plus ``trusted_certificates``;
-    THUMBPRINT against ``accepted_thumbprints``.  Versions are
+    The local AE's identity comes from the certificate store ``cert_store``
+    (default: by account, see ``CertStore.default``): the certificate in My
+    whose thumbprint is ``certificate_thumbprint``, or the only usable one.
+    ``certificate`` and ``private_key`` (PEM or DER, path or bytes; the
+    certificate may carry its intermediates after the leaf) give it directly
+    instead.  ``verification_method`` decides how the peer is checked:
+    TRUST_CHAIN against the system trust store, the store's Root and
+    ``trusted_certificates``; THUMBPRINT against ``accepted_thumbprints``.
+    ``ae_bindings`` (AE title -> thumbprints) ties AE titles to the
+    certificates allowed to use them, on both sides.  Versions are
     ``ssl.TLSVersion`` values; TLS 1.2 is the floor (DICOM PS3.15 B.12).
     """
 
@@ -41,11 +47,19 @@ class SecurityConfig:
     check_hostname: bool = False
     handshake_timeout: float = 5.0
     session_cache: bool = True
+    cert_store: CertStore | None = None
+    certificate_thumbprint: str | None = None
+    use_store_trust: bool = True
+    ae_bindings: Mapping[str, Union[str, Sequence[str]]] | None = None
+    check_revocation: bool = False
     trusted_folder: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.verification_method = VerificationMethod(self.verification_method)
         self.accepted_thumbprints = normalize_thumbprints(self.accepted_thumbprints)
+        self.cert_store = CertStore.default() if self.cert_store is None else CertStore(self.cert_store)
+        if self.certificate_thumbprint is not None:
+            self.certificate_thumbprint = normalize_thumbprint(self.certificate_thumbprint)
         self.minimum_version = ssl.TLSVersion(self.minimum_version)
         self.maximum_version = ssl.TLSVersion(self.maximum_version)
         if isinstance(self.trusted_certificates, (str, bytes, os.PathLike)):
@@ -76,17 +90,33 @@ class SecurityConfig:
                 f"maximum_version {high.name} is below minimum_version {low.name}")
         return int(low), high_value
 
-    def certificate_bytes(self) -> bytes | None:
-        """The local certificate chain's bytes, or None."""
-        return None if self.certificate is None else read_source(self.certificate, "certificate")
+    def store(self) -> CertificateStore:
+        """The folder store this configuration draws on (Linux, macOS)."""
+        return CertificateStore(self.cert_store)
 
-    def private_key_bytes(self) -> bytes | None:
-        """The private key's bytes, refusing a key file that others can read."""
-        return None if self.private_key is None else read_private_key(self.private_key)
+    def identity_bytes(self) -> tuple[bytes | None, bytes | None]:
+        """(certificate chain, private key) of the local AE, or (None, None).
+
+        Given files win; otherwise My of the store: by thumbprint, or its only
+        usable identity.  An empty My means no identity (a requestor may go
+        without); a key file that others can read is refused.
+        """
+        if self.certificate is not None:
+            return read_source(self.certificate, "certificate"), read_private_key(self.private_key)
+        store = self.store()
+        if self.certificate_thumbprint is None and not any(store.certificates("My")):
+            return None, None
+        entry = store.identity(self.certificate_thumbprint)
+        return entry.chain_pem(), read_private_key(entry.key_path)
 
     def trusted_bytes(self) -> list[bytes]:
-        """Each trusted certificate (or bundle) as bytes."""
-        return [read_source(s, "trusted certificate") for s in self.trusted_certificates]
+        """Each trusted certificate (or bundle) as bytes: given ones, then the store's Root."""
+        given = [read_source(s, "trusted certificate") for s in self.trusted_certificates]
+        return given + (self.store().pem_bundle("Root") if self.use_store_trust else [])
+
+    def intermediate_bytes(self) -> list[bytes]:
+        """Intermediate CAs from the store's CA, to complete peers' chains."""
+        return self.store().pem_bundle("CA") if self.use_store_trust else []
 
 
 def read_source(source: Source, what: str) -> bytes:

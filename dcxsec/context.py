@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import socket
-from typing import Iterable
+import sys
+from typing import Iterable, Mapping, Sequence, Union
 
 from dcxsec._native import ffi, lib
+from dcxsec.aetitle import AEBindings
 from dcxsec.config import SecurityConfig
 from dcxsec.engine import new_error, to_exception
 from dcxsec.verify import VerificationMethod, normalize_thumbprints
@@ -29,6 +31,7 @@ class TLSContext:
         self._config = config if config is not None else SecurityConfig(
             verification_method=VerificationMethod.NONE)
         self._ctx = self._build(self._config)
+        self._bindings = AEBindings(self._config.ae_bindings)
 
     @staticmethod
     def _build(config: SecurityConfig):
@@ -41,21 +44,33 @@ class TLSContext:
                 keep.append(buf)
                 target.data, target.len = buf, len(data)
 
-        key = bytearray(config.private_key_bytes() or b"")
+        def blob_array(items: list[bytes]):
+            array = ffi.new("dcx_blob[]", max(1, len(items)))
+            keep.append(array)
+            for i, data in enumerate(items):
+                blob(array[i], data)
+            return array, len(items)
+
+        cfg.cert_store = int(config.cert_store)
+        if sys.platform == "win32" and config.certificate is None:
+            # Windows: the identity stays in the system store; the engine opens it.
+            if config.certificate_thumbprint:
+                keep.append(ffi.new("unsigned char[]", bytes.fromhex(config.certificate_thumbprint[:40])))
+                cfg.identity_thumbprint = keep[-1]
+            chain, key_bytes = None, None
+        else:
+            chain, key_bytes = config.identity_bytes()
+        key = bytearray(key_bytes or b"")
         try:
-            blob(cfg.certificate_chain, config.certificate_bytes())
+            blob(cfg.certificate_chain, chain)
             blob(cfg.private_key, key)
             if config.private_key_password is not None:
                 password = config.private_key_password
                 password = password.encode() if isinstance(password, str) else bytes(password)
                 keep.append(ffi.new("char[]", password))
                 cfg.private_key_password = keep[-1]
-            trusted = config.trusted_bytes()
-            blobs = ffi.new("dcx_blob[]", max(1, len(trusted)))
-            keep.append(blobs)
-            for i, data in enumerate(trusted):
-                blob(blobs[i], data)
-            cfg.trusted, cfg.trusted_count = blobs, len(trusted)
+            cfg.trusted, cfg.trusted_count = blob_array(config.trusted_bytes())
+            cfg.intermediates, cfg.intermediate_count = blob_array(config.intermediate_bytes())
             if config.trusted_folder:
                 keep.append(ffi.new("char[]", str(config.trusted_folder).encode()))
                 cfg.trusted_dir = keep[-1]
@@ -68,6 +83,7 @@ class TLSContext:
             cfg.min_version, cfg.max_version = config.version_range()
             cfg.check_hostname = bool(config.check_hostname)
             cfg.session_cache = bool(config.session_cache)
+            cfg.check_revocation = bool(config.check_revocation)
             err = new_error()
             ctx = lib.dcx_ctx_new(cfg, err)
             if ctx == ffi.NULL:
@@ -75,6 +91,14 @@ class TLSContext:
             return ffi.gc(ctx, lib.dcx_ctx_free)
         finally:
             key[:] = bytes(len(key))  # do not leave the key lying in memory
+
+    def reload_identity(self) -> None:
+        """Load the identity and trust again (a renewed certificate, a new root).
+
+        Associations that start afterwards use the new ones; running ones keep
+        what they handshook with.  On failure the old context stays in service.
+        """
+        self._ctx = self._build(self._config)
 
     @property
     def config(self) -> SecurityConfig:
@@ -104,6 +128,16 @@ class TLSContext:
         if rc != lib.DCX_OK:
             raise to_exception(err, rc)
         self._config.accepted_thumbprints = normalized
+
+    @property
+    def ae_bindings(self) -> AEBindings:
+        """The AE title -> certificate bindings in force (empty: not checked)."""
+        return self._bindings
+
+    @ae_bindings.setter
+    def ae_bindings(self, mapping: Mapping[str, Union[str, Sequence[str]]] | None) -> None:
+        self._bindings = AEBindings(mapping)
+        self._config.ae_bindings = mapping
 
     def wrap_socket(self, sock: socket.socket, server_side: bool = False,
                     do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,

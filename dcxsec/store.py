@@ -1,9 +1,35 @@
-"""Certificate stores: which one the local AE uses (IDCXSEC CertStore)."""
+"""Certificate stores: the local AE's identity (My), trusted roots (Root), intermediates (CA).
+
+On Linux and macOS a store is a folder per scope with one folder per logical
+store, named as on Windows; certificates are files named by SHA-1 thumbprint:
+
+    <scope root>/My/<THUMBPRINT>.pem    certificate, then its intermediates
+    <scope root>/My/<THUMBPRINT>.key    its private key, mode 0600
+    <scope root>/Root/<THUMBPRINT>.pem  a trusted root
+    <scope root>/CA/<THUMBPRINT>.pem    an intermediate CA
+
+The roots can be moved with DCXSEC_CURRENT_USER_STORE and
+DCXSEC_LOCAL_COMPUTER_STORE.
+"""
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from dcxsec.errors import ConfigurationError
+from dcxsec.pki import load_certificates, thumbprint, write_private
+from dcxsec.verify import normalize_thumbprint
+
+LOGICAL_STORES = ("My", "Root", "CA")
 
 
 class CertStore(enum.IntEnum):
@@ -20,7 +46,153 @@ class CertStore(enum.IntEnum):
         anyone else CURRENT_USER.
         """
         if sys.platform == "win32":
-            import getpass
-
-            return cls.LOCAL_COMPUTER if getpass.getuser().upper() == "SYSTEM" else cls.CURRENT_USER
+            # LocalSystem's user name is the machine account, "<COMPUTERNAME>$".
+            return cls.LOCAL_COMPUTER if os.environ.get("USERNAME", "").endswith("$") else cls.CURRENT_USER
         return cls.LOCAL_COMPUTER if os.geteuid() == 0 else cls.CURRENT_USER
+
+    def root(self) -> Path:
+        """The folder that holds this scope's My, Root and CA."""
+        if self == CertStore.CURRENT_USER:
+            override = os.environ.get("DCXSEC_CURRENT_USER_STORE")
+            if override:
+                return Path(override)
+            data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+            return Path(data_home) / "dcxsec" / "store"
+        return Path(os.environ.get("DCXSEC_LOCAL_COMPUTER_STORE") or "/etc/dcxsec/store")
+
+
+@dataclass(frozen=True)
+class StoredCertificate:
+    """One certificate in a store, with what ``dcxsec cert list`` shows of it."""
+
+    store: CertStore
+    logical: str
+    path: Path
+    certificate: x509.Certificate
+
+    @property
+    def thumbprint(self) -> str:
+        return thumbprint(self.certificate)
+
+    @property
+    def subject(self) -> str:
+        return self.certificate.subject.rfc4514_string()
+
+    @property
+    def issuer(self) -> str:
+        return self.certificate.issuer.rfc4514_string()
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.certificate.not_valid_after_utc
+
+    @property
+    def key_path(self) -> Path:
+        return self.path.with_suffix(".key")
+
+    @property
+    def has_key(self) -> bool:
+        return self.logical == "My" and self.key_path.exists()
+
+    def chain_pem(self) -> bytes:
+        return self.path.read_bytes()
+
+    def unusable_because(self, now: dt.datetime | None = None) -> str | None:
+        """Why this cannot be the local AE's identity, or None if it can."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        if not self.has_key:
+            return "no private key"
+        if self.certificate.not_valid_after_utc < now:
+            return f"expired on {self.not_after:%Y-%m-%d}"
+        if self.certificate.not_valid_before_utc > now:
+            return f"not valid before {self.certificate.not_valid_before_utc:%Y-%m-%d}"
+        try:
+            usages = self.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            return None
+        if not {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} & set(usages):
+            return "not for TLS (extended key usage has neither serverAuth nor clientAuth)"
+        return None
+
+    def describe(self) -> str:
+        return f"{self.subject} (thumbprint {self.thumbprint}, expires {self.not_after:%Y-%m-%d})"
+
+
+class CertificateStore:
+    """The folder store of one scope on Linux and macOS."""
+
+    def __init__(self, scope: CertStore | None = None) -> None:
+        self.scope = CertStore.default() if scope is None else CertStore(scope)
+        self.root = self.scope.root()
+
+    def folder(self, logical: str) -> Path:
+        if logical not in LOGICAL_STORES:
+            raise ValueError(f"unknown logical store {logical!r}: use one of {', '.join(LOGICAL_STORES)}")
+        return self.root / logical
+
+    def certificates(self, logical: str) -> Iterator[StoredCertificate]:
+        """Every certificate in one logical store, by file name order."""
+        folder = self.folder(logical)
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.glob("*.pem")):
+            try:
+                cert = load_certificates(path.read_bytes())[0]
+            except (OSError, ValueError):
+                continue  # not ours to judge here; `dcxsec cert list` shows only certificates
+            yield StoredCertificate(self.scope, logical, path, cert)
+
+    def find(self, logical: str, thumb: str) -> StoredCertificate:
+        """The certificate with this SHA-1 or SHA-256 thumbprint."""
+        wanted = normalize_thumbprint(thumb)
+        for entry in self.certificates(logical):
+            if wanted in (entry.thumbprint, thumbprint(entry.certificate, "sha256")):
+                return entry
+        raise ConfigurationError(
+            f"no certificate with thumbprint {wanted} in {self.scope.name}\\{logical} ({self.folder(logical)})")
+
+    def identity(self, thumb: str | None = None) -> StoredCertificate:
+        """The local AE's identity in My: by thumbprint, or the only usable one."""
+        if thumb:
+            entry = self.find("My", thumb)
+            reason = entry.unusable_because()
+            if reason:
+                raise ConfigurationError(f"certificate {entry.describe()} in {self.scope.name}\\My "
+                                         f"cannot be the local identity: {reason}")
+            return entry
+        entries = list(self.certificates("My"))
+        usable = [e for e in entries if e.unusable_because() is None]
+        if len(usable) == 1:
+            return usable[0]
+        listing = "".join(f"\n  {e.describe()}{'' if e in usable else ' - ' + e.unusable_because()}"
+                          for e in entries) or " (none)"
+        problem = "several usable identities" if usable else "no usable identity"
+        raise ConfigurationError(
+            f"{self.scope.name}\\My ({self.folder('My')}) has {problem}; choose one with "
+            f"certificate_thumbprint=... (or `dcxsec cert new` / `dcxsec cert import`). "
+            f"Candidates:{listing}")
+
+    def pem_bundle(self, logical: str) -> list[bytes]:
+        """Every certificate of a logical store as PEM bytes (for the engine)."""
+        return [entry.certificate.public_bytes(serialization.Encoding.PEM)
+                for entry in self.certificates(logical)]
+
+    def add(self, logical: str, certificates: list[x509.Certificate], key_pem: bytes | None = None) -> Path:
+        """Store a certificate (with its chain, and its key in My); returns its path."""
+        folder = self.folder(logical)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{thumbprint(certificates[0])}.pem"
+        path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates))
+        if key_pem is not None:
+            if logical != "My":
+                raise ValueError("private keys belong in My")
+            write_private(path.with_suffix(".key"), key_pem)
+        return path
+
+    def remove(self, logical: str, thumb: str) -> StoredCertificate:
+        """Delete a certificate (and its key); returns what was removed."""
+        entry = self.find(logical, thumb)
+        entry.path.unlink()
+        if entry.key_path.exists() and logical == "My":
+            entry.key_path.unlink()
+        return entry

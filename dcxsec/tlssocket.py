@@ -15,10 +15,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from dcxsec import aetitle
 from dcxsec._native import ffi, lib
-from dcxsec.certinfo import certificate_dict
+from dcxsec.certinfo import certificate_dict, subject_text
 from dcxsec.engine import new_error, to_exception
-from dcxsec.errors import HandshakeTimeoutError
+from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError
 
 if TYPE_CHECKING:
     from dcxsec.context import TLSContext
@@ -74,6 +75,8 @@ class TLSSocket(ssl.SSLSocket):
         self._rbuf = ffi.new("char[]", _READ_CHUNK)
         self._peer_der: bytes | None = None
         self._peer_address = None
+        self._screened = False  # the A-ASSOCIATE-RQ has been checked against the AE bindings
+        self._prefix = bytearray()  # plaintext read ahead for that check, served first
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Handshake flights and small PDUs must not wait for delayed ACKs.
             socket.socket.setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -128,6 +131,7 @@ class TLSSocket(ssl.SSLSocket):
         if rc != lib.DCX_OK:
             self._fail_handshake(to_exception(err, rc, during_handshake=True))
         self._handshake_done = True
+        self._screened = not self._context.ae_bindings
         if self.server_side and log.isEnabledFor(logging.DEBUG):
             log.debug("TLS handshake with %s: %s %s", self._peer_text(), self.version(),
                       self.cipher()[0])
@@ -188,7 +192,71 @@ class TLSSocket(ssl.SSLSocket):
         conn = self._conn
         if conn is None:
             raise self._failure or OSError(9, "the TLS connection is closed")
+        if not self._screened and self.server_side:
+            self._screened = True
+            self._screen_request_locked(conn)
         return conn
+
+    # ---- peer AE identity ------------------------------------------------------
+
+    def _read_exactly_locked(self, conn, size: int) -> bytes:
+        buf, err, data = ffi.new("char[]", size), new_error(), bytearray()
+        while len(data) < size:
+            n = lib.dcx_conn_read(conn, buf, size - len(data), _milliseconds(self._timeout), err)
+            if n == lib.DCX_EOF:
+                break
+            if n < 0:
+                raise self._io_error(err, n, reading=True)
+            data += ffi.buffer(buf, n)
+        return bytes(data)
+
+    def _screen_request_locked(self, conn) -> None:
+        """Acceptor: read the A-ASSOCIATE-RQ whole and reject it unless its
+        calling AE title is bound to the requestor's certificate."""
+        header = self._read_exactly_locked(conn, 6)
+        self._prefix += header
+        if len(header) < 6 or header[0] != aetitle.A_ASSOCIATE_RQ:
+            return  # not a request: the DICOM layer deals with it
+        length = int.from_bytes(header[2:6], "big")
+        if length > 1 << 20:
+            return
+        self._prefix += self._read_exactly_locked(conn, length)
+        called, calling = aetitle.ae_titles(bytes(self._prefix))
+        if self._peer_bound_to(calling):
+            return
+        lib.dcx_conn_write(conn, aetitle.reject_pdu(aetitle.CALLING_AE_NOT_RECOGNIZED), 10,
+                           _milliseconds(self._timeout), new_error())
+        lib.dcx_conn_shutdown(conn, _CLOSE_NOTIFY_MS, 0, new_error())
+        self._prefix.clear()
+        self._refuse_binding(f"calling AE title '{calling}' is not bound to", "A-ASSOCIATE-RJ sent "
+                             "(calling AE title not recognized)")
+
+    def _check_called_ae(self, data: Any) -> None:
+        """Requestor: refuse to send an A-ASSOCIATE-RQ to an acceptor whose
+        certificate is not bound to the called AE title."""
+        self._screened = True
+        head = bytes(memoryview(data)[:42])
+        if not self._context.ae_bindings or not head or head[0] != aetitle.A_ASSOCIATE_RQ:
+            return
+        called, _ = aetitle.ae_titles(head)
+        if not self._peer_bound_to(called):
+            self._refuse_binding(f"called AE title '{called}' is not bound to",
+                                 "association request not sent")
+
+    def _peer_bound_to(self, ae_title: str) -> bool:
+        return self._context.ae_bindings.allows(ae_title, self.peer_thumbprint or "",
+                                                self.peer_thumbprint_sha256 or "")
+
+    def _refuse_binding(self, what: str, outcome: str) -> None:
+        der = self._peer_der
+        subject = subject_text(der) if der else "(no certificate)"
+        exc = CertificateVerificationError(
+            f"{what} the peer's certificate '{subject}' (thumbprint {self.peer_thumbprint}): "
+            f"{outcome}; bind it in ae_bindings if this peer may use that AE title",
+            rule="ae_title", subject=subject, thumbprint=self.peer_thumbprint or "")
+        log.warning("association with %s refused: %s", self._peer_text(), exc)
+        self._failure = exc
+        raise exc
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         """Up to ``buflen`` bytes of plaintext; ``b""`` when the peer closed."""
@@ -199,6 +267,10 @@ class TLSSocket(ssl.SSLSocket):
         err = new_error()
         with self._lock:
             conn = self._ready_conn()
+            if self._prefix:
+                data = bytes(self._prefix[:buflen])
+                del self._prefix[:buflen]
+                return data
             buf = self._rbuf if buflen <= _READ_CHUNK else ffi.new("char[]", buflen)
             n = lib.dcx_conn_read(conn, buf, buflen, _milliseconds(self._timeout), err)
             if n > 0:
@@ -217,8 +289,13 @@ class TLSSocket(ssl.SSLSocket):
             return 0
         err = new_error()
         with self._lock:
-            n = lib.dcx_conn_read(self._ready_conn(), target, nbytes,
-                                  _milliseconds(self._timeout), err)
+            conn = self._ready_conn()
+            if self._prefix:
+                n = min(nbytes, len(self._prefix))
+                target[0:n] = bytes(self._prefix[:n])
+                del self._prefix[:n]
+                return n
+            n = lib.dcx_conn_read(conn, target, nbytes, _milliseconds(self._timeout), err)
         if n >= 0:
             return n
         if n == lib.DCX_EOF:
@@ -238,7 +315,7 @@ class TLSSocket(ssl.SSLSocket):
         if conn is None or not self._lock.acquire(blocking=False):
             return 0
         try:
-            return lib.dcx_conn_pending(conn)
+            return len(self._prefix) + lib.dcx_conn_pending(conn)
         finally:
             self._lock.release()
 
@@ -253,8 +330,10 @@ class TLSSocket(ssl.SSLSocket):
             return
         err = new_error()
         with self._lock:
-            n = lib.dcx_conn_write(self._ready_conn(), source, len(source),
-                                   _milliseconds(self._timeout), err)
+            conn = self._ready_conn()
+            if not self._screened:
+                self._check_called_ae(data)
+            n = lib.dcx_conn_write(conn, source, len(source), _milliseconds(self._timeout), err)
         if n < 0:
             raise self._io_error(err, n, reading=False)
 
