@@ -1,25 +1,32 @@
-"""The ``dcxsec`` command line."""
+"""The ``dcxsec`` command line: ``cert`` manages the store, ``demo`` runs the main job."""
 from __future__ import annotations
 
+import argparse
 import sys
+
+from dcxsec import certcli
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``dcxsec demo`` runs the main job; ``dcxsec version`` names the engine."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv.pop(0) if argv else "help"
-    if command == "demo":
-        from dcxsec.demo import main as demo
+    parser = argparse.ArgumentParser(prog="dcxsec", description="Secure DICOM networking (DICOM TLS).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    certcli.add_parser(commands)
+    demo = commands.add_parser("demo", help="a mutually authenticated TLS C-STORE on this machine")
+    demo.add_argument("--count", type=int, default=20, help="objects to send (default 20)")
+    demo.add_argument("--size", type=int, default=512 * 1024, help="bytes per object (default 512 KiB)")
+    commands.add_parser("version", help="the dcxsec version and its TLS engine")
+    args = parser.parse_args(argv)
+    if args.command == "cert":
+        return certcli.run(args)
+    if args.command == "demo":
+        from dcxsec.demo import run
 
-        return demo(argv)
-    if command == "version":
-        import dcxsec
+        return run(args.count, args.size)
+    import dcxsec
 
-        print(f"dcxsec {dcxsec.__version__} on {dcxsec.backend()}")
-        return 0
-    print("usage: dcxsec {demo,version} [options]", file=sys.stderr)
-    return 0 if command in ("help", "-h", "--help") else 2
+    print(f"dcxsec {dcxsec.__version__} on {dcxsec.backend()}")
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

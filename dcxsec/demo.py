@@ -6,7 +6,6 @@ CT-sized objects from the SCU (the same), and every file is checked.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import tempfile
 import time
@@ -55,7 +54,7 @@ def run(count: int = 20, size: int = 512 * 1024, port: int = 0) -> int:
         def on_store(event):
             peers.append(event.assoc.dul.socket.socket.peer_thumbprint)
             received[event.request.AffectedSOPInstanceUID] = hashlib.sha256(
-                event.request.DataSet.getvalue()).hexdigest()
+                event.dataset.PixelData).hexdigest()
             return 0x0000
 
         scp_ae = AE("DEMO-SCP")
@@ -82,15 +81,7 @@ def run(count: int = 20, size: int = 512 * 1024, port: int = 0) -> int:
             elapsed = time.perf_counter() - started
         finally:
             server.shutdown()
-        sent = {}
-        for ds in datasets:
-            from pydicom.filebase import DicomBytesIO
-            from pydicom.filewriter import write_dataset
-
-            buffer = DicomBytesIO()
-            buffer.is_little_endian, buffer.is_implicit_VR = True, False
-            write_dataset(buffer, ds)
-            sent[ds.SOPInstanceUID] = hashlib.sha256(buffer.getvalue()).hexdigest()
+        sent = {ds.SOPInstanceUID: hashlib.sha256(ds.PixelData).hexdigest() for ds in datasets}
         ok = statuses == [0] * count and received == sent
         megabytes = sum(len(ds.PixelData) for ds in datasets) / 1e6
         print(f"C-STORE: {count} objects, {megabytes:.1f} MB in {elapsed:.2f} s "
@@ -98,15 +89,3 @@ def run(count: int = 20, size: int = 512 * 1024, port: int = 0) -> int:
         print(f"SCU certificate seen by the SCP: {peers[0] if peers else None}")
         print("all objects arrived intact" if ok else "MISMATCH: objects lost or altered")
         return 0 if ok else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dcxsec demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=20, help="objects to send (default 20)")
-    parser.add_argument("--size", type=int, default=512 * 1024, help="bytes per object (default 512 KiB)")
-    args = parser.parse_args(argv)
-    return run(args.count, args.size)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

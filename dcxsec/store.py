@@ -107,6 +107,11 @@ class StoredCertificate:
         if self.certificate.not_valid_before_utc > now:
             return f"not valid before {self.certificate.not_valid_before_utc:%Y-%m-%d}"
         try:
+            if self.certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                return "a CA certificate, not an AE identity"
+        except x509.ExtensionNotFound:
+            pass
+        try:
             usages = self.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:
             return None

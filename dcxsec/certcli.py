@@ -1,0 +1,220 @@
+"""``dcxsec cert``: manage the certificate store, as PowerShell's PKI cmdlets do on Windows."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from dcxsec import pki
+from dcxsec.config import read_private_key
+from dcxsec.errors import ConfigurationError
+from dcxsec.store import LOGICAL_STORES, CertificateStore, CertStore, StoredCertificate
+
+_SCOPES = {"current-user": CertStore.CURRENT_USER, "local-computer": CertStore.LOCAL_COMPUTER}
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``cert`` and its subcommands."""
+    cert = commands.add_parser("cert", help="manage the certificate store")
+    cert.add_argument("--store", choices=_SCOPES, help="scope (default: local-computer for root, "
+                      "current-user for anyone else)")
+    sub = cert.add_subparsers(dest="action", required=True)
+
+    p = sub.add_parser("list", help="list certificates")
+    p.add_argument("logical", nargs="?", choices=LOGICAL_STORES, help="only this logical store")
+    p.set_defaults(run=cmd_list)
+
+    p = sub.add_parser("import", help="import PEM, DER or PKCS#12 (.p12/.pfx)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--key", type=Path, help="the private key, for a PEM/DER certificate going into My")
+    p.add_argument("--password", help="PKCS#12 or key password (prompted for when needed)")
+    p.add_argument("--to", choices=LOGICAL_STORES, help="logical store (default: My with a key, "
+                   "Root for a self-signed CA, CA for an intermediate)")
+    p.set_defaults(run=cmd_import)
+
+    p = sub.add_parser("export", help="export a certificate (and its key as PKCS#12)")
+    p.add_argument("thumbprint")
+    p.add_argument("out", type=Path)
+    p.add_argument("--from", dest="logical", choices=LOGICAL_STORES, default="My")
+    p.add_argument("--format", choices=("pem", "der", "pkcs12"), default="pem")
+    p.add_argument("--key", action="store_true", help="also write the private key (PEM, 0600) next to it")
+    p.add_argument("--password", help="PKCS#12 password (prompted for when not given; empty: none)")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("remove", help="remove a certificate (and its key)")
+    p.add_argument("thumbprint")
+    p.add_argument("--from", dest="logical", choices=LOGICAL_STORES, default="My")
+    p.set_defaults(run=cmd_remove)
+
+    p = sub.add_parser("trust", help="trust a root CA (into Root)")
+    p.add_argument("file", type=Path)
+    p.set_defaults(run=cmd_trust)
+
+    p = sub.add_parser("new", help="make an AE certificate (self-signed or issued by a test CA), "
+                       "or a test CA")
+    p.add_argument("common_name", help="subject CN, e.g. the AE title")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--ca", action="store_true", help="make a test root CA: key in My, certificate "
+                      "also trusted in Root")
+    kind.add_argument("--issuer", metavar="THUMBPRINT", help="issue it from this CA in My")
+    p.add_argument("--key-type", choices=("ec256", "ec384", "rsa2048", "rsa3072"), default="ec256")
+    p.add_argument("--days", type=int, default=None, help="validity (default 825; 3650 for a CA)")
+    p.add_argument("--dns", action="append", default=[], help="subjectAltName DNS name (repeatable)")
+    p.add_argument("--ip", action="append", default=[], help="subjectAltName IP address (repeatable)")
+    p.set_defaults(run=cmd_new)
+
+
+def run(args: argparse.Namespace) -> int:
+    store = CertificateStore(_SCOPES[args.store] if args.store else None)
+    try:
+        return args.run(store, args)
+    except (ConfigurationError, ValueError, OSError) as exc:
+        print(f"dcxsec cert {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _row(entry: StoredCertificate) -> list[str]:
+    return [entry.store.name, entry.logical, entry.thumbprint, entry.subject, entry.issuer,
+            f"{entry.not_after:%Y-%m-%d %H:%M}", "yes" if entry.has_key else "no"]
+
+
+def cmd_list(store: CertificateStore, args: argparse.Namespace) -> int:
+    rows = [_row(e) for logical in ([args.logical] if args.logical else LOGICAL_STORES)
+            for e in store.certificates(logical)]
+    header = ["Store", "Logical", "Thumbprint", "Subject", "Issuer", "NotAfter (UTC)", "HasKey"]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for r in [header] + rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    if not rows:
+        print(f"(empty: {store.root})")
+    return 0
+
+
+def _password(args: argparse.Namespace, prompt: str) -> bytes | None:
+    if args.password is not None:
+        return args.password.encode() or None
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt).encode() or None
+    return None
+
+
+def _load_pkcs12(data: bytes, args: argparse.Namespace):
+    try:
+        return pkcs12.load_key_and_certificates(data, args.password.encode() if args.password else None)
+    except ValueError:
+        if args.password is not None or not sys.stdin.isatty():
+            raise ValueError("cannot open the PKCS#12 file: wrong or missing password (--password)") from None
+        return pkcs12.load_key_and_certificates(data, getpass.getpass("PKCS#12 password: ").encode())
+
+
+def _default_logical(cert: x509.Certificate, has_key: bool) -> str:
+    if has_key:
+        return "My"
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise ValueError("a certificate without its private key goes into Root or CA (--to), "
+                         "or give its key (--key)")
+    return "Root" if cert.issuer == cert.subject else "CA"
+
+
+def _load_key(path: Path, password: str | None = None):
+    """A private key file (PEM or DER), refused when others can read it."""
+    data, secret = read_private_key(path), password.encode() if password else None
+    if b"-----BEGIN" in data:
+        return serialization.load_pem_private_key(data, secret)
+    return serialization.load_der_private_key(data, secret)
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def cmd_import(store: CertificateStore, args: argparse.Namespace) -> int:
+    data = args.file.read_bytes()
+    key = None
+    if args.file.suffix.lower() in (".p12", ".pfx") or not (b"-----BEGIN" in data or data[:1] == b"\x30"):
+        key, cert, extra = _load_pkcs12(data, args)
+        certs = [cert, *extra]
+    else:
+        try:
+            certs = pki.load_certificates(data)
+        except ValueError:
+            key, cert, extra = _load_pkcs12(data, args)  # DER PKCS#12 without the usual suffix
+            certs = [cert, *extra]
+        if args.key:
+            key = _load_key(args.key, args.password)
+    if key is not None and key.public_key().public_numbers() != certs[0].public_key().public_numbers():
+        raise ValueError("the private key does not belong to the certificate")
+    logical = args.to or _default_logical(certs[0], key is not None)
+    path = store.add(logical, certs, _key_pem(key) if key is not None and logical == "My" else None)
+    print(f"imported {pki.thumbprint(certs[0])} {certs[0].subject.rfc4514_string()} into "
+          f"{store.scope.name}\\{logical} ({path})")
+    return 0
+
+
+def cmd_export(store: CertificateStore, args: argparse.Namespace) -> int:
+    entry = store.find(args.logical, args.thumbprint)
+    certs = pki.load_certificates(entry.chain_pem())
+    if args.format == "pkcs12":
+        if not entry.has_key:
+            raise ValueError(f"{entry.describe()} has no private key to export")
+        key = _load_key(entry.key_path)
+        identity = pki.Identity(certs[0], key, tuple(certs[1:]))
+        pki.write_private(args.out, identity.to_pkcs12(_password(args, "PKCS#12 password: "),
+                                                       certs[0].subject.rfc4514_string()))
+    elif args.format == "der":
+        args.out.write_bytes(certs[0].public_bytes(serialization.Encoding.DER))
+    else:
+        args.out.write_bytes(entry.chain_pem())
+    print(f"exported {entry.describe()} to {args.out}")
+    if args.key:
+        if not entry.has_key:
+            raise ValueError(f"{entry.describe()} has no private key to export")
+        key_out = args.out.with_suffix(".key")
+        pki.write_private(key_out, read_private_key(entry.key_path))
+        print(f"exported its private key to {key_out} (mode 0600)")
+    return 0
+
+
+def cmd_remove(store: CertificateStore, args: argparse.Namespace) -> int:
+    entry = store.remove(args.logical, args.thumbprint)
+    print(f"removed {entry.describe()} from {store.scope.name}\\{args.logical}")
+    return 0
+
+
+def cmd_trust(store: CertificateStore, args: argparse.Namespace) -> int:
+    cert = pki.load_certificates(args.file.read_bytes())[0]
+    path = store.add("Root", [cert])
+    print(f"trusted {pki.thumbprint(cert)} {cert.subject.rfc4514_string()} in "
+          f"{store.scope.name}\\Root ({path})")
+    return 0
+
+
+def cmd_new(store: CertificateStore, args: argparse.Namespace) -> int:
+    if args.ca:
+        identity = pki.new_ca(args.common_name, key_kind=args.key_type, days=args.days or 3650)
+        store.add("Root", [identity.certificate])
+    elif args.issuer:
+        ca_entry = store.find("My", args.issuer)
+        ca_key = _load_key(ca_entry.key_path)
+        ca_certs = pki.load_certificates(ca_entry.chain_pem())
+        ca = pki.Identity(ca_certs[0], ca_key, tuple(ca_certs[1:]))
+        identity = pki.issue(ca, args.common_name, key_kind=args.key_type, days=args.days or 825,
+                             dns_names=args.dns, ip_addresses=args.ip)
+    else:
+        identity = pki.self_signed(args.common_name, key_kind=args.key_type, days=args.days or 825,
+                                   dns_names=args.dns, ip_addresses=args.ip)
+    path = store.add("My", [identity.certificate, *identity.chain], identity.key_pem())
+    print(f"created {identity.thumbprint()} CN={args.common_name} in {store.scope.name}\\My ({path})")
+    if args.ca:
+        print(f"and trusted it in {store.scope.name}\\Root")
+    return 0
