@@ -1,0 +1,223 @@
+"""Fixtures of the benchmark suite, and the table of ratios printed at the end.
+
+Run with ``bash scripts/bench.sh`` (or ``python -m pytest bench``).
+``BENCH_QUICK=1`` shrinks every size for a smoke run; its numbers are noisy.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from contenders import make_pki
+from report import Report
+
+# The test suite's DICOM file maker: the same CT-like objects the tests send.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from pki_fixtures import make_ct_dataset  # noqa: E402
+
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+KiB, MiB = 1024, 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each scenario does; the full run fits in about 15 minutes on 2 cores."""
+
+    associations: int = 40         # scenario 1: associations per round
+    association_rounds: int = 3
+    small_count: int = 200         # scenario 2 and 4: 512 KiB objects
+    small_size: int = 512 * KiB
+    large_count: int = 5           # scenario 2 and 4: 50 MB objects
+    large_size: int = 50_000_000
+    store_rounds: int = 2
+    raw_bytes: int = 1024 * MiB    # scenario 3
+    raw_rounds: int = 1
+    handshakes: int = 200          # scenario 5: connections per round
+    handshake_rounds: int = 3
+    idle_associations: int = 200   # scenario 6
+
+
+SIZES = Sizes() if not QUICK else Sizes(
+    associations=10, association_rounds=1, small_count=20, large_count=2,
+    large_size=8_000_000, store_rounds=1, raw_bytes=64 * MiB, handshakes=30,
+    handshake_rounds=1, idle_associations=20)
+
+REPORT = Report()
+
+
+# ---- PKI and files ------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """ECDSA P-256 CA and leaves: what dcxsec.pki issues by default."""
+    return make_pki(tmp_path_factory.mktemp("pki-ec"), "ec256")
+
+
+@pytest.fixture(scope="session")
+def pki_rsa(tmp_path_factory):
+    """RSA-2048 CA and leaves, for the handshake comparison."""
+    return make_pki(tmp_path_factory.mktemp("pki-rsa"), "rsa2048")
+
+
+def write_ct_files(folder: Path, count: int, size: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"ct{i:04d}.dcm"
+        make_ct_dataset(size).save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def small_files(tmp_path_factory) -> list[Path]:
+    return write_ct_files(tmp_path_factory.mktemp("small"), SIZES.small_count, SIZES.small_size)
+
+
+@pytest.fixture(scope="session")
+def large_files(tmp_path_factory) -> list[Path]:
+    return write_ct_files(tmp_path_factory.mktemp("large"), SIZES.large_count, SIZES.large_size)
+
+
+def dataset_size(path: Path) -> int:
+    """Bytes of a Part 10 file after its preamble and file meta group.
+
+    That is what a C-STORE carries and what the benchmark SCP writes.  The
+    group length (0002,0000) UL sits right after the preamble and "DICM".
+    """
+    with path.open("rb") as f:
+        f.seek(128 + 4 + 8)
+        group_length = int.from_bytes(f.read(4), "little")
+    return path.stat().st_size - (128 + 4 + 12 + group_length)
+
+
+# ---- pynetdicom on both ends --------------------------------------------------
+
+class StoreSCP:
+    """A pynetdicom Verification and CT Storage SCP that writes what it receives."""
+
+    def __init__(self, ssl_context, directory: Path, max_pdu: int = 16382,
+                 max_associations: int = 10) -> None:
+        self.directory = directory
+        self.ae = AE("BENCH-SCP")
+        self.ae.maximum_pdu_size = max_pdu
+        self.ae.maximum_associations = max_associations
+        self.ae.network_timeout = self.ae.dimse_timeout = self.ae.acse_timeout = 60
+        self.ae.add_supported_context(Verification)
+        self.ae.add_supported_context(CTImageStorage)
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
+        self.server = self.ae.start_server(("127.0.0.1", 0), block=False,
+                                           ssl_context=ssl_context, evt_handlers=handlers)
+        self.port = self.server.server_address[1]
+
+    def _on_store(self, event) -> int:
+        path = self.directory / f"{event.request.AffectedSOPInstanceUID}.dcm"
+        with path.open("wb") as f:
+            f.write(event.encoded_dataset())
+        return 0x0000
+
+    def clear(self) -> None:
+        for path in self.directory.iterdir():
+            path.unlink()
+
+    def received_sizes(self) -> list[int]:
+        return sorted(p.stat().st_size for p in self.directory.iterdir())
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def scp_factory(tmp_path):
+    scps: list[StoreSCP] = []
+
+    def make(ssl_context, **kw) -> StoreSCP:
+        directory = tmp_path / f"scp{len(scps)}"
+        directory.mkdir()
+        scps.append(StoreSCP(ssl_context, directory, **kw))
+        return scps[-1]
+
+    yield make
+    for scp in scps:
+        scp.stop()
+
+
+def requestor(max_pdu: int = 16382) -> AE:
+    """A pynetdicom SCU proposing Verification and CT Image Storage as stored."""
+    ae = AE("BENCH-SCU")
+    ae.maximum_pdu_size = max_pdu
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)  # nothing is transcoded
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    ae.connection_timeout = 10
+    return ae
+
+
+@pytest.fixture(scope="session")
+def report() -> Report:
+    return REPORT
+
+
+# ---- the table ------------------------------------------------------------------
+
+def _command_output(args: list[str]) -> str:
+    if not shutil.which(args[0]):
+        return "not installed"
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else ""
+
+
+def machine_description() -> str:
+    import ssl
+
+    import pydicom
+    import pynetdicom
+
+    import dcxsec
+
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return "\n".join([
+        f"- cores (nproc): {os.cpu_count()}, CPU: {model}",
+        f"- Python {platform.python_version()}, {ssl.OPENSSL_VERSION} (Python's ssl)",
+        f"- dcxsec {dcxsec.__version__} on {dcxsec.backend()}",
+        f"- pynetdicom {pynetdicom.__version__}, pydicom {pydicom.__version__}",
+        f"- openssl CLI: {_command_output(['openssl', 'version'])}",
+        f"- DCMTK: {_command_output(['storescu', '--version'])}",
+        f"- sizes: {'BENCH_QUICK (smoke run, noisy)' if QUICK else 'full'}: {SIZES}",
+    ])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not REPORT.groups:
+        return
+    table = REPORT.markdown()
+    text = "Ratios measured in this run\n\n" + machine_description() + "\n\n" + table + "\n"
+    terminalreporter.write_sep("=", "dcxsec benchmark: ratios of this run")
+    terminalreporter.write_line(text)
+    out = Path(config.rootpath) / ".benchmarks" / "latest-table.md"
+    try:
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(text)
+        terminalreporter.write_line(f"(also written to {out})")
+    except OSError:
+        pass
