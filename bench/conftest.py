@@ -5,6 +5,7 @@ Run with ``bash scripts/bench.sh`` (or ``python -m pytest bench``).
 """
 from __future__ import annotations
 
+import io
 import os
 import platform
 import shutil
@@ -109,6 +110,7 @@ class StoreSCP:
     def __init__(self, ssl_context, directory: Path, max_pdu: int = 16382,
                  max_associations: int = 10) -> None:
         self.directory = directory
+        self.dataset_sizes: list[int] = []  # bytes of each dataset as it arrived
         self.ae = AE("BENCH-SCP")
         self.ae.maximum_pdu_size = max_pdu
         self.ae.maximum_associations = max_associations
@@ -123,15 +125,18 @@ class StoreSCP:
     def _on_store(self, event) -> int:
         path = self.directory / f"{event.request.AffectedSOPInstanceUID}.dcm"
         with path.open("wb") as f:
-            f.write(event.encoded_dataset())
+            f.write(event.encoded_dataset())  # a Part 10 file, as an archive keeps it
+        self.dataset_sizes.append(event.request.DataSet.seek(0, io.SEEK_END))
         return 0x0000
 
     def clear(self) -> None:
+        self.dataset_sizes.clear()
         for path in self.directory.iterdir():
             path.unlink()
 
-    def received_sizes(self) -> list[int]:
-        return sorted(p.stat().st_size for p in self.directory.iterdir())
+    def received(self) -> tuple[int, list[int]]:
+        """(files on disk, sorted sizes of the datasets received)."""
+        return len(list(self.directory.iterdir())), sorted(self.dataset_sizes)
 
     def stop(self) -> None:
         self.server.shutdown()
