@@ -42,7 +42,7 @@ class Sizes:
     large_size: int = 50_000_000
     store_rounds: int = 2
     raw_bytes: int = 1024 * MiB    # scenario 3
-    raw_rounds: int = 1
+    raw_rounds: int = 2
     handshakes: int = 200          # scenario 5: connections per round
     handshake_rounds: int = 3
     idle_associations: int = 200   # scenario 6
@@ -50,7 +50,7 @@ class Sizes:
 
 SIZES = Sizes() if not QUICK else Sizes(
     associations=10, association_rounds=1, small_count=20, large_count=2,
-    large_size=8_000_000, store_rounds=1, raw_bytes=64 * MiB, handshakes=30,
+    large_size=8_000_000, store_rounds=1, raw_bytes=64 * MiB, raw_rounds=1, handshakes=30,
     handshake_rounds=1, idle_associations=20)
 
 REPORT = Report()
