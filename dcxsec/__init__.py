@@ -4,6 +4,7 @@ A TLS engine in C (OpenSSL 3 on Linux and macOS, SChannel on Windows) behind
 ``TLSContext.wrap_socket()``, which pynetdicom uses as its transport on both
 sides of an association.
 """
+from dcxsec import pki
 from dcxsec._native import lib as _lib
 from dcxsec.config import SecurityConfig
 from dcxsec.context import TLSContext
@@ -15,7 +16,7 @@ from dcxsec.errors import (
     NotTLSError,
     TLSError,
 )
-from dcxsec.store import CertStore
+from dcxsec.store import CertificateStore, CertStore
 from dcxsec.tlssocket import TLSSocket
 from dcxsec.verify import VerificationMethod, normalize_thumbprint
 
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CertStore",
+    "CertificateStore",
     "CertificateVerificationError",
     "ConfigurationError",
     "HandshakeTimeoutError",

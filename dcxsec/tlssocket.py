@@ -224,12 +224,13 @@ class TLSSocket(ssl.SSLSocket):
         called, calling = aetitle.ae_titles(bytes(self._prefix))
         if self._peer_bound_to(calling):
             return
+        self._prefix.clear()
+        refusal = self._refuse_binding(f"calling AE title '{calling}' is not bound to",
+                                       "A-ASSOCIATE-RJ sent (calling AE title not recognized)")
         lib.dcx_conn_write(conn, aetitle.reject_pdu(aetitle.CALLING_AE_NOT_RECOGNIZED), 10,
                            _milliseconds(self._timeout), new_error())
         lib.dcx_conn_shutdown(conn, _CLOSE_NOTIFY_MS, 0, new_error())
-        self._prefix.clear()
-        self._refuse_binding(f"calling AE title '{calling}' is not bound to", "A-ASSOCIATE-RJ sent "
-                             "(calling AE title not recognized)")
+        raise refusal
 
     def _check_called_ae(self, data: Any) -> None:
         """Requestor: refuse to send an A-ASSOCIATE-RQ to an acceptor whose
@@ -240,14 +241,15 @@ class TLSSocket(ssl.SSLSocket):
             return
         called, _ = aetitle.ae_titles(head)
         if not self._peer_bound_to(called):
-            self._refuse_binding(f"called AE title '{called}' is not bound to",
-                                 "association request not sent")
+            raise self._refuse_binding(f"called AE title '{called}' is not bound to",
+                                       "association request not sent")
 
     def _peer_bound_to(self, ae_title: str) -> bool:
         return self._context.ae_bindings.allows(ae_title, self.peer_thumbprint or "",
                                                 self.peer_thumbprint_sha256 or "")
 
-    def _refuse_binding(self, what: str, outcome: str) -> None:
+    def _refuse_binding(self, what: str, outcome: str) -> CertificateVerificationError:
+        """Log and record an AE title refusal; the caller raises it."""
         der = self._peer_der
         subject = subject_text(der) if der else "(no certificate)"
         exc = CertificateVerificationError(
@@ -256,7 +258,7 @@ class TLSSocket(ssl.SSLSocket):
             rule="ae_title", subject=subject, thumbprint=self.peer_thumbprint or "")
         log.warning("association with %s refused: %s", self._peer_text(), exc)
         self._failure = exc
-        raise exc
+        return exc
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         """Up to ``buflen`` bytes of plaintext; ``b""`` when the peer closed."""

@@ -1,6 +1,7 @@
 """Shared fixtures: a test PKI, TLS contexts, connected pairs, pynetdicom SCPs."""
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from pathlib import Path
@@ -14,6 +15,21 @@ import dcxsec
 from dcxsec import SecurityConfig, TLSContext, VerificationMethod
 
 pytest_plugins = ["pki_fixtures"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_stores(tmp_path_factory):
+    """Point both store scopes at empty folders, so no real store leaks into a test."""
+    root = tmp_path_factory.mktemp("stores")
+    saved = {k: os.environ.get(k) for k in ("DCXSEC_CURRENT_USER_STORE", "DCXSEC_LOCAL_COMPUTER_STORE")}
+    os.environ["DCXSEC_CURRENT_USER_STORE"] = str(root / "current-user")
+    os.environ["DCXSEC_LOCAL_COMPUTER_STORE"] = str(root / "local-computer")
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def config_for(issued, method=VerificationMethod.TRUST_CHAIN, trusted=(), **kw) -> SecurityConfig:

@@ -1,0 +1,265 @@
+"""Certificate stores, the dcxsec cert command, and AE titles bound to certificates."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import requestor
+from dcxsec import (
+    CertificateVerificationError,
+    CertStore,
+    ConfigurationError,
+    SecurityConfig,
+    TLSContext,
+    VerificationMethod,
+)
+from dcxsec import pki as certs
+from dcxsec.store import CertificateStore
+
+TRUST_CHAIN, THUMBPRINT, NONE = (VerificationMethod.TRUST_CHAIN, VerificationMethod.THUMBPRINT,
+                                 VerificationMethod.NONE)
+
+
+@pytest.fixture
+def stores(tmp_path, monkeypatch):
+    """Two empty stores in temporary folders: A is CURRENT_USER, B is LOCAL_COMPUTER."""
+    monkeypatch.setenv("DCXSEC_CURRENT_USER_STORE", str(tmp_path / "A"))
+    monkeypatch.setenv("DCXSEC_LOCAL_COMPUTER_STORE", str(tmp_path / "B"))
+    return CertificateStore(CertStore.CURRENT_USER), CertificateStore(CertStore.LOCAL_COMPUTER)
+
+
+def cert_cli(*args: str, scope: str = "current-user", check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``dcxsec cert`` as a user would, in a separate process."""
+    done = subprocess.run([sys.executable, "-m", "dcxsec.cli", "cert", "--store", scope, *args],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def created_thumbprint(done: subprocess.CompletedProcess) -> str:
+    return done.stdout.split()[1]
+
+
+@pytest.fixture
+def two_sites(stores, tmp_path):
+    """Site A: a test CA and an SCP certificate.  Site B: an SCU certificate from the
+    same CA (made in A, moved as PKCS#12) and the CA trusted in Root."""
+    ca = created_thumbprint(cert_cli("new", "Site CA", "--ca"))
+    scp = created_thumbprint(cert_cli("new", "DCXSEC-SCP", "--issuer", ca, "--dns", "localhost"))
+    scu = created_thumbprint(cert_cli("new", "DCXSEC-SCU", "--issuer", ca))
+    p12 = tmp_path / "scu.p12"
+    cert_cli("export", scu, str(p12), "--format", "pkcs12", "--password", "pw")
+    cert_cli("remove", scu)
+    cert_cli("export", ca, str(tmp_path / "ca.pem"), "--from", "Root")
+    cert_cli("import", str(p12), "--password", "pw", scope="local-computer")
+    cert_cli("trust", str(tmp_path / "ca.pem"), scope="local-computer")
+    return {"ca": ca, "scp": scp, "scu": scu}
+
+
+def store_ctx(scope: CertStore, method=TRUST_CHAIN, **kw) -> TLSContext:
+    return TLSContext(SecurityConfig(cert_store=scope, verification_method=method,
+                                     use_system_trust=False, **kw))
+
+
+def test_default_store_follows_the_account(monkeypatch, tmp_path):
+    expected = CertStore.LOCAL_COMPUTER if os.geteuid() == 0 else CertStore.CURRENT_USER
+    assert CertStore.default() == expected
+    assert SecurityConfig(verification_method=NONE).cert_store == expected
+    monkeypatch.setenv("DCXSEC_LOCAL_COMPUTER_STORE", str(tmp_path / "lc"))
+    assert CertStore.LOCAL_COMPUTER.root() == tmp_path / "lc"
+    monkeypatch.delenv("DCXSEC_CURRENT_USER_STORE")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert CertStore.CURRENT_USER.root() == tmp_path / "xdg" / "dcxsec" / "store"
+
+
+def test_cli_list_shows_what_the_store_holds(two_sites):
+    listing = cert_cli("list").stdout
+    assert "Thumbprint" in listing and "HasKey" in listing
+    assert two_sites["scp"] in listing and "CN=DCXSEC-SCP" in listing and "CN=Site CA" in listing
+    assert two_sites["scu"] not in listing  # removed from A
+    other = cert_cli("list", scope="local-computer").stdout
+    lines = {line.split()[1]: line for line in other.splitlines()[1:]}
+    assert two_sites["scu"] in lines["My"] and lines["My"].rstrip().endswith("yes")
+    assert two_sites["ca"] in lines["Root"] and lines["Root"].rstrip().endswith("no")
+
+
+def test_identities_from_two_stores_authenticate_each_other(two_sites, pair_factory):
+    server = store_ctx(CertStore.CURRENT_USER, certificate_thumbprint=two_sites["scp"])
+    client = store_ctx(CertStore.LOCAL_COMPUTER)  # its only usable identity
+    pair = pair_factory(server, client)
+    assert pair.server_error is None and pair.client_error is None
+    assert pair.server.peer_thumbprint == two_sites["scu"]
+    assert pair.client.peer_thumbprint == two_sites["scp"]
+
+
+def test_several_identities_need_a_thumbprint(two_sites, stores):
+    cert_cli("new", "ANOTHER-AE")
+    with pytest.raises(ConfigurationError) as raised:
+        store_ctx(CertStore.CURRENT_USER)
+    message = str(raised.value)
+    assert "several usable identities" in message and "certificate_thumbprint" in message
+    assert two_sites["scp"] in message and "CN=DCXSEC-SCP" in message and "expires" in message
+    assert "a CA certificate, not an AE identity" in message  # the CA is listed, not chosen
+
+
+def test_only_expired_identities_are_listed_as_such(stores):
+    store, _ = stores
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=100)
+    old = certs.self_signed("OLD-AE", not_before=past, not_after=past + dt.timedelta(days=10))
+    store.add("My", [old.certificate], old.key_pem())
+    with pytest.raises(ConfigurationError, match="(?s)no usable identity.*expired on"):
+        store_ctx(CertStore.CURRENT_USER, NONE)
+    with pytest.raises(ConfigurationError, match="no certificate with thumbprint"):
+        store_ctx(CertStore.CURRENT_USER, NONE, certificate_thumbprint="AB" * 20)
+
+
+def test_key_file_open_to_others_is_refused(two_sites, stores):
+    store, _ = stores
+    key = store.find("My", two_sites["scp"]).key_path
+    key.chmod(0o644)
+    with pytest.raises(ConfigurationError, match=f"chmod 600 '{key}'"):
+        store_ctx(CertStore.CURRENT_USER, certificate_thumbprint=two_sites["scp"])
+
+
+def test_trust_comes_from_the_store_root(two_sites, pair_factory, stores, tmp_path):
+    server = store_ctx(CertStore.CURRENT_USER, certificate_thumbprint=two_sites["scp"])
+    cert_cli("remove", two_sites["ca"], "--from", "Root", scope="local-computer")
+    pair = pair_factory(server, store_ctx(CertStore.LOCAL_COMPUTER))
+    assert isinstance(pair.client_error, CertificateVerificationError)
+    assert pair.client_error.rule == "untrusted" and "Site CA" in str(pair.client_error)
+
+
+def test_intermediates_come_from_the_store_ca(stores, pki, pair_factory):
+    a, b = stores
+    leaf = pki.leaf_via_intermediate.identity
+    a.add("My", [leaf.certificate], leaf.key_pem())  # the leaf alone, without its intermediate
+    b.add("Root", [pki.ca.identity.certificate])
+    client = store_ctx(CertStore.LOCAL_COMPUTER)
+    pair = pair_factory(store_ctx(CertStore.CURRENT_USER, NONE), client)
+    assert pair.client_error.rule == "untrusted"
+    b.add("CA", [pki.intermediate.identity.certificate])
+    pair = pair_factory(store_ctx(CertStore.CURRENT_USER, NONE), store_ctx(CertStore.LOCAL_COMPUTER))
+    assert pair.client_error is None, pair.client_error
+
+
+def test_renewed_identity_is_reloaded_without_a_restart(two_sites, stores, pair_factory):
+    server = store_ctx(CertStore.CURRENT_USER, NONE, certificate_thumbprint=two_sites["scp"])
+    first = pair_factory(server, store_ctx(CertStore.LOCAL_COMPUTER, NONE))
+    assert first.client.peer_thumbprint == two_sites["scp"]
+    renewed = created_thumbprint(cert_cli("new", "DCXSEC-SCP", "--issuer", two_sites["ca"]))
+    server.config.certificate_thumbprint = renewed
+    server.reload_identity()
+    second = pair_factory(server, store_ctx(CertStore.LOCAL_COMPUTER, NONE))
+    assert second.client.peer_thumbprint == renewed
+    first.client.sendall(b"old session still up")
+    assert first.server.recv(100) == b"old session still up"
+
+
+def test_cli_imports_pem_der_and_pkcs12_and_exports(stores, pki, tmp_path):
+    a, _ = stores
+    cert_cli("import", str(pki.client.cert_path), "--key", str(pki.client.key_path))
+    from cryptography.hazmat.primitives import serialization
+
+    der = tmp_path / "ca.der"
+    der.write_bytes(pki.ca.identity.certificate.public_bytes(serialization.Encoding.DER))
+    cert_cli("import", str(der))  # a self-signed CA without a key goes to Root
+    (tmp_path / "s.pfx").write_bytes(pki.server.identity.to_pkcs12(b"secret"))
+    refused = cert_cli("import", str(tmp_path / "s.pfx"), check=False)
+    assert refused.returncode == 1 and "password" in refused.stderr
+    cert_cli("import", str(tmp_path / "s.pfx"), "--password", "secret")
+    assert {e.thumbprint for e in a.certificates("My")} == {pki.client.thumbprint, pki.server.thumbprint}
+    assert [e.thumbprint for e in a.certificates("Root")] == [pki.ca.thumbprint]
+    assert all(oct(e.key_path.stat().st_mode & 0o777) == "0o600" for e in a.certificates("My"))
+    out = tmp_path / "client.pem"
+    cert_cli("export", pki.client.thumbprint.lower(), str(out), "--key")
+    assert out.read_bytes() == pki.client.cert_path.read_bytes()
+    assert oct(out.with_suffix(".key").stat().st_mode & 0o777) == "0o600"
+    cert_cli("export", pki.client.thumbprint, str(tmp_path / "c.der"), "--format", "der")
+    assert certs.load_certificates((tmp_path / "c.der").read_bytes())[0] == pki.client.identity.certificate
+    nokey = cert_cli("import", str(pki.untrusted.cert_path), check=False)
+    assert nokey.returncode == 1 and "--key" in nokey.stderr
+
+
+# ---- peer AE identity ------------------------------------------------------------
+
+@pytest.fixture
+def bound_contexts(pki):
+    """(acceptor, requestor) contexts over the test PKI, each binding the other's AE title."""
+    def make(server_bindings=None, client_bindings=None):
+        trust = dict(trusted_certificates=[pki.ca.cert_path], use_system_trust=False)
+        return (TLSContext(SecurityConfig(certificate=pki.server.cert_path, private_key=pki.server.key_path,
+                                          ae_bindings=server_bindings, **trust)),
+                TLSContext(SecurityConfig(certificate=pki.client.cert_path, private_key=pki.client.key_path,
+                                          ae_bindings=client_bindings, **trust)))
+    return make
+
+
+def test_acceptor_rejects_a_calling_ae_title_not_bound_to_the_certificate(pki, bound_contexts,
+                                                                        scp_factory, caplog):
+    caplog.set_level(logging.WARNING, logger="dcxsec")
+    server, client = bound_contexts(server_bindings={"DCXSEC-SCU": [pki.client.thumbprint]})
+    scp = scp_factory(server)
+    assoc = requestor().associate("127.0.0.1", scp.port, tls_args=(client, None))
+    assert assoc.is_established and assoc.send_c_echo().Status == 0
+    assoc.release()
+    impostor = requestor()
+    impostor.ae_title = "MODALITY-X"
+    assoc = impostor.associate("127.0.0.1", scp.port, tls_args=(client, None))
+    assert assoc.is_rejected and not assoc.is_aborted  # a real A-ASSOCIATE-RJ
+    messages = [r.getMessage() for r in caplog.records if r.name == "dcxsec"]
+    assert any("calling AE title 'MODALITY-X' is not bound to" in m and pki.client.thumbprint in m
+               and "127.0.0.1:" in m for m in messages), messages
+    assert scp.peer_thumbprints == [pki.client.thumbprint]
+
+
+def test_requestor_refuses_an_acceptor_not_bound_to_the_called_ae_title(pki, bound_contexts,
+                                                                       scp_factory, caplog):
+    caplog.set_level(logging.WARNING, logger="dcxsec")
+    server, client = bound_contexts(client_bindings={"DCXSEC-SCP": pki.server.thumbprint256})
+    scp = scp_factory(server)
+    assoc = requestor().associate("127.0.0.1", scp.port, ae_title="DCXSEC-SCP", tls_args=(client, None))
+    assert assoc.is_established
+    assoc.release()
+    assoc = requestor().associate("127.0.0.1", scp.port, ae_title="ARCHIVE", tls_args=(client, None))
+    assert not assoc.is_established
+    assert any("called AE title 'ARCHIVE' is not bound to" in r.getMessage()
+               and "association request not sent" in r.getMessage() for r in caplog.records)
+
+
+def test_binding_refusal_raises_the_dcxsec_exception(pki, bound_contexts, pair_factory):
+    import dicom_wire
+
+    server, client = bound_contexts(client_bindings={"PACS": pki.self_signed.thumbprint})
+    pair = pair_factory(server, client)
+    with pytest.raises(CertificateVerificationError) as raised:
+        pair.client.sendall(dicom_wire.associate_rq(called="PACS"))
+    assert raised.value.rule == "ae_title" and "dcxsec-scp" in raised.value.subject
+
+
+@pytest.mark.skipif(shutil.which("echoscu") is None, reason="DCMTK is not installed")
+def test_dcmtk_peers_with_certificates_exported_from_the_store(two_sites, scp_factory, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="dcxsec")
+    server = store_ctx(CertStore.CURRENT_USER, certificate_thumbprint=two_sites["scp"],
+                       ae_bindings={"DCMTK-SCU": two_sites["scu"]})
+    scp = scp_factory(server)
+    out = tmp_path / "dcmtk"
+    out.mkdir()
+    cert_cli("export", two_sites["scu"], str(out / "scu.pem"), "--key", scope="local-computer")
+    cert_cli("export", two_sites["ca"], str(out / "ca.pem"), "--from", "Root", scope="local-computer")
+    tls = ["+tls", str(out / "scu.key"), str(out / "scu.pem"), "+cf", str(out / "ca.pem")]
+    ok = subprocess.run(["echoscu", *tls, "-aet", "DCMTK-SCU", "-aec", "DCXSEC-SCP", "127.0.0.1",
+                         str(scp.port)], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    refused = subprocess.run(["echoscu", *tls, "-aet", "SOMEONE", "127.0.0.1", str(scp.port)],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert "Association Rejected" in refused.stdout + refused.stderr
+    assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
