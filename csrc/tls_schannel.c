@@ -1,0 +1,1687 @@
+/*
+ * tls_schannel.c - the SChannel (SSPI) + Crypt32 backend of dcxtls.h (Windows).
+ *
+ * One context holds an outbound and (lazily) an inbound credentials handle;
+ * each connection drives InitializeSecurityContext / AcceptSecurityContext
+ * and EncryptMessage / DecryptMessage over its own non-blocking socket,
+ * waiting with dcx_wait so every call honours its deadline.  SChannel never
+ * validates the peer itself (SCH_CRED_MANUAL_CRED_VALIDATION): after the
+ * handshake one function applies the configured method with Crypt32 and
+ * reports with the same dcx_verify_reason codes as the OpenSSL backend.
+ */
+#ifndef _WIN32_WINNT
+#define _WIN32_WINNT 0x0A00
+#endif
+#define SECURITY_WIN32
+#define SCHANNEL_USE_BLACKLISTS /* declares SCH_CREDENTIALS (TLS 1.3) */
+
+#include "dcxtls.h"
+#include "dcxtls_common.h"
+
+#include <winsock2.h>
+#include <windows.h>
+#include <winternl.h>
+#include <wincrypt.h>
+#include <ncrypt.h>
+#include <bcrypt.h>
+#include <sspi.h>
+#include <schannel.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef SECURITY_FLAG_IGNORE_UNKNOWN_CA
+#define SECURITY_FLAG_IGNORE_UNKNOWN_CA 0x00000100
+#endif
+#ifndef SECURITY_FLAG_IGNORE_CERT_CN_INVALID
+#define SECURITY_FLAG_IGNORE_CERT_CN_INVALID 0x00001000
+#endif
+#ifndef SP_PROT_TLS1_3_CLIENT
+#define SP_PROT_TLS1_3_CLIENT 0x00002000
+#define SP_PROT_TLS1_3_SERVER 0x00001000
+#endif
+
+#define ENC (X509_ASN_ENCODING | PKCS_7_ASN_ENCODING)
+#define IN_INITIAL (16384 + 2048)
+#define IN_LIMIT (1 << 20) /* no handshake flight or record is larger */
+
+/* Builds with SCH_CREDENTIALS (Windows 10 1809) and TLS 1.3 (build 20348). */
+#define BUILD_SCH_CREDENTIALS 17763
+#define BUILD_TLS13 20348
+
+struct dcx_ctx {
+    dcx_verify verify;
+    int check_hostname;
+    int check_revocation;
+    int use_system_trust;
+    int session_cache;
+    int lo, hi;                 /* the protocol range actually offered */
+    dcx_store cert_store;
+    PCCERT_CONTEXT identity;    /* own certificate with its key, or NULL */
+    wchar_t key_container[64];  /* the container we created for a key from bytes */
+    int key_is_cng;
+    HCERTSTORE identity_store;  /* memory store holding the identity and its intermediates */
+    HCERTSTORE trusted;         /* extra trusted roots (memory store, possibly empty) */
+    size_t trusted_count;
+    CRITICAL_SECTION lock;      /* guards thumbs and the lazy inbound credentials */
+    dcx_thumbs thumbs;
+    CredHandle cred_out, cred_in;
+    int have_cred_out, have_cred_in;
+};
+
+struct dcx_conn {
+    dcx_ctx *ctx;
+    dcx_socket fd;
+    int server_side;
+    CtxtHandle ctxt;
+    int have_ctxt;
+    int handshake_done;
+    int dead;
+    int peer_closed;            /* close_notify received */
+    int received_alert;
+    SecPkgContext_StreamSizes sizes;
+    unsigned char *in;          /* ciphertext received, not yet decrypted */
+    size_t in_len, in_cap;
+    unsigned char *plain;       /* plaintext decrypted, not yet read */
+    size_t plain_off, plain_len, plain_cap;
+    unsigned char *out;         /* one encrypted record being built */
+    unsigned char first[DCX_SNIFF_LEN];
+    size_t first_len;
+    PCCERT_CONTEXT peer;
+    int version;
+    char cipher[96];
+    int cipher_bits;
+    int reused;
+    char server_name[256];
+    wchar_t server_name_w[256];
+    char subject[256];
+    char thumbprint[2 * DCX_SHA1_LEN + 1];
+    char not_after[32];
+};
+
+/* ---- platform facts ---------------------------------------------------- */
+
+static DWORD windows_build(void)
+{
+    static DWORD build;
+    if (!build) {
+        typedef LONG(WINAPI * rtl_get_version)(OSVERSIONINFOW *);
+        OSVERSIONINFOW v = {sizeof(v)};
+        rtl_get_version get = (rtl_get_version)(void (*)(void))GetProcAddress(
+            GetModuleHandleW(L"ntdll.dll"), "RtlGetVersion");
+        build = (get && get(&v) == 0) ? v.dwBuildNumber : 1;
+    }
+    return build;
+}
+
+const char *dcx_backend(void)
+{
+    static char name[64];
+    if (!name[0])
+        snprintf(name, sizeof(name), "SChannel (Windows build %lu)", (unsigned long)windows_build());
+    return name;
+}
+
+int dcx_max_supported_version(void)
+{
+    return windows_build() >= BUILD_TLS13 ? DCX_TLS1_3 : DCX_TLS1_2;
+}
+
+/* The symbolic name of an SSPI/Crypt32 status, for reasons and logs. */
+static const char *status_name(SECURITY_STATUS s)
+{
+    switch ((unsigned long)s) {
+#define N(x) case (unsigned long)x: return #x
+    N(SEC_E_OK); N(SEC_E_INSUFFICIENT_MEMORY); N(SEC_E_INVALID_HANDLE);
+    N(SEC_E_UNSUPPORTED_FUNCTION); N(SEC_E_TARGET_UNKNOWN); N(SEC_E_INTERNAL_ERROR);
+    N(SEC_E_SECPKG_NOT_FOUND); N(SEC_E_INVALID_TOKEN); N(SEC_E_MESSAGE_ALTERED);
+    N(SEC_E_NO_CREDENTIALS); N(SEC_E_UNKNOWN_CREDENTIALS); N(SEC_E_INCOMPLETE_MESSAGE);
+    N(SEC_E_CONTEXT_EXPIRED); N(SEC_E_BUFFER_TOO_SMALL); N(SEC_E_WRONG_PRINCIPAL);
+    N(SEC_E_ALGORITHM_MISMATCH); N(SEC_E_CERT_UNKNOWN); N(SEC_E_CERT_EXPIRED);
+    N(SEC_E_UNTRUSTED_ROOT); N(SEC_E_ILLEGAL_MESSAGE); N(SEC_E_CERT_WRONG_USAGE);
+    N(SEC_E_DECRYPT_FAILURE); N(SEC_E_ENCRYPT_FAILURE); N(SEC_E_LOGON_DENIED);
+    N(SEC_E_INCOMPLETE_CREDENTIALS); N(SEC_E_SHUTDOWN_IN_PROGRESS);
+    N(SEC_E_NO_AUTHENTICATING_AUTHORITY); N(SEC_E_UNFINISHED_CONTEXT_DELETED);
+    N(SEC_E_INVALID_PARAMETER); N(SEC_E_DELEGATION_POLICY); N(SEC_E_ISSUING_CA_UNTRUSTED);
+    N(SEC_E_REVOCATION_OFFLINE_C); N(SEC_E_KDC_CERT_REVOKED);
+    N(SEC_I_CONTINUE_NEEDED); N(SEC_I_INCOMPLETE_CREDENTIALS); N(SEC_I_RENEGOTIATE);
+    N(SEC_I_CONTEXT_EXPIRED);
+    N(CERT_E_EXPIRED); N(CERT_E_UNTRUSTEDROOT); N(CERT_E_CHAINING); N(CERT_E_CN_NO_MATCH);
+    N(CERT_E_WRONG_USAGE); N(CERT_E_REVOCATION_FAILURE); N(CERT_E_ROLE); N(CERT_E_PURPOSE);
+    N(CERT_E_VALIDITYPERIODNESTING); N(CERT_E_UNTRUSTEDTESTROOT); N(CERT_E_INVALID_NAME);
+    N(CRYPT_E_REVOKED); N(CRYPT_E_NO_REVOCATION_CHECK); N(CRYPT_E_REVOCATION_OFFLINE);
+    N(CRYPT_E_NOT_FOUND); N(CRYPT_E_ASN1_BADTAG); N(CRYPT_E_BAD_ENCODE);
+    N(TRUST_E_CERT_SIGNATURE); N(TRUST_E_BASIC_CONSTRAINTS); N(NTE_BAD_KEYSET);
+    N(NTE_EXISTS); N(NTE_BAD_DATA); N(NTE_PERM); N(NTE_NOT_SUPPORTED); N(NTE_BAD_KEY);
+#undef N
+    default: return "unknown status";
+    }
+}
+
+/* ---- certificates and keys ------------------------------------------- */
+
+static const unsigned char *find_bytes(const unsigned char *p, size_t len, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= len; i++)
+        if (memcmp(p + i, needle, n) == 0)
+            return p + i;
+    return NULL;
+}
+
+/* The DER inside the next PEM block whose label is `label` (e.g. "CERTIFICATE").
+ * *pos advances past it.  Returns a malloc'd buffer, or NULL when no block is left. */
+static unsigned char *pem_next(const dcx_blob *b, size_t *pos, const char *label, DWORD *der_len)
+{
+    char begin[64], end[64];
+    snprintf(begin, sizeof(begin), "-----BEGIN %s-----", label);
+    snprintf(end, sizeof(end), "-----END %s-----", label);
+    const unsigned char *start = find_bytes(b->data + *pos, b->len - *pos, begin);
+    if (!start)
+        return NULL;
+    const unsigned char *stop = find_bytes(start, b->len - (size_t)(start - b->data), end);
+    if (!stop)
+        return NULL;
+    stop += strlen(end);
+    *pos = (size_t)(stop - b->data);
+    DWORD n = 0;
+    if (!CryptStringToBinaryA((const char *)start, (DWORD)(stop - start), CRYPT_STRING_BASE64HEADER,
+                              NULL, &n, NULL, NULL))
+        return NULL;
+    unsigned char *der = malloc(n ? n : 1);
+    if (der && !CryptStringToBinaryA((const char *)start, (DWORD)(stop - start),
+                                     CRYPT_STRING_BASE64HEADER, der, &n, NULL, NULL)) {
+        free(der);
+        return NULL;
+    }
+    *der_len = n;
+    return der;
+}
+
+static int is_pem(const dcx_blob *b)
+{
+    return find_bytes(b->data, b->len, "-----BEGIN") != NULL;
+}
+
+/* Adds every certificate of a blob (one DER, or PEM blocks) to store.  Returns
+ * how many; *first gets the first one (caller frees) when first is not NULL. */
+static int add_certificates(HCERTSTORE store, const dcx_blob *b, PCCERT_CONTEXT *first)
+{
+    int count = 0;
+    if (first)
+        *first = NULL;
+    if (!b->len)
+        return 0;
+    if (!is_pem(b)) {
+        PCCERT_CONTEXT added = NULL;
+        if (CertAddEncodedCertificateToStore(store, X509_ASN_ENCODING, b->data, (DWORD)b->len,
+                                             CERT_STORE_ADD_USE_EXISTING, first ? &added : NULL)) {
+            if (first)
+                *first = added;
+            return 1;
+        }
+        return 0;
+    }
+    size_t pos = 0;
+    DWORD n = 0;
+    unsigned char *der;
+    while ((der = pem_next(b, &pos, "CERTIFICATE", &n)) != NULL) {
+        PCCERT_CONTEXT added = NULL;
+        int want = first && !*first;
+        if (CertAddEncodedCertificateToStore(store, X509_ASN_ENCODING, der, n,
+                                             CERT_STORE_ADD_USE_EXISTING, want ? &added : NULL)) {
+            count++;
+            if (want)
+                *first = added;
+        }
+        free(der);
+    }
+    return count;
+}
+
+static void describe_cert(PCCERT_CONTEXT cert, char *subject, size_t subject_cap, char *thumb,
+                          char *not_after, size_t not_after_cap)
+{
+    char name[512] = "";
+    CertNameToStrA(X509_ASN_ENCODING, &cert->pCertInfo->Subject,
+                   CERT_X500_NAME_STR | CERT_NAME_STR_REVERSE_FLAG, name, sizeof(name));
+    /* RFC 2253 spelling ("CN=a,O=b"), as the OpenSSL backend shows names */
+    size_t j = 0;
+    for (size_t i = 0; name[i] && j + 1 < subject_cap; i++) {
+        if (name[i] == ' ' && i > 0 && name[i - 1] == ',')
+            continue;
+        subject[j++] = name[i];
+    }
+    subject[j] = '\0';
+    unsigned char sha1[DCX_SHA1_LEN];
+    DWORD n = sizeof(sha1);
+    if (CertGetCertificateContextProperty(cert, CERT_HASH_PROP_ID, sha1, &n) && n == DCX_SHA1_LEN)
+        dcx_hex(sha1, DCX_SHA1_LEN, thumb);
+    else
+        snprintf(thumb, 2 * DCX_SHA1_LEN + 1, "?");
+    SYSTEMTIME st;
+    if (FileTimeToSystemTime(&cert->pCertInfo->NotAfter, &st))
+        snprintf(not_after, not_after_cap, "%04u-%02u-%02u %02u:%02u:%02u UTC", st.wYear,
+                 st.wMonth, st.wDay, st.wHour, st.wMinute, st.wSecond);
+    else
+        snprintf(not_after, not_after_cap, "?");
+}
+
+static void name_of(PCERT_NAME_BLOB blob, char *out, size_t cap)
+{
+    CertNameToStrA(X509_ASN_ENCODING, blob, CERT_X500_NAME_STR | CERT_NAME_STR_REVERSE_FLAG, out,
+                   (DWORD)cap);
+}
+
+/* A minimal DER reader, enough to take PKCS#8 and SEC1 keys apart. */
+typedef struct der {
+    const unsigned char *p;
+    size_t len;
+} der;
+
+static int der_next(der *in, unsigned char *tag, der *content)
+{
+    if (in->len < 2)
+        return 0;
+    size_t hdr = 2, n = in->p[1];
+    if (n & 0x80) {
+        size_t k = n & 0x7f;
+        if (k == 0 || k > 4 || in->len < 2 + k)
+            return 0;
+        n = 0;
+        for (size_t i = 0; i < k; i++)
+            n = (n << 8) | in->p[2 + i];
+        hdr += k;
+    }
+    if (in->len - hdr < n)
+        return 0;
+    *tag = in->p[0];
+    content->p = in->p + hdr;
+    content->len = n;
+    in->p += hdr + n;
+    in->len -= hdr + n;
+    return 1;
+}
+
+static const unsigned char OID_RSA[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01};
+static const unsigned char OID_EC[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01};
+
+enum key_kind { KEY_UNKNOWN, KEY_RSA, KEY_EC };
+
+/* PKCS#8 PrivateKeyInfo -> the inner key (PKCS#1 or SEC1) and its kind. */
+static int unwrap_pkcs8(const unsigned char *p, size_t len, der *inner, int *kind)
+{
+    der all = {p, len}, seq, item, alg, oid;
+    unsigned char tag;
+    if (!der_next(&all, &tag, &seq) || tag != 0x30)
+        return 0;
+    if (!der_next(&seq, &tag, &item) || tag != 0x02) /* version */
+        return 0;
+    if (!der_next(&seq, &tag, &alg) || tag != 0x30)
+        return 0;
+    if (!der_next(&alg, &tag, &oid) || tag != 0x06)
+        return 0;
+    if (!der_next(&seq, &tag, inner) || tag != 0x04)
+        return 0;
+    if (oid.len == sizeof(OID_RSA) && memcmp(oid.p, OID_RSA, oid.len) == 0)
+        *kind = KEY_RSA;
+    else if (oid.len == sizeof(OID_EC) && memcmp(oid.p, OID_EC, oid.len) == 0)
+        *kind = KEY_EC;
+    else
+        *kind = KEY_UNKNOWN;
+    return 1;
+}
+
+/* SEC1 ECPrivateKey -> the private scalar. */
+static int sec1_scalar(der key, der *scalar)
+{
+    der seq, item;
+    unsigned char tag;
+    if (!der_next(&key, &tag, &seq) || tag != 0x30)
+        return 0;
+    if (!der_next(&seq, &tag, &item) || tag != 0x02)
+        return 0;
+    return der_next(&seq, &tag, scalar) && tag == 0x04;
+}
+
+/* The private key as DER of a known kind; fails with a reason. */
+static int read_private_key(const dcx_config *cfg, unsigned char **out, der *key, int *kind,
+                            dcx_error *err)
+{
+    const dcx_blob *b = &cfg->private_key;
+    DWORD n = 0;
+    size_t pos = 0;
+    *out = NULL;
+    if (is_pem(b)) {
+        if (find_bytes(b->data, b->len, "BEGIN ENCRYPTED PRIVATE KEY") ||
+            find_bytes(b->data, b->len, "Proc-Type: 4,ENCRYPTED"))
+            return dcx_fail(err, DCX_E_CONFIG,
+                            cfg->private_key_password
+                                ? "the private key is encrypted, and the SChannel backend cannot "
+                                  "decrypt PEM keys: import the certificate and key as PKCS#12 "
+                                  "into the My store and use its thumbprint"
+                                : "the private key is encrypted: give its password");
+        if ((*out = pem_next(b, &pos, "RSA PRIVATE KEY", &n)) != NULL) {
+            key->p = *out, key->len = n, *kind = KEY_RSA;
+            return DCX_OK;
+        }
+        pos = 0;
+        if ((*out = pem_next(b, &pos, "EC PRIVATE KEY", &n)) != NULL) {
+            key->p = *out, key->len = n, *kind = KEY_EC;
+            return DCX_OK;
+        }
+        pos = 0;
+        if ((*out = pem_next(b, &pos, "PRIVATE KEY", &n)) != NULL &&
+            unwrap_pkcs8(*out, n, key, kind) && *kind != KEY_UNKNOWN)
+            return DCX_OK;
+    } else if (unwrap_pkcs8(b->data, b->len, key, kind) && *kind != KEY_UNKNOWN) {
+        return DCX_OK;
+    } else {
+        /* bare PKCS#1 or SEC1: SEQUENCE { INTEGER version, INTEGER n | OCTET STRING d } */
+        der all = {b->data, b->len}, seq, item;
+        unsigned char tag;
+        if (der_next(&all, &tag, &seq) && tag == 0x30 && der_next(&seq, &tag, &item) &&
+            tag == 0x02 && der_next(&seq, &tag, &item)) {
+            key->p = b->data, key->len = b->len, *kind = tag == 0x04 ? KEY_EC : KEY_RSA;
+            return DCX_OK;
+        }
+    }
+    free(*out);
+    *out = NULL;
+    return dcx_fail(err, DCX_E_CONFIG,
+                    "the private key is not an RSA or EC key in PEM or DER (PKCS#8, PKCS#1 or SEC1)");
+}
+
+/* A container name no other context or process uses. */
+static void new_container_name(dcx_ctx *ctx)
+{
+    static volatile LONG counter;
+    LARGE_INTEGER t;
+    QueryPerformanceCounter(&t);
+    swprintf(ctx->key_container, sizeof(ctx->key_container) / sizeof(wchar_t),
+             L"dcxsec-%lu-%ld-%llx", (unsigned long)GetCurrentProcessId(),
+             (long)InterlockedIncrement(&counter), (unsigned long long)t.QuadPart);
+}
+
+/* RSA goes through CryptoAPI (what Wine's SChannel, too, can use); the key is
+ * persisted in a named container, because SChannel cannot use ephemeral keys. */
+static int import_rsa_key(dcx_ctx *ctx, der key, PCCERT_CONTEXT cert, dcx_error *err)
+{
+    BYTE *blob = NULL;
+    DWORD blob_len = 0;
+    HCRYPTPROV prov = 0;
+    HCRYPTKEY hkey = 0;
+    int rc = DCX_OK;
+    if (!CryptDecodeObjectEx(ENC, PKCS_RSA_PRIVATE_KEY, key.p, (DWORD)key.len,
+                             CRYPT_DECODE_ALLOC_FLAG, NULL, &blob, &blob_len))
+        return dcx_fail(err, DCX_E_CONFIG, "the RSA private key cannot be decoded (%s)",
+                        status_name((SECURITY_STATUS)GetLastError()));
+    ((BLOBHEADER *)blob)->aiKeyAlg = CALG_RSA_KEYX; /* TLS needs AT_KEYEXCHANGE */
+    new_container_name(ctx);
+    if (!CryptAcquireContextW(&prov, ctx->key_container, MS_ENH_RSA_AES_PROV_W, PROV_RSA_AES,
+                              CRYPT_NEWKEYSET)) {
+        rc = dcx_fail(err, DCX_E_CONFIG, "cannot create a key container for the private key (%s)",
+                      status_name((SECURITY_STATUS)GetLastError()));
+        ctx->key_container[0] = 0;
+        goto out;
+    }
+    /* Exportable: Wine's SChannel hands the key to GnuTLS by exporting it. */
+    if (!CryptImportKey(prov, blob, blob_len, 0, CRYPT_EXPORTABLE, &hkey)) {
+        rc = dcx_fail(err, DCX_E_CONFIG, "the RSA private key cannot be imported (%s)",
+                      status_name((SECURITY_STATUS)GetLastError()));
+        goto out;
+    }
+    BYTE spki_buf[4096];
+    DWORD spki_len = sizeof(spki_buf);
+    if (!CryptExportPublicKeyInfo(prov, AT_KEYEXCHANGE, X509_ASN_ENCODING,
+                                  (PCERT_PUBLIC_KEY_INFO)spki_buf, &spki_len) ||
+        !CertComparePublicKeyInfo(X509_ASN_ENCODING, &cert->pCertInfo->SubjectPublicKeyInfo,
+                                  (PCERT_PUBLIC_KEY_INFO)spki_buf)) {
+        rc = dcx_fail(err, DCX_E_CONFIG,
+                      "the private key does not belong to certificate '%s' (thumbprint %s)",
+                      err ? err->subject : "", err ? err->thumbprint : "");
+        goto out;
+    }
+    CRYPT_KEY_PROV_INFO info = {ctx->key_container, MS_ENH_RSA_AES_PROV_W, PROV_RSA_AES, 0, 0,
+                                NULL, AT_KEYEXCHANGE};
+    if (!CertSetCertificateContextProperty(cert, CERT_KEY_PROV_INFO_PROP_ID, 0, &info))
+        rc = dcx_fail(err, DCX_E_CONFIG, "cannot attach the private key to its certificate (%s)",
+                      status_name((SECURITY_STATUS)GetLastError()));
+out:
+    if (hkey)
+        CryptDestroyKey(hkey);
+    if (prov)
+        CryptReleaseContext(prov, 0);
+    LocalFree(blob);
+    return rc;
+}
+
+/* EC keys need CNG: a named key in the software key storage provider. */
+static int import_ec_key(dcx_ctx *ctx, der key, PCCERT_CONTEXT cert, dcx_error *err)
+{
+    der scalar;
+    const CRYPT_BIT_BLOB *pub = &cert->pCertInfo->SubjectPublicKeyInfo.PublicKey;
+    if (!sec1_scalar(key, &scalar))
+        return dcx_fail(err, DCX_E_CONFIG, "the EC private key cannot be decoded");
+    /* the public point is 04 || X || Y; the certificate's must match the key */
+    size_t coord = (pub->cbData - 1) / 2;
+    ULONG magic = coord == 32 ? BCRYPT_ECDSA_PRIVATE_P256_MAGIC
+                : coord == 48 ? BCRYPT_ECDSA_PRIVATE_P384_MAGIC
+                : coord == 66 ? BCRYPT_ECDSA_PRIVATE_P521_MAGIC : 0;
+    if (!magic || pub->pbData[0] != 4 || scalar.len > coord)
+        return dcx_fail(err, DCX_E_CONFIG,
+                        "the private key does not belong to certificate '%s' (thumbprint %s), or "
+                        "its curve is not P-256, P-384 or P-521",
+                        err ? err->subject : "", err ? err->thumbprint : "");
+    size_t blob_len = sizeof(BCRYPT_ECCKEY_BLOB) + 3 * coord;
+    unsigned char *blob = calloc(1, blob_len);
+    if (!blob)
+        return dcx_fail(err, DCX_E_NOMEM, "out of memory");
+    BCRYPT_ECCKEY_BLOB *h = (BCRYPT_ECCKEY_BLOB *)blob;
+    h->dwMagic = magic;
+    h->cbKey = (ULONG)coord;
+    memcpy(blob + sizeof(*h), pub->pbData + 1, 2 * coord);
+    memcpy(blob + sizeof(*h) + 3 * coord - scalar.len, scalar.p, scalar.len);
+
+    NCRYPT_PROV_HANDLE prov = 0;
+    NCRYPT_KEY_HANDLE hkey = 0;
+    int rc = DCX_OK;
+    new_container_name(ctx);
+    NCryptBuffer name = {(ULONG)((wcslen(ctx->key_container) + 1) * sizeof(wchar_t)),
+                         NCRYPTBUFFER_PKCS_KEY_NAME, ctx->key_container};
+    NCryptBufferDesc params = {NCRYPTBUFFER_VERSION, 1, &name};
+    SECURITY_STATUS s = NCryptOpenStorageProvider(&prov, MS_KEY_STORAGE_PROVIDER, 0);
+    if (s == ERROR_SUCCESS)
+        s = NCryptImportKey(prov, 0, BCRYPT_ECCPRIVATE_BLOB, &params, &hkey, blob, (DWORD)blob_len,
+                            NCRYPT_OVERWRITE_KEY_FLAG);
+    SecureZeroMemory(blob, blob_len);
+    free(blob);
+    if (s != ERROR_SUCCESS) {
+        ctx->key_container[0] = 0;
+        rc = dcx_fail(err, DCX_E_CONFIG,
+                      "the EC private key cannot be imported into the key storage provider (%s "
+                      "0x%08lX): this Windows cannot use it for TLS, use an RSA key",
+                      status_name(s), (unsigned long)s);
+        goto out;
+    }
+    ctx->key_is_cng = 1;
+    CRYPT_KEY_PROV_INFO info = {ctx->key_container, MS_KEY_STORAGE_PROVIDER, 0, 0, 0, NULL, 0};
+    if (!CertSetCertificateContextProperty(cert, CERT_KEY_PROV_INFO_PROP_ID, 0, &info))
+        rc = dcx_fail(err, DCX_E_CONFIG, "cannot attach the private key to its certificate (%s)",
+                      status_name((SECURITY_STATUS)GetLastError()));
+out:
+    if (hkey)
+        NCryptFreeObject(hkey);
+    if (prov)
+        NCryptFreeObject(prov);
+    return rc;
+}
+
+static void delete_key_container(dcx_ctx *ctx)
+{
+    if (!ctx->key_container[0])
+        return;
+    if (ctx->key_is_cng) {
+        NCRYPT_PROV_HANDLE prov = 0;
+        NCRYPT_KEY_HANDLE key = 0;
+        if (NCryptOpenStorageProvider(&prov, MS_KEY_STORAGE_PROVIDER, 0) == ERROR_SUCCESS) {
+            if (NCryptOpenKey(prov, &key, ctx->key_container, 0, 0) == ERROR_SUCCESS)
+                NCryptDeleteKey(key, 0); /* frees the handle too */
+            NCryptFreeObject(prov);
+        }
+    } else {
+        HCRYPTPROV prov;
+        CryptAcquireContextW(&prov, ctx->key_container, MS_ENH_RSA_AES_PROV_W, PROV_RSA_AES,
+                             CRYPT_DELETEKEYSET);
+    }
+    ctx->key_container[0] = 0;
+}
+
+static int identity_from_bytes(dcx_ctx *ctx, const dcx_config *cfg, dcx_error *err)
+{
+    PCCERT_CONTEXT leaf = NULL;
+    ctx->identity_store = CertOpenStore(CERT_STORE_PROV_MEMORY, 0, 0, 0, NULL);
+    if (!ctx->identity_store)
+        return dcx_fail(err, DCX_E_NOMEM, "cannot create a certificate store");
+    /* the intermediates live beside the leaf, where SChannel looks for its chain */
+    if (add_certificates(ctx->identity_store, &cfg->certificate_chain, &leaf) == 0 || !leaf)
+        return dcx_fail(err, DCX_E_CONFIG,
+                        "the certificate is not an X.509 certificate in PEM or DER");
+    ctx->identity = leaf;
+    if (err)
+        describe_cert(leaf, err->subject, sizeof(err->subject), err->thumbprint, err->not_after,
+                      sizeof(err->not_after));
+    if (!cfg->private_key.len)
+        return dcx_fail(err, DCX_E_CONFIG, "certificate '%s' was given without its private key",
+                        err ? err->subject : "");
+    unsigned char *buf;
+    der key;
+    int kind;
+    int rc = read_private_key(cfg, &buf, &key, &kind, err);
+    if (rc == DCX_OK)
+        rc = kind == KEY_RSA ? import_rsa_key(ctx, key, leaf, err)
+                             : import_ec_key(ctx, key, leaf, err);
+    if (buf) {
+        SecureZeroMemory(buf, key.len);
+        free(buf);
+    }
+    return rc;
+}
+
+static const char *store_label(dcx_store s)
+{
+    return s == DCX_STORE_LOCAL_COMPUTER ? "LocalMachine" : "CurrentUser";
+}
+
+static int identity_from_store(dcx_ctx *ctx, const dcx_config *cfg, dcx_error *err)
+{
+    char thumb[2 * DCX_SHA1_LEN + 1];
+    dcx_hex(cfg->identity_thumbprint, DCX_SHA1_LEN, thumb);
+    DWORD where = cfg->cert_store == DCX_STORE_LOCAL_COMPUTER ? CERT_SYSTEM_STORE_LOCAL_MACHINE
+                                                               : CERT_SYSTEM_STORE_CURRENT_USER;
+    HCERTSTORE my = CertOpenStore(CERT_STORE_PROV_SYSTEM_W, 0, 0,
+                                  where | CERT_STORE_OPEN_EXISTING_FLAG | CERT_STORE_READONLY_FLAG,
+                                  L"MY");
+    if (!my)
+        return dcx_fail(err, DCX_E_CONFIG, "cannot open the Cert:\\%s\\My store (%s)",
+                        store_label(cfg->cert_store), status_name((SECURITY_STATUS)GetLastError()));
+    CRYPT_HASH_BLOB hash = {DCX_SHA1_LEN, (BYTE *)cfg->identity_thumbprint};
+    ctx->identity = CertFindCertificateInStore(my, X509_ASN_ENCODING, 0, CERT_FIND_SHA1_HASH,
+                                               &hash, NULL);
+    CertCloseStore(my, 0); /* the found context keeps what it needs */
+    if (!ctx->identity)
+        return dcx_fail(err, DCX_E_CONFIG,
+                        "no certificate with thumbprint %s in Cert:\\%s\\My: import it there "
+                        "with its private key, or check the thumbprint and the store location",
+                        thumb, store_label(cfg->cert_store));
+    if (err)
+        describe_cert(ctx->identity, err->subject, sizeof(err->subject), err->thumbprint,
+                      err->not_after, sizeof(err->not_after));
+    DWORD n = 0;
+    if (!CertGetCertificateContextProperty(ctx->identity, CERT_KEY_PROV_INFO_PROP_ID, NULL, &n))
+        return dcx_fail(err, DCX_E_CONFIG,
+                        "certificate '%s' (thumbprint %s) in Cert:\\%s\\My has no private key: "
+                        "import it with its key (PKCS#12)",
+                        err ? err->subject : "", thumb, store_label(cfg->cert_store));
+    return DCX_OK;
+}
+
+static int read_trusted_dir(dcx_ctx *ctx, const char *dir, dcx_error *err)
+{
+    char pattern[MAX_PATH];
+    WIN32_FIND_DATAA fd;
+    snprintf(pattern, sizeof(pattern), "%s\\*", dir);
+    HANDLE h = FindFirstFileA(pattern, &fd);
+    if (h == INVALID_HANDLE_VALUE)
+        return dcx_fail(err, DCX_E_CONFIG, "cannot read trusted certificates folder '%s'", dir);
+    do {
+        if (fd.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY)
+            continue;
+        char path[MAX_PATH];
+        snprintf(path, sizeof(path), "%s\\%s", dir, fd.cFileName);
+        FILE *f = fopen(path, "rb");
+        if (!f)
+            continue;
+        unsigned char *buf = malloc(fd.nFileSizeLow + 1);
+        size_t n = buf ? fread(buf, 1, fd.nFileSizeLow, f) : 0;
+        fclose(f);
+        dcx_blob b = {buf, n};
+        if (buf) /* other files are skipped, as OpenSSL's hashed folders allow */
+            ctx->trusted_count += (size_t)add_certificates(ctx->trusted, &b, NULL);
+        free(buf);
+    } while (FindNextFileA(h, &fd));
+    FindClose(h);
+    return DCX_OK;
+}
+
+/* ---- credentials -------------------------------------------------------- */
+
+static DWORD protocol_bits(int lo, int hi, int server)
+{
+    DWORD bits = 0;
+    if (lo <= DCX_TLS1_2 && hi >= DCX_TLS1_2)
+        bits |= server ? SP_PROT_TLS1_2_SERVER : SP_PROT_TLS1_2_CLIENT;
+    if (hi >= DCX_TLS1_3)
+        bits |= server ? SP_PROT_TLS1_3_SERVER : SP_PROT_TLS1_3_CLIENT;
+    return bits;
+}
+
+/* A failure to acquire or use our own credentials, told for a person. */
+static int credentials_failure(dcx_ctx *ctx, SECURITY_STATUS s, dcx_error *err)
+{
+    char thumb[2 * DCX_SHA1_LEN + 1] = "?", subject[256] = "", na[32];
+    if (ctx->identity)
+        describe_cert(ctx->identity, subject, sizeof(subject), thumb, na, sizeof(na));
+    switch ((unsigned long)s) {
+    case (unsigned long)SEC_E_UNKNOWN_CREDENTIALS:
+        return dcx_fail(err, DCX_E_CONFIG,
+                        "the private key of certificate %s ('%s') is not accessible to this "
+                        "account: grant the account read access to the key (certlm.msc, "
+                        "Manage Private Keys), or import the certificate with its key for it",
+                        thumb, subject);
+    case (unsigned long)SEC_E_NO_CREDENTIALS:
+        return dcx_fail(err, DCX_E_CONFIG,
+                        "certificate %s ('%s') has no private key SChannel can use: import it "
+                        "with its key (PKCS#12), as a key type this Windows supports for TLS",
+                        thumb, subject);
+    case (unsigned long)SEC_E_ALGORITHM_MISMATCH:
+        return dcx_fail(err, DCX_E_CONFIG,
+                        "SChannel refused the protocol or cipher settings (%s): the enabled "
+                        "protocols may be disabled by system policy", status_name(s));
+    case (unsigned long)SEC_E_INSUFFICIENT_MEMORY:
+        return dcx_fail(err, DCX_E_NOMEM, "out of memory acquiring TLS credentials");
+    case (unsigned long)SEC_E_SECPKG_NOT_FOUND:
+        return dcx_fail(err, DCX_E_UNSUPPORTED, "the SChannel security package is not available");
+    default:
+        return dcx_fail(err, DCX_E_CONFIG, "SChannel refused the TLS credentials: %s (0x%08lX)",
+                        status_name(s), (unsigned long)s);
+    }
+}
+
+static int acquire(dcx_ctx *ctx, int server, CredHandle *out, dcx_error *err)
+{
+    PCCERT_CONTEXT certs[1] = {ctx->identity};
+    DWORD flags = SCH_USE_STRONG_CRYPTO;
+    if (server)
+        flags |= SCH_CRED_NO_SYSTEM_MAPPER | (ctx->session_cache ? 0 : SCH_CRED_DISABLE_RECONNECTS);
+    else
+        flags |= SCH_CRED_MANUAL_CRED_VALIDATION | SCH_CRED_NO_DEFAULT_CREDS;
+    HCERTSTORE roots = server && ctx->trusted_count ? ctx->trusted : NULL; /* CAs we name to clients */
+    SCH_CREDENTIALS sch = {0};
+    TLS_PARAMETERS tls = {0};
+    SCHANNEL_CRED old = {0};
+    void *auth;
+    if (windows_build() >= BUILD_SCH_CREDENTIALS) {
+        sch.dwVersion = SCH_CREDENTIALS_VERSION;
+        sch.cCreds = ctx->identity ? 1 : 0;
+        sch.paCred = ctx->identity ? certs : NULL;
+        sch.hRootStore = roots;
+        sch.dwFlags = flags;
+        tls.grbitDisabledProtocols = ~protocol_bits(ctx->lo, ctx->hi, server);
+        sch.cTlsParameters = 1;
+        sch.pTlsParameters = &tls;
+        auth = &sch;
+    } else { /* never negotiates 1.3 */
+        old.dwVersion = SCHANNEL_CRED_VERSION;
+        old.cCreds = ctx->identity ? 1 : 0;
+        old.paCred = ctx->identity ? certs : NULL;
+        old.hRootStore = roots;
+        old.dwFlags = flags;
+        old.grbitEnabledProtocols = protocol_bits(ctx->lo, DCX_TLS1_2, server);
+        auth = &old;
+    }
+    TimeStamp expiry;
+    SECURITY_STATUS s = AcquireCredentialsHandleW(NULL, (LPWSTR)UNISP_NAME_W,
+                                                  server ? SECPKG_CRED_INBOUND : SECPKG_CRED_OUTBOUND,
+                                                  NULL, auth, NULL, NULL, out, &expiry);
+    return s == SEC_E_OK ? DCX_OK : credentials_failure(ctx, s, err);
+}
+
+/* ---- context ------------------------------------------------------------ */
+
+dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
+{
+    dcx_error_clear(err);
+    int lo = cfg->min_version ? cfg->min_version : DCX_TLS1_2;
+    int hi = cfg->max_version ? cfg->max_version : dcx_max_supported_version();
+    if (lo < DCX_TLS1_2) {
+        dcx_fail(err, DCX_E_CONFIG,
+                 "TLS versions below 1.2 are not allowed (RFC 8996, DICOM PS3.15 B.12)");
+        return NULL;
+    }
+    if (hi > DCX_TLS1_3 || lo > hi) {
+        dcx_fail(err, DCX_E_CONFIG, "the protocol version range 0x%04x..0x%04x is empty", lo, hi);
+        return NULL;
+    }
+    if (lo > dcx_max_supported_version()) {
+        dcx_fail(err, DCX_E_UNSUPPORTED,
+                 "TLS 1.3 needs SChannel of Windows 11 or Server 2022 (build %d); this is "
+                 "build %lu", BUILD_TLS13, (unsigned long)windows_build());
+        return NULL;
+    }
+    if (hi > dcx_max_supported_version())
+        hi = dcx_max_supported_version();
+    dcx_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx) {
+        dcx_fail(err, DCX_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    InitializeCriticalSection(&ctx->lock);
+    ctx->verify = cfg->verify;
+    ctx->check_hostname = cfg->check_hostname;
+    ctx->check_revocation = cfg->check_revocation;
+    ctx->use_system_trust = cfg->use_system_trust;
+    ctx->session_cache = cfg->session_cache;
+    ctx->cert_store = cfg->cert_store;
+    ctx->lo = lo;
+    ctx->hi = hi;
+    ctx->trusted = CertOpenStore(CERT_STORE_PROV_MEMORY, 0, 0, 0, NULL);
+    if (!ctx->trusted) {
+        dcx_fail(err, DCX_E_NOMEM, "cannot create a certificate store");
+        goto fail;
+    }
+    for (size_t i = 0; i < cfg->trusted_count; i++) {
+        int n = add_certificates(ctx->trusted, &cfg->trusted[i], NULL);
+        if (n == 0) {
+            dcx_fail(err, DCX_E_CONFIG,
+                     "trusted certificate #%lu is not an X.509 certificate in PEM or DER",
+                     (unsigned long)(i + 1));
+            goto fail;
+        }
+        ctx->trusted_count += (size_t)n;
+    }
+    if (cfg->trusted_dir && read_trusted_dir(ctx, cfg->trusted_dir, err) != DCX_OK)
+        goto fail;
+    if (cfg->identity_thumbprint) {
+        if (identity_from_store(ctx, cfg, err) != DCX_OK)
+            goto fail;
+    } else if (cfg->certificate_chain.len) {
+        if (identity_from_bytes(ctx, cfg, err) != DCX_OK)
+            goto fail;
+    } else if (cfg->private_key.len) {
+        dcx_fail(err, DCX_E_CONFIG, "a private key was given without its certificate");
+        goto fail;
+    }
+    if (dcx_thumbs_set(&ctx->thumbs, cfg->thumbprints, cfg->thumbprint_lens,
+                       cfg->thumbprint_count) != DCX_OK) {
+        dcx_fail(err, DCX_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    /* the client credentials now, so that an unusable key is a configuration error */
+    if (acquire(ctx, 0, &ctx->cred_out, err) != DCX_OK)
+        goto fail;
+    ctx->have_cred_out = 1;
+    if (err)
+        dcx_error_clear(err);
+    return ctx;
+fail:
+    dcx_ctx_free(ctx);
+    return NULL;
+}
+
+int dcx_ctx_set_thumbprints(dcx_ctx *ctx, const unsigned char *thumbprints,
+                            const unsigned char *lens, size_t count, dcx_error *err)
+{
+    EnterCriticalSection(&ctx->lock);
+    int rc = dcx_thumbs_set(&ctx->thumbs, thumbprints, lens, count);
+    LeaveCriticalSection(&ctx->lock);
+    return rc == DCX_OK ? DCX_OK : dcx_fail(err, rc, "out of memory");
+}
+
+void dcx_ctx_free(dcx_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    if (ctx->have_cred_out)
+        FreeCredentialsHandle(&ctx->cred_out);
+    if (ctx->have_cred_in)
+        FreeCredentialsHandle(&ctx->cred_in);
+    if (ctx->identity)
+        CertFreeCertificateContext(ctx->identity);
+    delete_key_container(ctx);
+    if (ctx->identity_store)
+        CertCloseStore(ctx->identity_store, 0);
+    if (ctx->trusted)
+        CertCloseStore(ctx->trusted, 0);
+    dcx_thumbs_free(&ctx->thumbs);
+    DeleteCriticalSection(&ctx->lock);
+    free(ctx);
+}
+
+/* ---- verification ------------------------------------------------------- */
+
+static const char *method_name(dcx_verify v)
+{
+    return v == DCX_VERIFY_THUMBPRINT ? "THUMBPRINT" : v == DCX_VERIFY_NONE ? "NONE" : "TRUST_CHAIN";
+}
+
+static int in_store(HCERTSTORE store, PCCERT_CONTEXT cert)
+{
+    PCCERT_CONTEXT found = CertFindCertificateInStore(store, X509_ASN_ENCODING, 0,
+                                                      CERT_FIND_EXISTING, cert, NULL);
+    if (found)
+        CertFreeCertificateContext(found);
+    return found != NULL;
+}
+
+static int fail_verify(dcx_conn *c, int reason, const char *detail, dcx_error *err)
+{
+    if (err) {
+        snprintf(err->subject, sizeof(err->subject), "%s", c->subject);
+        snprintf(err->thumbprint, sizeof(err->thumbprint), "%s", c->thumbprint);
+        snprintf(err->not_after, sizeof(err->not_after), "%s", c->not_after);
+    }
+    return dcx_fail_verify(err, reason, method_name(c->ctx->verify), detail);
+}
+
+/* Why the chain of the leaf failed, from its trust status: reason + detail. */
+static int explain_chain(dcx_conn *c, PCCERT_CHAIN_CONTEXT chain, DWORD errors, int root_is_ours,
+                         dcx_error *err)
+{
+    PCERT_SIMPLE_CHAIN simple = chain->rgpChain[0];
+    char detail[384], name[256];
+    for (DWORD i = 0; i < simple->cElement; i++) {
+        PCERT_CHAIN_ELEMENT el = simple->rgpElement[i];
+        if (!(el->TrustStatus.dwErrorStatus & CERT_TRUST_IS_NOT_TIME_VALID))
+            continue;
+        FILETIME now;
+        GetSystemTimeAsFileTime(&now);
+        int early = CompareFileTime(&now, &el->pCertContext->pCertInfo->NotBefore) < 0;
+        if (i == 0) {
+            SYSTEMTIME st;
+            FileTimeToSystemTime(&el->pCertContext->pCertInfo->NotBefore, &st);
+            snprintf(detail, sizeof(detail), "valid from %04u-%02u-%02u %02u:%02u:%02u UTC",
+                     st.wYear, st.wMonth, st.wDay, st.wHour, st.wMinute, st.wSecond);
+            return fail_verify(c, early ? DCX_VR_NOT_YET_VALID : DCX_VR_EXPIRED, detail, err);
+        }
+        char thumb[41], na[32];
+        describe_cert(el->pCertContext, name, sizeof(name), thumb, na, sizeof(na));
+        snprintf(detail, sizeof(detail), "issuing CA '%s' %s (valid until %s)", name,
+                 early ? "is not yet valid" : "has expired", na);
+        return fail_verify(c, DCX_VR_OTHER, detail, err);
+    }
+    if (errors & CERT_TRUST_IS_REVOKED)
+        return fail_verify(c, DCX_VR_REVOKED, "revoked by its issuer", err);
+    if (errors & CERT_TRUST_IS_NOT_SIGNATURE_VALID)
+        return fail_verify(c, DCX_VR_BAD_SIGNATURE, "a signature in its chain does not verify",
+                           err);
+    if (errors & CERT_TRUST_IS_PARTIAL_CHAIN) {
+        PCCERT_CONTEXT top = simple->rgpElement[simple->cElement - 1]->pCertContext;
+        name_of(&top->pCertInfo->Issuer, name, sizeof(name));
+        snprintf(detail, sizeof(detail), "its issuer '%s' is unknown", name);
+        return fail_verify(c, DCX_VR_UNTRUSTED, detail, err);
+    }
+    if ((errors & CERT_TRUST_IS_UNTRUSTED_ROOT) || !root_is_ours) {
+        PCCERT_CONTEXT top = simple->rgpElement[simple->cElement - 1]->pCertContext;
+        if (simple->cElement == 1) {
+            snprintf(detail, sizeof(detail), "it is self-signed and not among the trusted certificates");
+        } else {
+            name_of(&top->pCertInfo->Subject, name, sizeof(name));
+            snprintf(detail, sizeof(detail), "its root CA '%s' is not among the trusted certificates%s",
+                     name, (errors & CERT_TRUST_IS_UNTRUSTED_ROOT) ? "" :
+                     " (Windows trusts it, but use_system_trust is off)");
+        }
+        return fail_verify(c, DCX_VR_UNTRUSTED, detail, err);
+    }
+    if (errors & (CERT_TRUST_IS_NOT_VALID_FOR_USAGE | CERT_TRUST_INVALID_BASIC_CONSTRAINTS |
+                  CERT_TRUST_INVALID_EXTENSION | CERT_TRUST_INVALID_NAME_CONSTRAINTS)) {
+        snprintf(detail, sizeof(detail), "not valid for TLS %s authentication (key usage, extended "
+                 "key usage or basic constraints)", c->server_side ? "client" : "server");
+        return fail_verify(c, DCX_VR_PURPOSE, detail, err);
+    }
+    if (errors & (CERT_TRUST_REVOCATION_STATUS_UNKNOWN | CERT_TRUST_IS_OFFLINE_REVOCATION))
+        return fail_verify(c, DCX_VR_OTHER,
+                           "its revocation status cannot be checked (no CRL or OCSP responder "
+                           "reachable); turn revocation checking off to accept this", err);
+    snprintf(detail, sizeof(detail), "chain trust status 0x%08lX", (unsigned long)errors);
+    return fail_verify(c, DCX_VR_OTHER, detail, err);
+}
+
+static int verify_chain(dcx_conn *c, PCCERT_CONTEXT leaf, dcx_error *err)
+{
+    dcx_ctx *ctx = c->ctx;
+    static LPSTR server_auth[] = {szOID_PKIX_KP_SERVER_AUTH};
+    static LPSTR client_auth[] = {szOID_PKIX_KP_CLIENT_AUTH};
+    CERT_CHAIN_PARA para = {sizeof(para)};
+    para.RequestedUsage.dwType = USAGE_MATCH_TYPE_AND;
+    para.RequestedUsage.Usage.cUsageIdentifier = 1;
+    para.RequestedUsage.Usage.rgpszUsageIdentifier = c->server_side ? client_auth : server_auth;
+    DWORD flags = ctx->check_revocation ? CERT_CHAIN_REVOCATION_CHECK_CHAIN_EXCLUDE_ROOT : 0;
+
+    /* what the peer sent, plus our trusted roots, so the chain can be built */
+    HCERTSTORE extra = CertOpenStore(CERT_STORE_PROV_COLLECTION, 0, 0, 0, NULL);
+    if (!extra)
+        return dcx_fail(err, DCX_E_NOMEM, "cannot create a certificate store");
+    if (leaf->hCertStore)
+        CertAddStoreToCollection(extra, leaf->hCertStore, 0, 0);
+    CertAddStoreToCollection(extra, ctx->trusted, 0, 0);
+    PCCERT_CHAIN_CONTEXT chain = NULL;
+    HCERTCHAINENGINE engine = ctx->cert_store == DCX_STORE_LOCAL_COMPUTER ? HCCE_LOCAL_MACHINE
+                                                                           : HCCE_CURRENT_USER;
+    int rc = DCX_OK;
+    if (!CertGetCertificateChain(engine, leaf, NULL, extra, &para, flags, NULL, &chain)) {
+        rc = fail_verify(c, DCX_VR_OTHER, "Windows could not build its certificate chain", err);
+        goto out;
+    }
+    PCERT_SIMPLE_CHAIN simple = chain->rgpChain[0];
+    PCCERT_CONTEXT top = simple->rgpElement[simple->cElement - 1]->pCertContext;
+    int root_is_ours = in_store(ctx->trusted, top);
+    int partial = (chain->TrustStatus.dwErrorStatus & CERT_TRUST_IS_PARTIAL_CHAIN) != 0;
+    DWORD errors = chain->TrustStatus.dwErrorStatus;
+    if (root_is_ours && !partial)
+        errors &= ~CERT_TRUST_IS_UNTRUSTED_ROOT;
+    if (!ctx->check_revocation)
+        errors &= ~(CERT_TRUST_REVOCATION_STATUS_UNKNOWN | CERT_TRUST_IS_OFFLINE_REVOCATION);
+    /* The SSL policy below ignores a partial chain: judge the trust status first. */
+    if (errors || partial || (!root_is_ours && !ctx->use_system_trust)) {
+        rc = explain_chain(c, chain, errors, root_is_ours && !partial, err);
+        goto out;
+    }
+    SSL_EXTRA_CERT_CHAIN_POLICY_PARA ssl = {{sizeof(ssl)}};
+    ssl.dwAuthType = c->server_side ? AUTHTYPE_CLIENT : AUTHTYPE_SERVER;
+    if (root_is_ours)
+        ssl.fdwChecks |= SECURITY_FLAG_IGNORE_UNKNOWN_CA;
+    if (!c->server_side && ctx->check_hostname && c->server_name[0])
+        ssl.pwszServerName = c->server_name_w;
+    else
+        ssl.fdwChecks |= SECURITY_FLAG_IGNORE_CERT_CN_INVALID;
+    CERT_CHAIN_POLICY_PARA policy = {sizeof(policy)};
+    policy.dwFlags = (root_is_ours ? CERT_CHAIN_POLICY_ALLOW_UNKNOWN_CA_FLAG : 0) |
+                     (ctx->check_revocation ? 0 : CERT_CHAIN_POLICY_IGNORE_ALL_REV_UNKNOWN_FLAGS);
+    policy.pvExtraPolicyPara = &ssl;
+    CERT_CHAIN_POLICY_STATUS status = {sizeof(status)};
+    if (!CertVerifyCertificateChainPolicy(CERT_CHAIN_POLICY_SSL, chain, &policy, &status)) {
+        rc = fail_verify(c, DCX_VR_OTHER, "Windows could not apply the TLS chain policy", err);
+        goto out;
+    }
+    char detail[128];
+    switch ((unsigned long)status.dwError) {
+    case 0:
+        break;
+    case (unsigned long)CERT_E_CN_NO_MATCH:
+        rc = fail_verify(c, DCX_VR_HOSTNAME, c->server_name, err);
+        break;
+    case (unsigned long)CERT_E_UNTRUSTEDROOT:
+    case (unsigned long)CERT_E_CHAINING:
+        rc = fail_verify(c, DCX_VR_UNTRUSTED, "its chain does not end in a trusted root", err);
+        break;
+    case (unsigned long)CERT_E_EXPIRED:
+        rc = fail_verify(c, DCX_VR_EXPIRED, "", err);
+        break;
+    case (unsigned long)CERT_E_WRONG_USAGE:
+    case (unsigned long)CERT_E_PURPOSE:
+    case (unsigned long)CERT_E_ROLE:
+    case (unsigned long)TRUST_E_BASIC_CONSTRAINTS:
+        snprintf(detail, sizeof(detail), "not valid for TLS %s authentication (%s)",
+                 c->server_side ? "client" : "server", status_name((SECURITY_STATUS)status.dwError));
+        rc = fail_verify(c, DCX_VR_PURPOSE, detail, err);
+        break;
+    case (unsigned long)CRYPT_E_REVOKED:
+        rc = fail_verify(c, DCX_VR_REVOKED, "revoked by its issuer", err);
+        break;
+    case (unsigned long)TRUST_E_CERT_SIGNATURE:
+        rc = fail_verify(c, DCX_VR_BAD_SIGNATURE, "a signature in its chain does not verify", err);
+        break;
+    case (unsigned long)CERT_E_REVOCATION_FAILURE:
+    case (unsigned long)CRYPT_E_REVOCATION_OFFLINE:
+    case (unsigned long)CRYPT_E_NO_REVOCATION_CHECK:
+        rc = fail_verify(c, DCX_VR_OTHER,
+                         "its revocation status cannot be checked (no CRL or OCSP responder "
+                         "reachable); turn revocation checking off to accept this", err);
+        break;
+    default:
+        snprintf(detail, sizeof(detail), "the TLS chain policy refused it: %s (0x%08lX)",
+                 status_name((SECURITY_STATUS)status.dwError), (unsigned long)status.dwError);
+        rc = fail_verify(c, DCX_VR_OTHER, detail, err);
+    }
+out:
+    if (chain)
+        CertFreeCertificateChain(chain);
+    CertCloseStore(extra, 0);
+    return rc;
+}
+
+static int verify_peer(dcx_conn *c, dcx_error *err)
+{
+    dcx_ctx *ctx = c->ctx;
+    PCCERT_CONTEXT leaf = NULL;
+    if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_REMOTE_CERT_CONTEXT, &leaf) != SEC_E_OK)
+        leaf = NULL;
+    c->peer = leaf;
+    if (!leaf) {
+        if (ctx->verify == DCX_VERIFY_NONE)
+            return DCX_OK;
+        return fail_verify(c, DCX_VR_NO_CERTIFICATE, "", err);
+    }
+    describe_cert(leaf, c->subject, sizeof(c->subject), c->thumbprint, c->not_after,
+                  sizeof(c->not_after));
+    switch (ctx->verify) {
+    case DCX_VERIFY_NONE:
+        return DCX_OK;
+    case DCX_VERIFY_THUMBPRINT: {
+        unsigned char sha1[DCX_SHA1_LEN], sha256[DCX_SHA256_LEN];
+        DWORD n1 = sizeof(sha1), n256 = sizeof(sha256);
+        int ok = CertGetCertificateContextProperty(leaf, CERT_HASH_PROP_ID, sha1, &n1) &&
+                 CryptHashCertificate2(L"SHA256", 0, NULL, leaf->pbCertEncoded,
+                                       leaf->cbCertEncoded, sha256, &n256);
+        EnterCriticalSection(&ctx->lock);
+        ok = ok && dcx_thumbs_match(&ctx->thumbs, sha1, sha256);
+        LeaveCriticalSection(&ctx->lock);
+        return ok ? DCX_OK : fail_verify(c, DCX_VR_THUMBPRINT, "", err);
+    }
+    case DCX_VERIFY_TRUST_CHAIN:
+    default:
+        return verify_chain(c, leaf, err);
+    }
+}
+
+/* ---- socket I/O --------------------------------------------------------- */
+
+static int sys_failure(int code, const char *doing, dcx_error *err)
+{
+    char text[256] = "";
+    FormatMessageA(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS, NULL, (DWORD)code,
+                   0, text, sizeof(text), NULL);
+    size_t n = strlen(text);
+    while (n && (text[n - 1] == '\r' || text[n - 1] == '\n' || text[n - 1] == '.'))
+        text[--n] = '\0';
+    if (err)
+        err->sys_errno = code;
+    return dcx_fail(err, DCX_E_SYSCALL, "socket error while %s: %s (WSA error %d)", doing,
+                    n ? text : "unknown error", code);
+}
+
+static int send_all(dcx_conn *c, const unsigned char *p, size_t len, int64_t deadline,
+                    const char *doing, dcx_error *err)
+{
+    while (len) {
+        int chunk = len > 0x40000000 ? 0x40000000 : (int)len;
+        int n = send((SOCKET)c->fd, (const char *)p, chunk, 0);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+            continue;
+        }
+        int e = WSAGetLastError();
+        if (e != WSAEWOULDBLOCK)
+            return sys_failure(e, doing, err);
+        int w = dcx_wait(c->fd, 1, deadline, err);
+        if (w != DCX_OK)
+            return w;
+    }
+    return DCX_OK;
+}
+
+/* Receive more ciphertext into c->in.  Returns bytes read, 0 at end of stream,
+ * or a negative status. */
+static long recv_more(dcx_conn *c, int64_t deadline, const char *doing, dcx_error *err)
+{
+    if (c->in_len == c->in_cap) {
+        size_t cap = c->in_cap ? 2 * c->in_cap : IN_INITIAL;
+        unsigned char *in = cap <= IN_LIMIT ? realloc(c->in, cap) : NULL;
+        if (!in)
+            return dcx_fail(err, DCX_E_PROTOCOL, "the peer sent a TLS message larger than %d bytes",
+                            IN_LIMIT);
+        c->in = in;
+        c->in_cap = cap;
+    }
+    for (;;) {
+        int n = recv((SOCKET)c->fd, (char *)c->in + c->in_len, (int)(c->in_cap - c->in_len), 0);
+        if (n >= 0) {
+            if (!c->handshake_done && c->first_len < DCX_SNIFF_LEN) {
+                size_t k = (size_t)n < DCX_SNIFF_LEN - c->first_len ? (size_t)n
+                                                                    : DCX_SNIFF_LEN - c->first_len;
+                memcpy(c->first + c->first_len, c->in + c->in_len, k);
+                c->first_len += k;
+            }
+            c->in_len += (size_t)n;
+            return n;
+        }
+        int e = WSAGetLastError();
+        if (e != WSAEWOULDBLOCK)
+            return sys_failure(e, doing, err);
+        int w = dcx_wait(c->fd, 0, deadline, err);
+        if (w != DCX_OK)
+            return w;
+    }
+}
+
+/* A fatal alert in the clear at the head of c->in (TLS 1.2 handshakes). */
+static void note_plain_alert(dcx_conn *c)
+{
+    const unsigned char *p = c->in;
+    if (c->in_len >= 7 && p[0] == 21 && p[1] == 3 && p[3] == 0 && p[4] == 2 && p[5] == 2)
+        c->received_alert = p[6];
+}
+
+/* ---- connection ---------------------------------------------------------- */
+
+dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char *server_name,
+                       dcx_error *err)
+{
+    dcx_error_clear(err);
+    if (server_side && !ctx->identity) {
+        dcx_fail(err, DCX_E_CONFIG, "the accepting side needs its own certificate and private key");
+        return NULL;
+    }
+    if (server_side) {
+        int rc = DCX_OK;
+        EnterCriticalSection(&ctx->lock);
+        if (!ctx->have_cred_in) {
+            rc = acquire(ctx, 1, &ctx->cred_in, err);
+            ctx->have_cred_in = rc == DCX_OK;
+        }
+        LeaveCriticalSection(&ctx->lock);
+        if (rc != DCX_OK)
+            return NULL;
+    }
+    dcx_conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        dcx_fail(err, DCX_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    c->ctx = ctx;
+    c->fd = fd;
+    c->server_side = server_side;
+    c->received_alert = -1;
+    if (server_name && *server_name) {
+        snprintf(c->server_name, sizeof(c->server_name), "%s", server_name);
+        MultiByteToWideChar(CP_UTF8, 0, server_name, -1, c->server_name_w,
+                            sizeof(c->server_name_w) / sizeof(wchar_t));
+    }
+    if (dcx_set_nonblocking(fd, err) != DCX_OK) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Turn a failed handshake status into the one reason a person needs. */
+static int handshake_failure(dcx_conn *c, SECURITY_STATUS s, dcx_error *err)
+{
+    const char *role = c->server_side ? "client" : "server";
+    char what[128];
+    c->dead = 1;
+    if (err)
+        err->alert = c->received_alert;
+    if (c->received_alert >= 0) {
+        const char *advice = dcx_alert_advice(c->received_alert);
+        return dcx_fail(err, DCX_E_PEER_ALERT,
+                        "the %s refused the handshake with TLS alert '%s' (%d)%s%s", role,
+                        dcx_alert_text(c->received_alert), c->received_alert, *advice ? ": " : "",
+                        advice);
+    }
+    if (dcx_sniff_not_tls(c->first, c->first_len, what, sizeof(what)))
+        return c->server_side
+                   ? dcx_fail(err, DCX_E_NOT_TLS, "%s on the TLS port: the peer is not speaking TLS", what)
+                   : dcx_fail(err, DCX_E_NOT_TLS,
+                              "the peer answered with %s: it is not speaking TLS on this port "
+                              "(is this its plain DICOM port?)", what);
+    switch ((unsigned long)s) {
+    case (unsigned long)SEC_E_UNSUPPORTED_FUNCTION:
+        if (c->server_side)
+            return dcx_fail(err, DCX_E_UNSUPPORTED,
+                            "AcceptSecurityContext unsupported (SEC_E_UNSUPPORTED_FUNCTION): this "
+                            "SChannel cannot act as a TLS server (Wine has no server role)");
+        return dcx_fail(err, DCX_E_PROTOCOL,
+                        "no TLS version in common with the server (this side allows TLS %s to %s)",
+                        c->ctx->lo == DCX_TLS1_3 ? "1.3" : "1.2",
+                        c->ctx->hi == DCX_TLS1_2 ? "1.2" : "1.3");
+    case (unsigned long)SEC_E_ALGORITHM_MISMATCH:
+        return dcx_fail(err, DCX_E_PROTOCOL,
+                        "no cipher suite or protocol version in common with the %s", role);
+    case (unsigned long)SEC_E_UNKNOWN_CREDENTIALS:
+    case (unsigned long)SEC_E_NO_CREDENTIALS:
+        return credentials_failure(c->ctx, s, err);
+    case (unsigned long)SEC_E_INTERNAL_ERROR:
+        return dcx_fail(err, DCX_E_PROTOCOL,
+                        "SChannel failed during the handshake (SEC_E_INTERNAL_ERROR): the %s may "
+                        "have refused us, or our private key is of a kind SChannel cannot use",
+                        role);
+    case (unsigned long)SEC_E_INVALID_TOKEN:
+    case (unsigned long)SEC_E_ILLEGAL_MESSAGE:
+        return dcx_fail(err, DCX_E_PROTOCOL,
+                        "the %s sent a TLS message SChannel refused (%s): it may have refused us "
+                        "with an alert, or it does not speak TLS correctly", role, status_name(s));
+    case (unsigned long)SEC_E_MESSAGE_ALTERED:
+    case (unsigned long)SEC_E_DECRYPT_FAILURE:
+        return dcx_fail(err, DCX_E_PROTOCOL,
+                        "a handshake message failed its integrity check (%s): the connection is "
+                        "corrupt or tampered with", status_name(s));
+    case (unsigned long)SEC_E_CERT_EXPIRED:
+        return fail_verify(c, DCX_VR_EXPIRED, "", err);
+    case (unsigned long)SEC_E_UNTRUSTED_ROOT:
+        return fail_verify(c, DCX_VR_UNTRUSTED, "SChannel does not trust its root", err);
+    case (unsigned long)SEC_E_WRONG_PRINCIPAL:
+        return fail_verify(c, DCX_VR_HOSTNAME, c->server_name, err);
+    case (unsigned long)SEC_E_CERT_WRONG_USAGE:
+        return fail_verify(c, DCX_VR_PURPOSE, "SChannel says it is not valid for this use", err);
+    case (unsigned long)SEC_E_CERT_UNKNOWN:
+        return fail_verify(c, DCX_VR_OTHER, "SChannel could not process it (SEC_E_CERT_UNKNOWN)",
+                           err);
+    case (unsigned long)SEC_E_INSUFFICIENT_MEMORY:
+        return dcx_fail(err, DCX_E_NOMEM, "out of memory during the TLS handshake");
+    case (unsigned long)SEC_E_TARGET_UNKNOWN:
+        return dcx_fail(err, DCX_E_CONFIG, "SChannel does not accept server name '%s'",
+                        c->server_name);
+    default:
+        return dcx_fail(err, DCX_E_PROTOCOL, "TLS handshake failed: %s (0x%08lX)", status_name(s),
+                        (unsigned long)s);
+    }
+}
+
+static int handshake_eof(dcx_conn *c, dcx_error *err)
+{
+    c->dead = 1;
+    if (c->first_len == 0)
+        return c->server_side
+                   ? dcx_fail(err, DCX_E_PROTOCOL,
+                              "the client closed the connection before sending anything")
+                   : dcx_fail(err, DCX_E_NOT_TLS,
+                              "the server closed the connection without answering the TLS "
+                              "ClientHello: it is probably not speaking TLS on this port, or it "
+                              "refused us without saying why");
+    char what[128];
+    if (dcx_sniff_not_tls(c->first, c->first_len, what, sizeof(what)))
+        return handshake_failure(c, SEC_E_INVALID_TOKEN, err);
+    note_plain_alert(c);
+    if (c->received_alert >= 0)
+        return handshake_failure(c, SEC_E_ILLEGAL_MESSAGE, err);
+    return dcx_fail(err, DCX_E_PROTOCOL, "the %s closed the connection during the handshake",
+                    c->server_side ? "client" : "server");
+}
+
+static int handshake_timeout(dcx_conn *c, int timeout_ms, dcx_error *err)
+{
+    c->dead = 1;
+    if (c->first_len > 0)
+        return dcx_fail(err, DCX_E_TIMEOUT,
+                        "TLS handshake timed out after %d ms: the peer stopped answering", timeout_ms);
+    return c->server_side
+               ? dcx_fail(err, DCX_E_TIMEOUT,
+                          "TLS handshake timed out after %d ms: the client sent nothing", timeout_ms)
+               : dcx_fail(err, DCX_E_TIMEOUT,
+                          "TLS handshake timed out after %d ms: the server never answered our "
+                          "ClientHello (is this a TLS port?)", timeout_ms);
+}
+
+/* One SSPI handshake call on what c->in holds; sends what it produces. */
+static SECURITY_STATUS handshake_call(dcx_conn *c, int64_t deadline, int *io_rc, dcx_error *err)
+{
+    SecBuffer in[2] = {{(unsigned long)c->in_len, SECBUFFER_TOKEN, c->in},
+                       {0, SECBUFFER_EMPTY, NULL}};
+    SecBuffer out[2] = {{0, SECBUFFER_TOKEN, NULL}, {0, SECBUFFER_ALERT, NULL}};
+    SecBufferDesc in_desc = {SECBUFFER_VERSION, 2, in}, out_desc = {SECBUFFER_VERSION, 2, out};
+    SecBufferDesc *input = c->in_len ? &in_desc : NULL; /* none when we speak first (shutdown, alert) */
+    ULONG attrs = 0;
+    SECURITY_STATUS s;
+    int first = !c->have_ctxt;
+    if (c->server_side) {
+        ULONG req = ASC_REQ_SEQUENCE_DETECT | ASC_REQ_REPLAY_DETECT | ASC_REQ_CONFIDENTIALITY |
+                    ASC_REQ_EXTENDED_ERROR | ASC_REQ_ALLOCATE_MEMORY | ASC_REQ_STREAM;
+        if (c->ctx->verify != DCX_VERIFY_NONE)
+            req |= ASC_REQ_MUTUAL_AUTH;
+        s = AcceptSecurityContext(&c->ctx->cred_in, first ? NULL : &c->ctxt, input, req, 0,
+                                  first ? &c->ctxt : NULL, &out_desc, &attrs, NULL);
+    } else {
+        ULONG req = ISC_REQ_SEQUENCE_DETECT | ISC_REQ_REPLAY_DETECT | ISC_REQ_CONFIDENTIALITY |
+                    ISC_REQ_EXTENDED_ERROR | ISC_REQ_ALLOCATE_MEMORY | ISC_REQ_STREAM |
+                    ISC_REQ_USE_SUPPLIED_CREDS | ISC_REQ_MANUAL_CRED_VALIDATION;
+        SEC_WCHAR *target = c->server_name_w[0] ? c->server_name_w : NULL;
+        s = InitializeSecurityContextW(&c->ctx->cred_out, first ? NULL : &c->ctxt, target, req, 0,
+                                       0, first ? NULL : input, 0, first ? &c->ctxt : NULL,
+                                       &out_desc, &attrs, NULL);
+    }
+    if (first && (s == SEC_E_OK || s == SEC_I_CONTINUE_NEEDED || s == SEC_I_INCOMPLETE_CREDENTIALS ||
+                  (!c->server_side && out[0].cbBuffer)))
+        c->have_ctxt = 1;
+    /* the token may also be an alert that tells the peer why we stopped */
+    *io_rc = DCX_OK;
+    if (out[0].pvBuffer && out[0].cbBuffer)
+        *io_rc = send_all(c, out[0].pvBuffer, out[0].cbBuffer, deadline, "handshaking", err);
+    if (out[0].pvBuffer)
+        FreeContextBuffer(out[0].pvBuffer);
+    if (out[1].pvBuffer)
+        FreeContextBuffer(out[1].pvBuffer);
+    if (input && s != SEC_E_INCOMPLETE_MESSAGE && !FAILED(s)) {
+        if (in[1].BufferType == SECBUFFER_EXTRA && in[1].cbBuffer) {
+            memmove(c->in, c->in + c->in_len - in[1].cbBuffer, in[1].cbBuffer);
+            c->in_len = in[1].cbBuffer;
+        } else {
+            c->in_len = 0;
+        }
+    }
+    return s;
+}
+
+/* Runs handshake calls until SChannel is done with what the peer sends. */
+static int run_handshake(dcx_conn *c, int64_t deadline, int timeout_ms, dcx_error *err)
+{
+    int need_input = c->server_side ? c->in_len == 0 : (c->have_ctxt && c->in_len == 0);
+    for (;;) {
+        if (need_input) {
+            long n = recv_more(c, deadline, "handshaking", err);
+            if (n == DCX_E_TIMEOUT)
+                return handshake_timeout(c, timeout_ms, err);
+            if (n < 0) {
+                c->dead = 1;
+                return (int)n;
+            }
+            if (n == 0)
+                return handshake_eof(c, err);
+        }
+        if (!c->handshake_done)
+            note_plain_alert(c);
+        int io_rc;
+        SECURITY_STATUS s = handshake_call(c, deadline, &io_rc, err);
+        if (s == SEC_E_INCOMPLETE_MESSAGE) {
+            need_input = 1;
+            continue;
+        }
+        if (FAILED(s))
+            return handshake_failure(c, s, err);
+        if (io_rc != DCX_OK) {
+            c->dead = 1;
+            return io_rc == DCX_E_TIMEOUT ? handshake_timeout(c, timeout_ms, err) : io_rc;
+        }
+        if (s == SEC_E_OK)
+            return DCX_OK;
+        /* SEC_I_INCOMPLETE_CREDENTIALS: the server asked for a certificate we do
+         * not have; calling again goes on without one. */
+        need_input = s == SEC_I_CONTINUE_NEEDED && c->in_len == 0;
+    }
+}
+
+static void read_connection_info(dcx_conn *c)
+{
+    SecPkgContext_ConnectionInfo info;
+    if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_CONNECTION_INFO, &info) == SEC_E_OK) {
+        c->version = (info.dwProtocol & (SP_PROT_TLS1_3_CLIENT | SP_PROT_TLS1_3_SERVER)) ? DCX_TLS1_3
+                   : (info.dwProtocol & (SP_PROT_TLS1_2_CLIENT | SP_PROT_TLS1_2_SERVER)) ? DCX_TLS1_2
+                   : 0;
+        c->cipher_bits = (int)info.dwCipherStrength;
+    }
+    SecPkgContext_CipherInfo ci;
+    memset(&ci, 0, sizeof(ci));
+    if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_CIPHER_INFO, &ci) == SEC_E_OK &&
+        ci.szCipherSuite[0])
+        WideCharToMultiByte(CP_UTF8, 0, ci.szCipherSuite, -1, c->cipher, sizeof(c->cipher), NULL,
+                            NULL);
+    SecPkgContext_SessionInfo si;
+    if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_SESSION_INFO, &si) == SEC_E_OK)
+        c->reused = (si.dwFlags & SSL_SESSION_RECONNECT) != 0;
+}
+
+/* Tell the peer why we refuse it; best effort, the connection is over anyway. */
+static void send_alert(dcx_conn *c, DWORD alert, int64_t deadline)
+{
+    SCHANNEL_ALERT_TOKEN token = {SCHANNEL_ALERT, TLS1_ALERT_FATAL, alert};
+    SecBuffer b = {sizeof(token), SECBUFFER_TOKEN, &token};
+    SecBufferDesc d = {SECBUFFER_VERSION, 1, &b};
+    if (ApplyControlToken(&c->ctxt, &d) != SEC_E_OK)
+        return;
+    size_t keep = c->in_len;
+    c->in_len = 0;
+    int io_rc;
+    handshake_call(c, deadline, &io_rc, NULL);
+    c->in_len = keep;
+}
+
+int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
+{
+    dcx_error_clear(err);
+    if (c->handshake_done)
+        return DCX_OK;
+    if (c->dead)
+        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed");
+    int64_t deadline = dcx_deadline(timeout_ms);
+    int rc = run_handshake(c, deadline, timeout_ms, err);
+    if (rc != DCX_OK)
+        return rc;
+    if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_STREAM_SIZES, &c->sizes) != SEC_E_OK ||
+        !(c->out = malloc(c->sizes.cbHeader + c->sizes.cbMaximumMessage + c->sizes.cbTrailer)) ||
+        !(c->plain = malloc(c->sizes.cbMaximumMessage + 2048))) {
+        c->dead = 1;
+        return dcx_fail(err, DCX_E_NOMEM, "cannot set up the TLS record buffers");
+    }
+    c->plain_cap = c->sizes.cbMaximumMessage + 2048;
+    rc = verify_peer(c, err);
+    if (rc != DCX_OK) {
+        DWORD alert = err && err->verify_reason == DCX_VR_NO_CERTIFICATE ? 116 /* certificate required */
+                    : err && err->verify_reason == DCX_VR_EXPIRED ? TLS1_ALERT_CERTIFICATE_EXPIRED
+                    : err && err->verify_reason == DCX_VR_UNTRUSTED ? TLS1_ALERT_UNKNOWN_CA
+                    : TLS1_ALERT_BAD_CERTIFICATE;
+        send_alert(c, alert, dcx_deadline(1000));
+        c->dead = 1;
+        return rc;
+    }
+    read_connection_info(c);
+    c->handshake_done = 1;
+    return DCX_OK;
+}
+
+/* Hand out plaintext already decrypted. */
+static size_t take_plain(dcx_conn *c, void *buf, size_t len)
+{
+    size_t n = c->plain_len - c->plain_off;
+    if (n > len)
+        n = len;
+    memcpy(buf, c->plain + c->plain_off, n);
+    c->plain_off += n;
+    if (c->plain_off == c->plain_len)
+        c->plain_off = c->plain_len = 0;
+    return n;
+}
+
+static int io_failure(dcx_conn *c, SECURITY_STATUS s, const char *doing, dcx_error *err)
+{
+    c->dead = 1;
+    switch ((unsigned long)s) {
+    case (unsigned long)SEC_E_MESSAGE_ALTERED:
+    case (unsigned long)SEC_E_DECRYPT_FAILURE:
+        return dcx_fail(err, DCX_E_PROTOCOL,
+                        "a TLS record failed its integrity check while %s (%s): the data was "
+                        "altered or the connection is corrupt", doing, status_name(s));
+    case (unsigned long)SEC_E_CONTEXT_EXPIRED:
+        return dcx_fail(err, DCX_E_CLOSED, "the TLS session has ended");
+    default:
+        return dcx_fail(err, DCX_E_PROTOCOL, "TLS error while %s: %s (0x%08lX); the peer may "
+                        "have ended the connection with an alert", doing, status_name(s),
+                        (unsigned long)s);
+    }
+}
+
+/* Decrypt records from c->in into c->plain until some plaintext, EOF, or error. */
+static int decrypt_some(dcx_conn *c, int64_t deadline, dcx_error *err)
+{
+    for (;;) {
+        if (c->in_len) {
+            /* exactly one DATA buffer plus three EMPTY ones, as every SChannel accepts */
+            SecBuffer b[4] = {{(unsigned long)c->in_len, SECBUFFER_DATA, c->in},
+                              {0, SECBUFFER_EMPTY, NULL}, {0, SECBUFFER_EMPTY, NULL},
+                              {0, SECBUFFER_EMPTY, NULL}};
+            SecBufferDesc d = {SECBUFFER_VERSION, 4, b};
+            SECURITY_STATUS s = DecryptMessage(&c->ctxt, &d, 0, NULL);
+            if (s == SEC_E_OK || s == SEC_I_RENEGOTIATE || s == SEC_I_CONTEXT_EXPIRED) {
+                SecBuffer *data = NULL, *extra = NULL;
+                for (int i = 1; i < 4; i++) {
+                    if (b[i].BufferType == SECBUFFER_DATA && !data)
+                        data = &b[i];
+                    else if (b[i].BufferType == SECBUFFER_EXTRA && !extra)
+                        extra = &b[i];
+                }
+                size_t got = data ? data->cbBuffer : 0;
+                if (got) { /* plain is empty whenever we decrypt */
+                    if (got > c->plain_cap) {
+                        unsigned char *p = realloc(c->plain, got);
+                        if (!p)
+                            return dcx_fail(err, DCX_E_NOMEM, "out of memory");
+                        c->plain = p;
+                        c->plain_cap = got;
+                    }
+                    memcpy(c->plain, data->pvBuffer, got);
+                    c->plain_off = 0;
+                    c->plain_len = got;
+                }
+                if (extra && extra->cbBuffer) {
+                    memmove(c->in, c->in + c->in_len - extra->cbBuffer, extra->cbBuffer);
+                    c->in_len = extra->cbBuffer;
+                } else {
+                    c->in_len = 0;
+                }
+                /* Wine reports close_notify as an empty SEC_E_OK record */
+                if (s == SEC_I_CONTEXT_EXPIRED || (s == SEC_E_OK && !got && !c->in_len)) {
+                    c->peer_closed = 1;
+                    return DCX_OK;
+                }
+                if (s == SEC_I_RENEGOTIATE) {
+                    /* TLS 1.3 post-handshake message (ticket, key update): the
+                     * handshake call consumes it; any data after it stays in c->in */
+                    int rc = run_handshake(c, deadline, -1, err);
+                    if (rc != DCX_OK)
+                        return rc;
+                }
+                if (c->plain_len)
+                    return DCX_OK;
+                continue;
+            }
+            if (s != SEC_E_INCOMPLETE_MESSAGE)
+                return io_failure(c, s, "reading", err);
+        }
+        long n = recv_more(c, deadline, "reading", err);
+        if (n < 0) {
+            if (n != DCX_E_TIMEOUT)
+                c->dead = 1;
+            return (int)n;
+        }
+        if (n == 0) {
+            c->dead = 1;
+            if (c->in_len == 0) /* EOF at a record boundary: DICOM frames its own PDUs */
+                return DCX_EOF;
+            return dcx_fail(err, DCX_E_TRUNCATED,
+                            "the peer closed the connection in the middle of a TLS record "
+                            "(truncated data)");
+        }
+    }
+}
+
+long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error *err)
+{
+    if (c->plain_len > c->plain_off)
+        return (long)take_plain(c, buf, len);
+    if (c->peer_closed)
+        return DCX_EOF;
+    if (c->dead || !c->handshake_done)
+        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
+    int rc = decrypt_some(c, dcx_deadline(timeout_ms), err);
+    if (rc != DCX_OK)
+        return rc;
+    if (c->plain_len > c->plain_off)
+        return (long)take_plain(c, buf, len);
+    return DCX_EOF;
+}
+
+long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err)
+{
+    if (c->dead || !c->handshake_done)
+        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
+    int64_t deadline = dcx_deadline(timeout_ms);
+    const unsigned char *p = buf;
+    size_t left = len;
+    const size_t hdr = c->sizes.cbHeader, max = c->sizes.cbMaximumMessage;
+    while (left) {
+        size_t n = left < max ? left : max;
+        memcpy(c->out + hdr, p, n);
+        SecBuffer b[4] = {{(unsigned long)hdr, SECBUFFER_STREAM_HEADER, c->out},
+                          {(unsigned long)n, SECBUFFER_DATA, c->out + hdr},
+                          {c->sizes.cbTrailer, SECBUFFER_STREAM_TRAILER, c->out + hdr + n},
+                          {0, SECBUFFER_EMPTY, NULL}};
+        SecBufferDesc d = {SECBUFFER_VERSION, 4, b};
+        SECURITY_STATUS s = EncryptMessage(&c->ctxt, 0, &d, 0);
+        if (s != SEC_E_OK)
+            return io_failure(c, s, "writing", err);
+        /* header, data and trailer are contiguous unless SChannel shrank one */
+        size_t total = b[0].cbBuffer;
+        if (b[1].pvBuffer != c->out + total)
+            memmove(c->out + total, b[1].pvBuffer, b[1].cbBuffer);
+        total += b[1].cbBuffer;
+        if (b[2].pvBuffer != c->out + total)
+            memmove(c->out + total, b[2].pvBuffer, b[2].cbBuffer);
+        total += b[2].cbBuffer;
+        int rc = send_all(c, c->out, total, deadline, "writing", err);
+        if (rc != DCX_OK) {
+            c->dead = 1; /* part of a record may be on the wire: the stream is unusable */
+            return rc;
+        }
+        p += n;
+        left -= n;
+    }
+    return (long)len;
+}
+
+size_t dcx_conn_pending(const dcx_conn *c)
+{
+    return c->plain_len - c->plain_off;
+}
+
+int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err)
+{
+    dcx_error_clear(err);
+    if (!c->handshake_done || c->dead)
+        return DCX_OK;
+    int64_t deadline = dcx_deadline(timeout_ms);
+    DWORD type = SCHANNEL_SHUTDOWN;
+    SecBuffer b = {sizeof(type), SECBUFFER_TOKEN, &type};
+    SecBufferDesc d = {SECBUFFER_VERSION, 1, &b};
+    int rc = DCX_OK;
+    if (ApplyControlToken(&c->ctxt, &d) == SEC_E_OK) {
+        /* the next handshake call produces the close_notify record */
+        size_t keep = c->in_len;
+        c->in_len = 0;
+        int io_rc;
+        handshake_call(c, deadline, &io_rc, err);
+        c->in_len = keep;
+        if (io_rc == DCX_E_TIMEOUT)
+            rc = io_rc;
+    }
+    if (rc == DCX_OK && wait_peer && !c->peer_closed) {
+        c->plain_len = c->plain_off = 0;
+        while (!c->peer_closed) {
+            int r = decrypt_some(c, deadline, NULL);
+            c->plain_len = c->plain_off = 0; /* data after our close_notify is dropped */
+            if (r == DCX_E_TIMEOUT) {
+                rc = dcx_fail(err, DCX_E_TIMEOUT, "timed out waiting for the peer's close_notify");
+                break;
+            }
+            if (r != DCX_OK)
+                break; /* the peer is gone; nothing more to say to it */
+        }
+    }
+    c->dead = 1;
+    return rc;
+}
+
+size_t dcx_conn_peer_cert(dcx_conn *c, unsigned char *buf, size_t cap)
+{
+    if (!c->peer)
+        return 0;
+    size_t n = c->peer->cbCertEncoded;
+    if (buf && n <= cap)
+        memcpy(buf, c->peer->pbCertEncoded, n);
+    return n;
+}
+
+int dcx_conn_version(const dcx_conn *c)
+{
+    return c->handshake_done ? c->version : 0;
+}
+
+const char *dcx_conn_cipher(const dcx_conn *c)
+{
+    return c->handshake_done ? c->cipher : "";
+}
+
+int dcx_conn_cipher_bits(const dcx_conn *c)
+{
+    return c->handshake_done ? c->cipher_bits : 0;
+}
+
+int dcx_conn_session_reused(const dcx_conn *c)
+{
+    return c->handshake_done && c->reused;
+}
+
+void dcx_conn_free(dcx_conn *c)
+{
+    if (!c)
+        return;
+    if (c->have_ctxt)
+        DeleteSecurityContext(&c->ctxt);
+    if (c->peer)
+        CertFreeCertificateContext(c->peer);
+    free(c->in);
+    free(c->plain);
+    free(c->out);
+    free(c);
+}
