@@ -1,0 +1,132 @@
+"""Scenario 4: DCMTK as the native anchor.
+
+The same ``storescu +tls`` run (one association carrying every file) into
+``storescp +tls`` and into a pynetdicom SCP on dcxsec, and on Python's ssl for
+scale.  Both kinds of SCP write the received files into a folder under the
+same temporary directory, i.e. the same disk.  Both SCPs offer a maximum PDU
+of 16384 (storescp's default).  The time includes starting storescu, which
+is the same for every SCP.
+
+This DCMTK build leaves Nagle's algorithm on unless the environment variable
+TCP_NODELAY=1 is set, and then every C-STORE waits for a delayed ACK (about
+40 ms).  storescu always runs with TCP_NODELAY=1, and the reference is
+storescp with it too; storescp as started with no environment is shown as well.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SIZES
+from contenders import DCXSEC, SSL, pynetdicom_contender
+
+pytestmark = pytest.mark.skipif(shutil.which("storescu") is None or shutil.which("storescp") is None,
+                                reason="DCMTK is not installed (Debian package dcmtk)")
+
+STORESCP = "storescp"
+STORESCP_NAGLE = "storescp (Nagle)"
+MAX_PDU = 16384
+NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def tls_args(identity, ca) -> list[str]:
+    return ["+tls", str(identity.key_path), str(identity.cert_path), "+cf", str(ca.cert_path)]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"storescp exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError("storescp did not start listening")
+
+
+class DcmtkSCP:
+    """``storescp +tls`` writing into ``directory``."""
+
+    def __init__(self, pki, directory: Path, nodelay: bool) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.directory = directory
+        self.proc = subprocess.Popen(
+            ["storescp", *tls_args(pki.server, pki.ca), "-od", str(directory), "-aet", "BENCH-SCP",
+             "--max-pdu", str(MAX_PDU), str(self.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=NODELAY_ENV if nodelay else None)
+        wait_for_port(self.port, self.proc)
+
+    def clear(self) -> None:
+        for path in self.directory.iterdir():
+            path.unlink()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def file_count(server) -> int:
+    return len(list(server.directory.iterdir()))
+
+
+def storescu(pki, port: int, files: list[Path]) -> None:
+    done = subprocess.run(["storescu", *tls_args(pki.client, pki.ca), "-aec", "BENCH-SCP",
+                           "127.0.0.1", str(port), *map(str, files)],
+                          capture_output=True, text=True, timeout=600, env=NODELAY_ENV)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(params=[STORESCP, STORESCP_NAGLE, DCXSEC, SSL])
+def scp(request, pki, scp_factory, tmp_path):
+    if request.param in (STORESCP, STORESCP_NAGLE):
+        directory = tmp_path / "storescp"
+        directory.mkdir()
+        dcmtk = DcmtkSCP(pki, directory, nodelay=request.param == STORESCP)
+        yield request.param, dcmtk
+        dcmtk.stop()
+    else:
+        yield request.param, scp_factory(pynetdicom_contender(request.param, pki).server_context,
+                                         max_pdu=MAX_PDU)
+
+
+def run_storescu_benchmark(benchmark, report, pki, scp, files: list[Path], label: str) -> None:
+    name, server = scp
+
+    def check_and_clear() -> None:
+        assert file_count(server) in (0, len(files))  # the previous round's files all arrived
+        server.clear()
+
+    storescu(pki, server.port, files[:1])  # warm-up
+    server.clear()
+    benchmark.pedantic(lambda: storescu(pki, server.port, files), setup=check_and_clear,
+                       rounds=SIZES.store_rounds, iterations=1)
+    assert file_count(server) == len(files)
+    server.clear()
+
+    rate = sum(p.stat().st_size for p in files) / benchmark.stats.stats.median / 1e6
+    key = f"4-{label}"
+    report.group(key, f"4 storescu +tls {len(files)} x {label} into ...", "MB/s", ref=STORESCP)
+    notes = {STORESCP: "DCMTK storescp +tls, TCP_NODELAY=1",
+             STORESCP_NAGLE: "DCMTK storescp +tls, no environment"}
+    report.add(key, name, rate, note=notes.get(name, f"pynetdicom SCP on {name}"))
+
+
+def test_storescu_small_objects(benchmark, report, pki, scp, small_files):
+    run_storescu_benchmark(benchmark, report, pki, scp, small_files,
+                           f"{SIZES.small_size // 1024} KiB")
+
+
+def test_storescu_large_objects(benchmark, report, pki, scp, large_files):
+    run_storescu_benchmark(benchmark, report, pki, scp, large_files,
+                           f"{SIZES.large_size / 1e6:g} MB")
