@@ -1,0 +1,163 @@
+"""Scenario 5: handshake cost, full against resumed, ECDSA P-256 against RSA-2048.
+
+Each connection: TCP connect, mutual-TLS handshake, the server sends one byte
+(which carries TLS 1.3 session tickets to the client before it), the client
+reads it, both close.  The server handshakes in a thread, the client in the
+benchmark's thread, so both ends' work is on the clock.
+
+"Resumed" offers the previous connection's session to the next one wherever
+the API has a way: ``session=`` for ``ssl``; for dcxsec the same (its
+``TLSSocket.session``), and anything its context keeps by itself for a repeat
+peer.  The share of handshakes that really resumed is reported next to the rate.
+"""
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+
+import pytest
+
+from conftest import SIZES
+from contenders import DCXSEC, SSL, TCP, dcxsec_contexts, ssl_contexts
+from report import Target
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    title: str
+    rsa: bool = False
+    resume: bool = False
+    tls12: bool = False
+
+
+VARIANTS = [
+    Variant("full13", "5 full handshake, TLS 1.3, ECDSA P-256"),
+    Variant("full13rsa", "5 full handshake, TLS 1.3, RSA-2048", rsa=True),
+    Variant("full12", "5 full handshake, TLS 1.2, ECDSA P-256", tls12=True),
+    Variant("resumed13", "5 resumed handshake, TLS 1.3 ticket", resume=True),
+    Variant("resumed12", "5 resumed handshake, TLS 1.2 session", resume=True, tls12=True),
+]
+
+
+class Acceptor:
+    """Accepts ``count`` connections in a thread: handshake, one byte, close."""
+
+    def __init__(self, wrap, count: int) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(128)
+        self.address = self.listener.getsockname()
+        self.wrap, self.count = wrap, count
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for _ in range(self.count):
+            raw, _ = self.listener.accept()
+            try:
+                sock = self.wrap(raw)
+                sock.sendall(b"x")
+                sock.close()
+            except OSError as exc:
+                self.errors.append(exc)
+                raw.close()
+
+    def finish(self) -> None:
+        self.thread.join(60)
+        self.listener.close()
+        assert not self.errors, self.errors[:3]
+
+
+def transports(kind: str, pki, variant: Variant):
+    """(wrap on the server, connect on the client) for one contender."""
+    if kind == DCXSEC:
+        kw = {"maximum_version": ssl.TLSVersion.TLSv1_2} if variant.tls12 else {}
+        server_ctx, client_ctx = dcxsec_contexts(pki, **kw)
+
+        def wrap(raw):
+            sock = server_ctx.wrap_socket(raw, server_side=True)
+            sock.do_handshake()
+            return sock
+
+        def connect(address, session):
+            sock = client_ctx.wrap_socket(socket.socket(), session=session)
+            sock.connect(address)
+            return sock
+    elif kind == SSL:
+        server_ctx, client_ctx = ssl_contexts(
+            pki, ssl.TLSVersion.TLSv1_2 if variant.tls12 else None)
+
+        def wrap(raw):
+            return server_ctx.wrap_socket(raw, server_side=True)
+
+        def connect(address, session):
+            sock = client_ctx.wrap_socket(socket.socket(), session=session)
+            sock.connect(address)
+            return sock
+    else:
+        def wrap(raw):
+            return raw
+
+        def connect(address, session):
+            return socket.create_connection(address)
+    return wrap, connect
+
+
+def run_connections(kind: str, pki, variant: Variant, count: int) -> tuple[int, str]:
+    """``count`` connections to a fresh acceptor; (how many resumed, protocol version).
+
+    The first connection has nothing to resume; the other ``count - 1`` could.
+    """
+    wrap, connect = transports(kind, pki, variant)
+    acceptor = Acceptor(wrap, count)
+    session, resumed, version = None, 0, ""
+    for _ in range(count):
+        sock = connect(acceptor.address, session if variant.resume else None)
+        assert sock.recv(1) == b"x"
+        resumed += bool(getattr(sock, "session_reused", False))
+        version = getattr(sock, "version", lambda: "")() or version
+        session = getattr(sock, "session", None)
+        sock.close()
+    acceptor.finish()
+    return resumed, version
+
+
+@pytest.fixture(scope="module")
+def tcp_rate(pki) -> float:
+    """Connections per second without TLS, for scale."""
+    import time
+
+    count = SIZES.handshakes
+    started = time.perf_counter()
+    run_connections(TCP, pki, VARIANTS[0], count)
+    return count / (time.perf_counter() - started)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.key for v in VARIANTS])
+@pytest.mark.parametrize("kind", [DCXSEC, SSL])
+def test_handshakes_per_second(benchmark, kind, variant, pki, pki_rsa, report, tcp_rate):
+    keys = pki_rsa if variant.rsa else pki
+    count = SIZES.handshakes
+    outcomes: list[tuple[int, str]] = []
+    run_connections(kind, keys, variant, 5)  # warm-up
+    benchmark.pedantic(lambda: outcomes.append(run_connections(kind, keys, variant, count)),
+                       rounds=SIZES.handshake_rounds, iterations=1)
+    rate = count / benchmark.stats.stats.median
+    resumed = sum(r for r, _ in outcomes)
+    total = (count - 1) * len(outcomes)  # connections that had a session to resume
+    version = outcomes[-1][1]
+
+    key = f"5-{variant.key}"
+    if key not in report.groups:
+        report.group(key, variant.title, "conn/s")
+        report.add(key, TCP, tcp_rate, note="TCP connect, 1 byte, close")
+    report.add(key, kind, rate, note=f"{version}, resumed {resumed}/{total}")
+    if variant.resume:
+        share_key = f"{key}-share"
+        report.group(share_key, variant.title.replace("5 resumed handshake", "5 sessions resumed"),
+                     "%", targets=(Target(None, 100.0),))
+        report.add(share_key, kind, 100.0 * resumed / total, note=f"{resumed} of {total}")
