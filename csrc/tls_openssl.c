@@ -356,7 +356,7 @@ static int verify_peer(X509_STORE_CTX *sctx, void *arg)
         pthread_mutex_unlock(&c->ctx->lock);
         if (!ok) {
             c->verify_reason = DCX_VR_THUMBPRINT;
-            X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+            X509_STORE_CTX_set_error(sctx, X509_V_ERR_CERT_REJECTED); /* "bad certificate" */
         }
         return ok;
     }

@@ -139,10 +139,11 @@ class TLSSocket(ssl.SSLSocket):
     def _fail_handshake(self, exc: OSError) -> None:
         """Record, log (accepting side), close, and raise a failed handshake."""
         self._failure = exc
-        if self.server_side:
-            log.warning("TLS handshake with %s failed: %s", self._peer_text(), exc)
-        else:
-            log.debug("TLS handshake with %s failed: %s", self._peer_text(), exc)
+        # A refusal is logged where it was decided: always on the accepting side,
+        # and on the requesting side when it refused the acceptor's certificate.
+        level = logging.WARNING if self.server_side or isinstance(
+            exc, CertificateVerificationError) else logging.DEBUG
+        log.log(level, "TLS handshake with %s failed: %s", self._peer_text(), exc)
         self._conn = None
         try:
             socket.socket.close(self)

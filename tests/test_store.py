@@ -22,6 +22,7 @@ from dcxsec import (
 )
 from dcxsec import pki as certs
 from dcxsec.store import CertificateStore
+from dcxsec import TLSError as dcxsec_TLSError
 
 TRUST_CHAIN, THUMBPRINT, NONE = (VerificationMethod.TRUST_CHAIN, VerificationMethod.THUMBPRINT,
                                  VerificationMethod.NONE)
@@ -263,3 +264,77 @@ def test_dcmtk_peers_with_certificates_exported_from_the_store(two_sites, scp_fa
     assert refused.returncode != 0
     assert "Association Rejected" in refused.stdout + refused.stderr
     assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
+
+
+# ---- the refusal matrix, between two stores ----------------------------------------
+
+def peer_ctx(peer, scope: CertStore, method) -> TLSContext:
+    """The misbehaving side: its (possibly out-of-date) certificate from files, so
+    that its own store does not refuse to hand it out; trust from its store."""
+    if peer is None:
+        return store_ctx(scope, method)
+    return TLSContext(SecurityConfig(certificate=peer.cert_path, private_key=peer.key_path,
+                                     cert_store=scope, verification_method=method, use_system_trust=False))
+
+
+MATRIX = [
+    # (rule, acceptor's method, the requestor's identity, words in the acceptor's reason, alert)
+    ("untrusted", TRUST_CHAIN, "untrusted", "is not trusted: its issuer", "unknown CA"),
+    ("expired", TRUST_CHAIN, "expired", "expired on", "certificate expired"),
+    ("not_yet_valid", TRUST_CHAIN, "not_yet_valid", "is not yet valid", "bad certificate"),
+    ("thumbprint", THUMBPRINT, "client", "is not in the accepted thumbprints", "bad certificate"),
+    ("no_certificate", TRUST_CHAIN, None, "presented no certificate", "certificate required"),
+]
+
+
+@pytest.mark.parametrize("rule, method, who, words, alert", MATRIX, ids=[row[0] for row in MATRIX])
+def test_acceptor_refusals_between_stores(stores, pki, pair_factory, caplog, rule, method, who, words, alert):
+    caplog.set_level(logging.WARNING, logger="dcxsec")
+    a, b = stores
+    server = pki.server.identity
+    a.add("My", [server.certificate], server.key_pem())
+    a.add("Root", [pki.ca.identity.certificate])
+    b.add("Root", [pki.ca.identity.certificate])
+    peer = getattr(pki, who) if who else None
+    accepted = [pki.self_signed.thumbprint] if method == THUMBPRINT else []
+    pair = pair_factory(store_ctx(CertStore.CURRENT_USER, method, accepted_thumbprints=accepted),
+                        peer_ctx(peer, CertStore.LOCAL_COMPUTER, TRUST_CHAIN))
+    refused = pair.server_error
+    assert isinstance(refused, CertificateVerificationError) and refused.rule == rule
+    assert words in str(refused)
+    if peer:
+        assert refused.thumbprint == peer.thumbprint and peer.identity.certificate.subject.rfc4514_string() \
+            in str(refused)
+    logged = [r.getMessage() for r in caplog.records if r.name == "dcxsec"]
+    assert any(words in m and "127.0.0.1:" in m for m in logged), logged
+    failure = pair.client_error
+    if failure is None:  # TLS 1.3: the requestor learns at its first read
+        with pytest.raises(dcxsec_TLSError) as raised:
+            pair.client.settimeout(5)
+            pair.client.recv(1)
+        failure = raised.value
+    assert alert in str(failure)
+
+
+REQUESTOR_MATRIX = [
+    ("untrusted", TRUST_CHAIN, "untrusted", "is not trusted"),
+    ("expired", TRUST_CHAIN, "expired", "expired on"),
+    ("not_yet_valid", TRUST_CHAIN, "not_yet_valid", "is not yet valid"),
+    ("thumbprint", THUMBPRINT, "server", "is not in the accepted thumbprints"),
+]
+
+
+@pytest.mark.parametrize("rule, method, who, words", REQUESTOR_MATRIX, ids=[r[0] for r in REQUESTOR_MATRIX])
+def test_requestor_refusals_between_stores(stores, pki, pair_factory, caplog, rule, method, who, words):
+    caplog.set_level(logging.WARNING, logger="dcxsec")
+    a, b = stores
+    peer = getattr(pki, who)
+    b.add("My", [pki.client.identity.certificate], pki.client.identity.key_pem())
+    b.add("Root", [pki.ca.identity.certificate])
+    accepted = [pki.self_signed.thumbprint] if method == THUMBPRINT else []
+    pair = pair_factory(peer_ctx(peer, CertStore.CURRENT_USER, NONE),
+                        store_ctx(CertStore.LOCAL_COMPUTER, method, accepted_thumbprints=accepted))
+    refused = pair.client_error
+    assert isinstance(refused, CertificateVerificationError) and refused.rule == rule
+    assert words in str(refused) and peer.thumbprint in str(refused)
+    assert any(words in r.getMessage() for r in caplog.records if r.name == "dcxsec")
