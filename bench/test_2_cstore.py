@@ -44,7 +44,7 @@ def run_store_benchmark(benchmark, report, name, pki, scp_factory, files, label,
                        rounds=SIZES.store_rounds, iterations=1)
     check_and_clear()
 
-    rate = total / benchmark.stats.stats.median / 1e6
+    rate = total / benchmark.stats.stats.min / 1e6
     benchmark.extra_info["MB_per_s"] = rate
     key = f"2-{label}-{max_pdu}"
     report.group(key, f"2 C-STORE {len(files)} x {label}, max PDU {max_pdu}", "MB/s",

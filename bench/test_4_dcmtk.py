@@ -114,7 +114,7 @@ def run_storescu_benchmark(benchmark, report, pki, scp, files: list[Path], label
     assert file_count(server) == len(files)
     server.clear()
 
-    rate = sum(p.stat().st_size for p in files) / benchmark.stats.stats.median / 1e6
+    rate = sum(p.stat().st_size for p in files) / benchmark.stats.stats.min / 1e6
     key = f"4-{label}"
     report.group(key, f"4 storescu +tls {len(files)} x {label} into ...", "MB/s", ref=STORESCP)
     notes = {STORESCP: "DCMTK storescp +tls, TCP_NODELAY=1",
