@@ -1,0 +1,1060 @@
+/*
+ * driver.c - one conformance suite for every backend of dcxtls.h.
+ *
+ * Built natively against tls_openssl.c and with mingw-w64 against
+ * tls_schannel.c (run under Wine); it uses the engine header only, so both
+ * builds run exactly the same cases.
+ *
+ *   driver serve DIR          TLS server for the suite (prints "PORT <n>")
+ *   driver import-pfx FILE PW put a PKCS#12 into Cert:\CurrentUser\My (Windows)
+ *   driver suite DIR DCX_PORT SSERVER_PORT EXPIRED_PORT
+ *
+ * DIR holds the certificates written by tests/test_schannel_wine.py.  The
+ * suite prints one line per case (PASS / FAIL / SKIPPED) and then
+ * "N passed, N failed, N skipped".
+ */
+#include "dcxtls.h"
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _WIN32
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <windows.h>
+#include <wincrypt.h>
+#include <process.h>
+typedef SOCKET sock_t;
+#define close_socket closesocket
+typedef HANDLE thread_t;
+#define THREAD_FN unsigned __stdcall
+static int thread_start(thread_t *t, unsigned(__stdcall *fn)(void *), void *arg)
+{
+    *t = (HANDLE)_beginthreadex(NULL, 0, fn, arg, 0, NULL);
+    return *t ? 0 : -1;
+}
+static void thread_join(thread_t t)
+{
+    WaitForSingleObject(t, INFINITE);
+    CloseHandle(t);
+}
+static double now_s(void)
+{
+    return (double)GetTickCount64() / 1000.0;
+}
+#else
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+typedef int sock_t;
+#define INVALID_SOCKET (-1)
+#define close_socket close
+typedef pthread_t thread_t;
+#define THREAD_FN void *
+static int thread_start(thread_t *t, void *(*fn)(void *), void *arg)
+{
+    return pthread_create(t, NULL, fn, arg);
+}
+static void thread_join(thread_t t)
+{
+    pthread_join(t, NULL);
+}
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+#endif
+
+#define MB (1024 * 1024)
+#define BULK_BYTES (50ull * MB)
+#define TIMEOUT_MS 30000
+
+/* ---- SHA-256 (FIPS 180-4), so that checksums need no crypto library ---- */
+
+typedef struct sha256 {
+    uint32_t h[8];
+    uint64_t total;
+    unsigned char block[64];
+    size_t fill;
+} sha256;
+
+static const uint32_t K256[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha256_block(sha256 *s, const unsigned char *p)
+{
+    uint32_t w[64], v[8];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    memcpy(v, s->h, sizeof(v));
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = v[7] + (ROR(v[4], 6) ^ ROR(v[4], 11) ^ ROR(v[4], 25)) +
+                      ((v[4] & v[5]) ^ (~v[4] & v[6])) + K256[i] + w[i];
+        uint32_t t2 = (ROR(v[0], 2) ^ ROR(v[0], 13) ^ ROR(v[0], 22)) +
+                      ((v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]));
+        memmove(v + 1, v, 7 * sizeof(uint32_t));
+        v[4] += t1;
+        v[0] = t1 + t2;
+    }
+    for (int i = 0; i < 8; i++)
+        s->h[i] += v[i];
+}
+
+static void sha256_init(sha256 *s)
+{
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, iv, sizeof(iv));
+    s->total = 0;
+    s->fill = 0;
+}
+
+static void sha256_update(sha256 *s, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    s->total += len;
+    while (len) {
+        size_t n = 64 - s->fill < len ? 64 - s->fill : len;
+        memcpy(s->block + s->fill, p, n);
+        s->fill += n;
+        p += n;
+        len -= n;
+        if (s->fill == 64) {
+            sha256_block(s, s->block);
+            s->fill = 0;
+        }
+    }
+}
+
+static void sha256_final(sha256 *s, unsigned char out[32])
+{
+    uint64_t bits = s->total * 8;
+    unsigned char pad = 0x80, zero = 0, len[8];
+    sha256_update(s, &pad, 1);
+    while (s->fill != 56)
+        sha256_update(s, &zero, 1);
+    for (int i = 0; i < 8; i++)
+        len[i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_update(s, len, 8);
+    for (int i = 0; i < 8; i++) {
+        out[4 * i] = (unsigned char)(s->h[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(s->h[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(s->h[i] >> 8);
+        out[4 * i + 3] = (unsigned char)s->h[i];
+    }
+}
+
+static void hex(const unsigned char *b, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        sprintf(out + 2 * i, "%02X", b[i]);
+    out[2 * n] = 0;
+}
+
+static int unhex(const char *s, unsigned char *out, size_t cap)
+{
+    size_t n = 0;
+    while (s[0] && s[1] && n < cap) {
+        unsigned v;
+        if (sscanf(s, "%2x", &v) != 1)
+            break;
+        out[n++] = (unsigned char)v;
+        s += 2;
+    }
+    return (int)n;
+}
+
+/* A reproducible byte stream, so each side can checksum what the other should send. */
+static void pattern(uint64_t *state, unsigned char *buf, size_t len)
+{
+    uint64_t x = *state;
+    for (size_t i = 0; i < len; i++) {
+        if ((i & 7) == 0) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        buf[i] = (unsigned char)(x >> (8 * (i & 7)));
+    }
+    *state = x;
+}
+
+/* ---- files and configurations ------------------------------------------- */
+
+static const char *dir;
+
+static dcx_blob file_blob(const char *name)
+{
+    char path[1024];
+    dcx_blob b = {NULL, 0};
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return b;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *p = malloc((size_t)n + 1);
+    if (p && fread(p, 1, (size_t)n, f) == (size_t)n) {
+        p[n] = 0;
+        b.data = p;
+        b.len = (size_t)n;
+    } else {
+        free(p);
+    }
+    fclose(f);
+    return b;
+}
+
+/* The first line of a small text file (thumbprints). */
+static void file_text(const char *name, char *out, size_t cap)
+{
+    dcx_blob b = file_blob(name);
+    size_t n = 0;
+    while (b.data && n < b.len && n + 1 < cap && b.data[n] != '\n' && b.data[n] != '\r') {
+        out[n] = (char)b.data[n];
+        n++;
+    }
+    out[n] = 0;
+    free((void *)b.data);
+}
+
+typedef struct opts {
+    const char *cert, *key;       /* identity files, or NULL */
+    const char *store_thumb;      /* identity from Cert:\CurrentUser\My, SHA-1 hex file */
+    dcx_verify verify;
+    const char *trusted;          /* one trusted root file, or NULL */
+    const char *thumbs[2];        /* accepted thumbprint files (hex) */
+    int check_hostname;
+} opts;
+
+static dcx_ctx *make_ctx(const opts *o, dcx_error *err)
+{
+    dcx_config cfg;
+    dcx_blob trusted = {NULL, 0};
+    unsigned char thumbs[2][32], lens[2], identity[20];
+    size_t nthumbs = 0;
+    memset(&cfg, 0, sizeof(cfg));
+    memset(thumbs, 0, sizeof(thumbs));
+    if (o->cert) {
+        cfg.certificate_chain = file_blob(o->cert);
+        cfg.private_key = file_blob(o->key);
+    }
+    if (o->store_thumb) {
+        char text[128];
+        file_text(o->store_thumb, text, sizeof(text));
+        unhex(text, identity, sizeof(identity));
+        cfg.identity_thumbprint = identity;
+        cfg.cert_store = DCX_STORE_CURRENT_USER;
+    }
+    if (o->trusted) {
+        trusted = file_blob(o->trusted);
+        cfg.trusted = &trusted;
+        cfg.trusted_count = 1;
+    }
+    for (int i = 0; i < 2 && o->thumbs[i]; i++) {
+        char text[128];
+        file_text(o->thumbs[i], text, sizeof(text));
+        lens[nthumbs] = (unsigned char)unhex(text, thumbs[nthumbs], 32);
+        nthumbs++;
+    }
+    cfg.thumbprints = thumbs[0];
+    cfg.thumbprint_lens = lens;
+    cfg.thumbprint_count = nthumbs;
+    cfg.verify = o->verify;
+    cfg.check_hostname = o->check_hostname;
+    dcx_ctx *ctx = dcx_ctx_new(&cfg, err);
+    free((void *)cfg.certificate_chain.data);
+    free((void *)cfg.private_key.data);
+    free((void *)trusted.data);
+    return ctx;
+}
+
+/* ---- sockets -------------------------------------------------------------- */
+
+static sock_t tcp_connect(int port)
+{
+    struct sockaddr_in a;
+    sock_t s = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons((unsigned short)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (s != INVALID_SOCKET && connect(s, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        close_socket(s);
+        return INVALID_SOCKET;
+    }
+    return s;
+}
+
+static sock_t tcp_listen(int *port)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    sock_t s = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (s == INVALID_SOCKET || bind(s, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(s, 16) != 0 ||
+        getsockname(s, (struct sockaddr *)&a, &len) != 0)
+        return INVALID_SOCKET;
+    *port = ntohs(a.sin_port);
+    return s;
+}
+
+static int read_exact(dcx_conn *c, void *buf, size_t len, dcx_error *err)
+{
+    unsigned char *p = buf;
+    while (len) {
+        long n = dcx_conn_read(c, p, len, TIMEOUT_MS, err);
+        if (n <= 0)
+            return n == DCX_EOF ? DCX_E_TRUNCATED : (int)n;
+        p += n;
+        len -= (size_t)n;
+    }
+    return DCX_OK;
+}
+
+static void put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (56 - 8 * i));
+}
+
+static uint64_t get64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* ---- the server side of the suite's little protocol ----------------------- *
+ * 'U' n          : the client sends n bytes; the server answers their SHA-256
+ * 'D' n seed     : the server sends n pattern bytes, then their SHA-256
+ * 'P'            : the server answers the SHA-256 (hex) of the client's certificate
+ * 'Q'            : the server sends close_notify                               */
+
+static void serve_conn(dcx_conn *c)
+{
+    static unsigned char buf[MB];
+    dcx_error err;
+    for (;;) {
+        unsigned char op[17];
+        if (read_exact(c, op, 1, &err) != DCX_OK)
+            return;
+        if (op[0] == 'U' || op[0] == 'D') {
+            if (read_exact(c, op + 1, op[0] == 'U' ? 8 : 16, &err) != DCX_OK)
+                return;
+            uint64_t n = get64(op + 1), seed = op[0] == 'D' ? get64(op + 9) : 0;
+            unsigned char digest[32];
+            sha256 s;
+            sha256_init(&s);
+            while (n) {
+                size_t k = n < sizeof(buf) ? (size_t)n : sizeof(buf);
+                if (op[0] == 'U') {
+                    long r = dcx_conn_read(c, buf, k, TIMEOUT_MS, &err);
+                    if (r <= 0)
+                        return;
+                    k = (size_t)r;
+                } else {
+                    pattern(&seed, buf, k);
+                    if (dcx_conn_write(c, buf, k, TIMEOUT_MS, &err) < 0)
+                        return;
+                }
+                sha256_update(&s, buf, k);
+                n -= k;
+            }
+            sha256_final(&s, digest);
+            if (dcx_conn_write(c, digest, 32, TIMEOUT_MS, &err) < 0)
+                return;
+        } else if (op[0] == 'P') {
+            unsigned char der[16384], digest[32];
+            char text[65];
+            size_t n = dcx_conn_peer_cert(c, der, sizeof(der));
+            sha256 s;
+            sha256_init(&s);
+            sha256_update(&s, der, n);
+            sha256_final(&s, digest);
+            hex(digest, 32, text);
+            if (!n)
+                memset(text, '-', 64);
+            if (dcx_conn_write(c, text, 64, TIMEOUT_MS, &err) < 0)
+                return;
+        } else {
+            dcx_conn_shutdown(c, 2000, 0, &err);
+            return;
+        }
+    }
+}
+
+typedef struct server_job {
+    dcx_ctx *ctx;
+    sock_t listener;
+    int handshake_rc;
+    dcx_error err;
+    int delay_only;        /* plain TCP: send raw bytes (or nothing) instead of TLS */
+    const char *raw;
+    size_t raw_len;
+} server_job;
+
+static THREAD_FN server_thread(void *arg)
+{
+    server_job *job = arg;
+    sock_t s = accept(job->listener, NULL, NULL);
+    if (s == INVALID_SOCKET) {
+        job->handshake_rc = -100;
+        return 0;
+    }
+    if (job->delay_only) {
+        char sink[512];
+        if (job->raw_len)
+            send(s, job->raw, (int)job->raw_len, 0);
+        recv(s, sink, sizeof(sink), 0);        /* the ClientHello */
+        if (!job->raw_len)
+            recv(s, sink, sizeof(sink), 0);    /* stays silent until the client gives up */
+        close_socket(s);
+        return 0;
+    }
+    dcx_conn *c = dcx_conn_new(job->ctx, (dcx_socket)s, 1, NULL, &job->err);
+    job->handshake_rc = c ? dcx_conn_handshake(c, 10000, &job->err) : job->err.status;
+    if (job->handshake_rc == DCX_OK)
+        serve_conn(c);
+    dcx_conn_free(c);
+    close_socket(s);
+    return 0;
+}
+
+static int cmd_serve(void)
+{
+    opts o = {"server.pem", "server.key", NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 0};
+    dcx_error err;
+    dcx_ctx *ctx = make_ctx(&o, &err);
+    if (!ctx) {
+        fprintf(stderr, "serve: %s\n", err.reason);
+        return 2;
+    }
+    int port = 0;
+    sock_t l = tcp_listen(&port);
+    if (l == INVALID_SOCKET)
+        return 2;
+    printf("PORT %d\n", port);
+    fflush(stdout);
+    for (;;) { /* one connection at a time: the suite's cases run in order */
+        server_job job;
+        memset(&job, 0, sizeof(job));
+        job.ctx = ctx;
+        job.listener = l;
+        server_thread(&job);
+        if (job.handshake_rc == -100)
+            return 2;
+        if (job.handshake_rc != DCX_OK)
+            fprintf(stderr, "serve: handshake refused: %s\n", job.err.reason);
+    }
+}
+
+/* ---- the suite --------------------------------------------------------------- */
+
+enum { PASS, FAIL, SKIP };
+static int counts[3];
+static char msg[1024];
+
+static int say(int outcome, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return outcome;
+}
+
+static int dcx_port, sserver_port, expired_port;
+
+/* Connect and handshake as a client; on failure msg says why. */
+static int connect_to(dcx_ctx *ctx, int port, const char *name, sock_t *s, dcx_conn **c,
+                      dcx_error *err)
+{
+    *c = NULL;
+    *s = tcp_connect(port);
+    if (*s == INVALID_SOCKET) {
+        err->status = DCX_E_SYSCALL;
+        snprintf(err->reason, sizeof(err->reason), "cannot connect to port %d", port);
+        return DCX_E_SYSCALL;
+    }
+    *c = dcx_conn_new(ctx, (dcx_socket)*s, 0, name, err);
+    if (!*c)
+        return err->status;
+    return dcx_conn_handshake(*c, 10000, err);
+}
+
+static void hang_up(sock_t s, dcx_conn *c)
+{
+    dcx_conn_free(c);
+    if (s != INVALID_SOCKET)
+        close_socket(s);
+}
+
+static const char *version_name(int v)
+{
+    return v == DCX_TLS1_3 ? "TLS 1.3" : v == DCX_TLS1_2 ? "TLS 1.2" : "?";
+}
+
+static int ask_peer_sees(dcx_conn *c, const char *expect_file, dcx_error *err)
+{
+    char got[65] = {0}, want[128];
+    file_text(expect_file, want, sizeof(want));
+    if (dcx_conn_write(c, "P", 1, TIMEOUT_MS, err) < 0 || read_exact(c, got, 64, err) != DCX_OK)
+        return say(FAIL, "asking the server which certificate it saw: %s", err->reason);
+    if (strcmp(got, want) != 0)
+        return say(FAIL, "the server saw client certificate %s, expected %s", got, want);
+    return PASS;
+}
+
+static const opts client_dcx = {"client.pem", "client.key", NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem",
+                                {NULL, NULL}, 1};
+
+static int case_dcx_handshake(void)
+{
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    dcx_ctx *ctx = make_ctx(&client_dcx, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    int rc = connect_to(ctx, dcx_port, "localhost", &s, &c, &err);
+    int out = FAIL;
+    if (rc != DCX_OK) {
+        say(FAIL, "handshake: %s", err.reason);
+    } else if (ask_peer_sees(c, "client.sha256", &err) == PASS) {
+        char eof;
+        long n;
+        dcx_conn_write(c, "Q", 1, TIMEOUT_MS, &err);
+        n = dcx_conn_read(c, &eof, 1, TIMEOUT_MS, &err);
+        if (n != DCX_EOF)
+            say(FAIL, "after the server's close_notify, read returned %ld (%s)", n, err.reason);
+        else
+            out = say(PASS, "%s, %s (%d bits), mutual TLS, close_notify seen", version_name(dcx_conn_version(c)),
+                      dcx_conn_cipher(c)[0] ? dcx_conn_cipher(c) : "cipher name not reported",
+                      dcx_conn_cipher_bits(c));
+    }
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
+static int bulk(int upload)
+{
+    static unsigned char buf[MB];
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    dcx_ctx *ctx = make_ctx(&client_dcx, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    int out = FAIL;
+    if (connect_to(ctx, dcx_port, "localhost", &s, &c, &err) != DCX_OK) {
+        say(FAIL, "handshake: %s", err.reason);
+        goto done;
+    }
+    unsigned char op[17], mine[32], theirs[32];
+    uint64_t seed = upload ? 0x0123456789abcdefull : 0xfedcba9876543210ull, left = BULK_BYTES;
+    sha256 h;
+    sha256_init(&h);
+    op[0] = upload ? 'U' : 'D';
+    put64(op + 1, BULK_BYTES);
+    put64(op + 9, seed);
+    double t0 = now_s();
+    if (dcx_conn_write(c, op, upload ? 9 : 17, TIMEOUT_MS, &err) < 0) {
+        say(FAIL, "%s", err.reason);
+        goto done;
+    }
+    while (left) {
+        size_t k = left < sizeof(buf) ? (size_t)left : sizeof(buf);
+        if (upload) {
+            pattern(&seed, buf, k);
+            if (dcx_conn_write(c, buf, k, TIMEOUT_MS, &err) < 0) {
+                say(FAIL, "writing: %s", err.reason);
+                goto done;
+            }
+        } else {
+            long n = dcx_conn_read(c, buf, k, TIMEOUT_MS, &err);
+            if (n <= 0) {
+                say(FAIL, "reading after %llu bytes: %s", (unsigned long long)(BULK_BYTES - left),
+                    n == DCX_EOF ? "unexpected EOF" : err.reason);
+                goto done;
+            }
+            k = (size_t)n;
+        }
+        sha256_update(&h, buf, k);
+        left -= k;
+    }
+    sha256_final(&h, mine);
+    if (read_exact(c, theirs, 32, &err) != DCX_OK) {
+        say(FAIL, "reading the checksum: %s", err.reason);
+        goto done;
+    }
+    double secs = now_s() - t0;
+    if (!upload) { /* also what the pattern should have been */
+        unsigned char expect[32];
+        uint64_t seed2 = 0xfedcba9876543210ull;
+        sha256 e;
+        sha256_init(&e);
+        for (left = BULK_BYTES; left; left -= sizeof(buf)) {
+            pattern(&seed2, buf, sizeof(buf));
+            sha256_update(&e, buf, sizeof(buf));
+        }
+        sha256_final(&e, expect);
+        if (memcmp(expect, mine, 32) != 0) {
+            say(FAIL, "the data received differs from the data sent");
+            goto done;
+        }
+    }
+    if (memcmp(mine, theirs, 32) != 0) {
+        say(FAIL, "SHA-256 mismatch between the two ends");
+        goto done;
+    }
+    char hx[65];
+    hex(mine, 32, hx);
+    out = say(PASS, "50 MB in %.2f s, %.1f MB/s, SHA-256 %.16s... on both ends", secs,
+              50.0 / (secs > 0 ? secs : 1e-9), hx);
+    dcx_conn_write(c, "Q", 1, TIMEOUT_MS, &err);
+done:
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
+static int case_upload(void) { return bulk(1); }
+static int case_download(void) { return bulk(0); }
+
+/* A client case against openssl s_server -rev: expect success and an echo. */
+static int expect_accept(const opts *o, int port, const char *name)
+{
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    dcx_ctx *ctx = make_ctx(o, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    int out = FAIL;
+    if (connect_to(ctx, port, name, &s, &c, &err) != DCX_OK) {
+        say(FAIL, "handshake: %s", err.reason);
+    } else {
+        const char line[] = "dcxsec conformance\n", want[] = "ecnamrofnoc cesxcd\n";
+        char got[sizeof(want)] = {0};
+        if (dcx_conn_write(c, line, strlen(line), TIMEOUT_MS, &err) < 0 ||
+            read_exact(c, got, strlen(want), &err) != DCX_OK)
+            say(FAIL, "echo: %s", err.reason);
+        else if (strcmp(got, want) != 0)
+            say(FAIL, "echo: got '%s'", got);
+        else
+            out = say(PASS, "%s, peer '%s' accepted", version_name(dcx_conn_version(c)), name ? name : "");
+        dcx_conn_shutdown(c, 2000, 0, &err);
+    }
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
+static const char *const reason_names[] = {"NONE", "NO_CERTIFICATE", "UNTRUSTED", "EXPIRED",
+                                           "NOT_YET_VALID", "THUMBPRINT", "HOSTNAME", "REVOKED",
+                                           "BAD_SIGNATURE", "PURPOSE", "OTHER"};
+
+static int expect_refusal(const opts *o, int port, const char *name, int reason)
+{
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    dcx_ctx *ctx = make_ctx(o, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    int rc = connect_to(ctx, port, name, &s, &c, &err), out;
+    if (rc == DCX_OK)
+        out = say(FAIL, "the handshake succeeded; expected a %s refusal", reason_names[reason]);
+    else if (rc != DCX_E_VERIFY || err.verify_reason != reason)
+        out = say(FAIL, "expected DCX_E_VERIFY/%s, got status %d reason %d: %s", reason_names[reason],
+                  rc, err.verify_reason, err.reason);
+    else
+        out = say(PASS, "refused (%s): %s", reason_names[reason], err.reason);
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
+static int case_none_accepts(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_NONE, NULL, {NULL, NULL}, 0};
+    return expect_accept(&o, sserver_port, NULL);
+}
+
+static int case_chain_accepts(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
+    return expect_accept(&o, sserver_port, "localhost");
+}
+
+static int case_chain_unknown_ca(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "other_ca.pem", {NULL, NULL}, 1};
+    return expect_refusal(&o, sserver_port, "localhost", DCX_VR_UNTRUSTED);
+}
+
+static int case_chain_hostname(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
+    return expect_refusal(&o, sserver_port, "wrong.example", DCX_VR_HOSTNAME);
+}
+
+static int case_chain_expired(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
+    return expect_refusal(&o, expired_port, "localhost", DCX_VR_EXPIRED);
+}
+
+static int case_thumb_sha1(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_THUMBPRINT, NULL, {"other.sha1", "server.sha1"}, 0};
+    return expect_accept(&o, sserver_port, NULL);
+}
+
+static int case_thumb_sha256(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_THUMBPRINT, NULL, {"server.sha256", NULL}, 0};
+    return expect_accept(&o, sserver_port, NULL);
+}
+
+static int case_thumb_refuses(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_THUMBPRINT, NULL, {"other.sha1", "client.sha256"}, 0};
+    return expect_refusal(&o, sserver_port, NULL, DCX_VR_THUMBPRINT);
+}
+
+static int case_dcx_requires_client_cert(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    dcx_ctx *ctx = make_ctx(&o, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    int rc = connect_to(ctx, dcx_port, "localhost", &s, &c, &err), out;
+    if (rc == DCX_OK) { /* in TLS 1.3 the refusal arrives after our side is done */
+        char got[64];
+        if (dcx_conn_write(c, "P", 1, TIMEOUT_MS, &err) >= 0)
+            rc = read_exact(c, got, 64, &err);
+    }
+    if (rc == DCX_OK)
+        out = say(FAIL, "the server accepted a client without certificate");
+    else if (rc == DCX_E_PEER_ALERT || rc == DCX_E_PROTOCOL || rc == DCX_E_TRUNCATED)
+        out = say(PASS, "refused by the server (status %d): %s", rc, err.reason);
+    else
+        out = say(FAIL, "unexpected status %d: %s", rc, err.reason);
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
+static int case_store_identity(void)
+{
+    opts o = {NULL, NULL, "store_client.sha1", DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    dcx_ctx *ctx = make_ctx(&o, &err);
+    if (!ctx && err.status == DCX_E_UNSUPPORTED)
+        return say(SKIP, "no system certificate store in this backend: %s", err.reason);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    int out = FAIL;
+    if (connect_to(ctx, dcx_port, "localhost", &s, &c, &err) != DCX_OK)
+        say(FAIL, "handshake: %s", err.reason);
+    else if ((out = ask_peer_sees(c, "store_client.sha256", &err)) == PASS)
+        say(PASS, "the server saw the certificate from Cert:\\CurrentUser\\My");
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
+static int case_store_unknown_thumbprint(void)
+{
+    opts o = {NULL, NULL, "other.sha1", DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
+    char want[64];
+    dcx_error err;
+    dcx_ctx *ctx = make_ctx(&o, &err);
+    file_text("other.sha1", want, sizeof(want));
+    if (ctx) {
+        dcx_ctx_free(ctx);
+        return say(FAIL, "a context was made from a thumbprint that is not in the store");
+    }
+    if (err.status == DCX_E_UNSUPPORTED)
+        return say(SKIP, "no system certificate store in this backend: %s", err.reason);
+    if (err.status != DCX_E_CONFIG || !strstr(err.reason, want))
+        return say(FAIL, "expected DCX_E_CONFIG naming %s, got %d: %s", want, err.status, err.reason);
+    return say(PASS, "%s", err.reason);
+}
+
+/* A plain TCP peer in this process: raw bytes, or silence. */
+static int plain_peer(const char *raw, size_t raw_len, int timeout_ms, int expect_status)
+{
+    server_job job;
+    thread_t t;
+    int port = 0;
+    memset(&job, 0, sizeof(job));
+    job.listener = tcp_listen(&port);
+    job.delay_only = 1;
+    job.raw = raw;
+    job.raw_len = raw_len;
+    thread_start(&t, server_thread, &job);
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_NONE, NULL, {NULL, NULL}, 0};
+    dcx_error err;
+    dcx_ctx *ctx = make_ctx(&o, &err);
+    sock_t s = tcp_connect(port);
+    dcx_conn *c = dcx_conn_new(ctx, (dcx_socket)s, 0, NULL, &err);
+    double t0 = now_s();
+    int rc = c ? dcx_conn_handshake(c, timeout_ms, &err) : err.status;
+    double secs = now_s() - t0;
+    hang_up(s, c);
+    thread_join(t);
+    close_socket(job.listener);
+    dcx_ctx_free(ctx);
+    if (rc != expect_status)
+        return say(FAIL, "expected status %d, got %d: %s", expect_status, rc, err.reason);
+    if (expect_status == DCX_E_TIMEOUT && (secs < timeout_ms / 1000.0 - 0.05 || secs > timeout_ms / 1000.0 + 2))
+        return say(FAIL, "timed out after %.2f s, asked for %d ms", secs, timeout_ms);
+    return say(PASS, "%s", err.reason);
+}
+
+static int case_not_tls(void)
+{
+    static const char rj[] = "\x03\x00\x00\x00\x00\x04\x00\x01\x01\x01"; /* A-ASSOCIATE-RJ */
+    return plain_peer(rj, 10, 10000, DCX_E_NOT_TLS);
+}
+
+static int case_timeout(void)
+{
+    return plain_peer(NULL, 0, 700, DCX_E_TIMEOUT);
+}
+
+/* Server role: this process accepts with the backend under test. */
+typedef struct server_case {
+    opts server, client;
+    int expect_rc, expect_reason;
+} server_case;
+
+static int server_role(const server_case *sc)
+{
+    server_job job;
+    thread_t t;
+    int port = 0, out;
+    dcx_error err;
+    memset(&job, 0, sizeof(job));
+    job.ctx = make_ctx(&sc->server, &job.err);
+    if (!job.ctx)
+        return say(FAIL, "server context: %s", job.err.reason);
+    job.listener = tcp_listen(&port);
+    thread_start(&t, server_thread, &job);
+    dcx_ctx *ctx = make_ctx(&sc->client, &err);
+    sock_t s;
+    dcx_conn *c = NULL;
+    int rc = ctx ? connect_to(ctx, port, "localhost", &s, &c, &err) : err.status;
+    if (rc == DCX_OK && sc->expect_rc == DCX_OK) {
+        out = ask_peer_sees(c, "client.sha256", &err);
+        dcx_conn_write(c, "Q", 1, TIMEOUT_MS, &err);
+    } else {
+        out = PASS;
+    }
+    hang_up(s, c);
+    thread_join(t);
+    close_socket(job.listener);
+    dcx_ctx_free(ctx);
+    dcx_ctx_free(job.ctx);
+    /* Wine's SChannel has no server role; that is a skip, never a pass */
+    if (job.handshake_rc == DCX_E_UNSUPPORTED && strstr(job.err.reason, "SEC_E_UNSUPPORTED_FUNCTION"))
+        return say(SKIP, "AcceptSecurityContext unsupported under Wine (%s)", job.err.reason);
+    if (job.handshake_rc != sc->expect_rc ||
+        (sc->expect_rc == DCX_E_VERIFY && job.err.verify_reason != sc->expect_reason))
+        return say(FAIL, "server handshake: expected %d/%s, got %d: %s", sc->expect_rc,
+                   reason_names[sc->expect_reason], job.handshake_rc, job.err.reason);
+    if (out != PASS)
+        return FAIL;
+    return sc->expect_rc == DCX_OK ? say(PASS, "accepted, client certificate verified")
+                                   : say(PASS, "refused: %s", job.err.reason);
+}
+
+#define SERVER_ID "server.pem", "server.key", NULL
+#define CLIENT_ID "client.pem", "client.key", NULL
+
+static int case_server_mutual(void)
+{
+    server_case sc = {{SERVER_ID, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 0},
+                      {CLIENT_ID, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1}, DCX_OK, 0};
+    return server_role(&sc);
+}
+
+static int case_server_no_client_cert(void)
+{
+    server_case sc = {{SERVER_ID, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 0},
+                      {NULL, NULL, NULL, DCX_VERIFY_NONE, NULL, {NULL, NULL}, 0},
+                      DCX_E_VERIFY, DCX_VR_NO_CERTIFICATE};
+    return server_role(&sc);
+}
+
+static int case_server_thumb_accepts(void)
+{
+    server_case sc = {{SERVER_ID, DCX_VERIFY_THUMBPRINT, NULL, {"client.sha256", NULL}, 0},
+                      {CLIENT_ID, DCX_VERIFY_NONE, NULL, {NULL, NULL}, 0}, DCX_OK, 0};
+    return server_role(&sc);
+}
+
+static int case_server_thumb_refuses(void)
+{
+    server_case sc = {{SERVER_ID, DCX_VERIFY_THUMBPRINT, NULL, {"other.sha1", NULL}, 0},
+                      {CLIENT_ID, DCX_VERIFY_NONE, NULL, {NULL, NULL}, 0},
+                      DCX_E_VERIFY, DCX_VR_THUMBPRINT};
+    return server_role(&sc);
+}
+
+static int case_server_untrusted_client(void)
+{
+    server_case sc = {{SERVER_ID, DCX_VERIFY_TRUST_CHAIN, "other_ca.pem", {NULL, NULL}, 0},
+                      {CLIENT_ID, DCX_VERIFY_NONE, NULL, {NULL, NULL}, 0},
+                      DCX_E_VERIFY, DCX_VR_UNTRUSTED};
+    return server_role(&sc);
+}
+
+static const struct {
+    const char *name;
+    int (*run)(void);
+} cases[] = {
+    {"client.handshake_dcxsec_server", case_dcx_handshake},
+    {"client.upload_50MB_sha256", case_upload},
+    {"client.download_50MB_sha256", case_download},
+    {"client.none_accepts", case_none_accepts},
+    {"client.trust_chain_accepts", case_chain_accepts},
+    {"client.trust_chain_refuses_unknown_ca", case_chain_unknown_ca},
+    {"client.trust_chain_refuses_hostname", case_chain_hostname},
+    {"client.trust_chain_refuses_expired", case_chain_expired},
+    {"client.thumbprint_accepts_sha1", case_thumb_sha1},
+    {"client.thumbprint_accepts_sha256", case_thumb_sha256},
+    {"client.thumbprint_refuses", case_thumb_refuses},
+    {"client.refused_without_client_cert", case_dcx_requires_client_cert},
+    {"client.identity_from_my_store", case_store_identity},
+    {"client.unknown_thumbprint_in_my_store", case_store_unknown_thumbprint},
+    {"client.peer_not_tls", case_not_tls},
+    {"client.handshake_timeout", case_timeout},
+    {"server.mutual_tls", case_server_mutual},
+    {"server.refuses_missing_client_cert", case_server_no_client_cert},
+    {"server.refuses_untrusted_client", case_server_untrusted_client},
+    {"server.thumbprint_accepts", case_server_thumb_accepts},
+    {"server.thumbprint_refuses", case_server_thumb_refuses},
+};
+
+static int cmd_suite(int argc, char **argv)
+{
+    if (argc < 3)
+        return 2;
+    dcx_port = atoi(argv[0]);
+    sserver_port = atoi(argv[1]);
+    expired_port = atoi(argv[2]);
+    printf("backend: %s\n", dcx_backend());
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (argc > 3 && !strstr(cases[i].name, argv[3]))
+            continue;
+        msg[0] = 0;
+        int r = cases[i].run();
+        counts[r]++;
+        printf("%s %s: %s\n", r == PASS ? "PASS" : r == FAIL ? "FAIL" : "SKIPPED", cases[i].name, msg);
+        fflush(stdout);
+    }
+    printf("%d passed, %d failed, %d skipped\n", counts[PASS], counts[FAIL], counts[SKIP]);
+    return counts[FAIL] ? 1 : 0;
+}
+
+static int cmd_import_pfx(const char *path, const char *password)
+{
+#ifdef _WIN32
+    const char *slash = strrchr(path, '/');
+    dir = ".";
+    (void)slash;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "cannot read %s\n", path);
+        return 2;
+    }
+    static unsigned char buf[65536];
+    size_t n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    wchar_t pw[256];
+    MultiByteToWideChar(CP_UTF8, 0, password, -1, pw, 256);
+    CRYPT_DATA_BLOB pfx = {(DWORD)n, buf};
+    HCERTSTORE tmp = PFXImportCertStore(&pfx, pw, CRYPT_USER_KEYSET | CRYPT_EXPORTABLE);
+    if (!tmp) {
+        fprintf(stderr, "PFXImportCertStore failed: 0x%08lx\n", (unsigned long)GetLastError());
+        return 2;
+    }
+    HCERTSTORE my = CertOpenStore(CERT_STORE_PROV_SYSTEM_W, 0, 0, CERT_SYSTEM_STORE_CURRENT_USER, L"MY");
+    PCCERT_CONTEXT cert = NULL;
+    int added = 0;
+    while ((cert = CertEnumCertificatesInStore(tmp, cert)) != NULL) {
+        DWORD len = 0;
+        if (CertGetCertificateContextProperty(cert, CERT_KEY_PROV_INFO_PROP_ID, NULL, &len) &&
+            my && CertAddCertificateContextToStore(my, cert, CERT_STORE_ADD_REPLACE_EXISTING, NULL))
+            added++;
+    }
+    if (my)
+        CertCloseStore(my, 0);
+    CertCloseStore(tmp, 0);
+    printf("imported %d certificate(s) with key into Cert:\\CurrentUser\\My\n", added);
+    return added ? 0 : 2;
+#else
+    (void)path;
+    (void)password;
+    fprintf(stderr, "import-pfx: this platform has no system certificate store\n");
+    return 3;
+#endif
+}
+
+int main(int argc, char **argv)
+{
+#ifdef _WIN32
+    WSADATA wsa;
+    WSAStartup(MAKEWORD(2, 2), &wsa);
+#endif
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc >= 4 && strcmp(argv[1], "import-pfx") == 0)
+        return cmd_import_pfx(argv[2], argv[3]);
+    if (argc >= 3 && strcmp(argv[1], "serve") == 0) {
+        dir = argv[2];
+        return cmd_serve();
+    }
+    if (argc >= 6 && strcmp(argv[1], "suite") == 0) {
+        dir = argv[2];
+        return cmd_suite(argc - 3, argv + 3);
+    }
+    fprintf(stderr, "usage: driver serve DIR | import-pfx FILE PASSWORD | "
+                    "suite DIR DCX_PORT SSERVER_PORT EXPIRED_PORT [FILTER]\n");
+    return 2;
+}

@@ -1,0 +1,210 @@
+"""The SChannel backend, proven under Wine: one conformance suite, two builds.
+
+tests/conformance/driver.c is built natively against the OpenSSL backend and
+with mingw-w64 against the SChannel backend.  The Linux peers (the project's
+own OpenSSL-backed server, i.e. the native driver in ``serve`` mode, and
+``openssl s_server``) run on 127.0.0.1; the SChannel build runs under Wine as
+their client.  Wine 8.0 has no SChannel server role, so the server cases must
+come back SKIPPED with that reason there, and PASS natively.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dcxsec import pki
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFORMANCE = ROOT / "tests" / "conformance"
+
+MISSING = [tool for tool in ("wine", "x86_64-w64-mingw32-gcc", "gcc", "make", "openssl")
+           if shutil.which(tool) is None]
+pytestmark = pytest.mark.skipif(
+    bool(MISSING), reason=f"needs {', '.join(MISSING)} (apt-get install wine64 gcc-mingw-w64-x86-64)")
+
+CLIENT_CASES = [
+    "client.handshake_dcxsec_server",
+    "client.upload_50MB_sha256",
+    "client.download_50MB_sha256",
+    "client.none_accepts",
+    "client.trust_chain_accepts",
+    "client.trust_chain_refuses_unknown_ca",
+    "client.trust_chain_refuses_hostname",
+    "client.trust_chain_refuses_expired",
+    "client.thumbprint_accepts_sha1",
+    "client.thumbprint_accepts_sha256",
+    "client.thumbprint_refuses",
+    "client.refused_without_client_cert",
+    "client.peer_not_tls",
+    "client.handshake_timeout",
+]
+STORE_CASES = ["client.identity_from_my_store", "client.unknown_thumbprint_in_my_store"]
+SERVER_CASES = [
+    "server.mutual_tls",
+    "server.refuses_missing_client_cert",
+    "server.refuses_untrusted_client",
+    "server.thumbprint_accepts",
+    "server.thumbprint_refuses",
+]
+WINE_SERVER_SKIP = "AcceptSecurityContext unsupported under Wine"
+PFX_PASSWORD = "dcxsec-conformance"
+
+
+def _write_pki(d: Path) -> None:
+    """Certificates for every case.  Wine's SChannel takes RSA client keys only."""
+    ca = pki.new_ca("dcxsec conformance CA", key_kind="rsa2048")
+    other_ca = pki.new_ca("some other CA", key_kind="rsa2048")
+    server = pki.issue(ca, "localhost", key_kind="rsa2048", dns_names=["localhost"],
+                       ip_addresses=["127.0.0.1"])
+    now = dt.datetime.now(dt.timezone.utc)
+    expired = pki.issue(ca, "localhost", key_kind="rsa2048", dns_names=["localhost"],
+                        not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1))
+    client = pki.issue(ca, "conformance client", key_kind="rsa2048", server=False)
+    store_client = pki.issue(ca, "conformance store client", key_kind="rsa2048", server=False)
+    (d / "ca.pem").write_bytes(ca.cert_pem())
+    (d / "other_ca.pem").write_bytes(other_ca.cert_pem())
+    server.write(d, "server")
+    expired.write(d, "expired")
+    client.write(d, "client")
+    (d / "store_client.pfx").write_bytes(store_client.to_pkcs12(PFX_PASSWORD.encode(), "dcxsec test"))
+    for name, ident in (("server", server), ("client", client), ("store_client", store_client)):
+        (d / f"{name}.sha1").write_text(ident.thumbprint("sha1") + "\n")
+        (d / f"{name}.sha256").write_text(ident.thumbprint("sha256") + "\n")
+    (d / "other.sha1").write_text(secrets.token_hex(20).upper() + "\n")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"peer on port {port} exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def _s_server(d: Path, name: str) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(d / f"{name}.pem"),
+         "-key", str(d / f"{name}.key"), "-rev", "-quiet"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_listening(port, proc)
+    return proc, port
+
+
+def _parse(output: str) -> tuple[dict[str, tuple[str, str]], str]:
+    results, closing = {}, ""
+    for line in output.splitlines():
+        word, _, rest = line.partition(" ")
+        if word in ("PASS", "FAIL", "SKIPPED"):
+            name, _, message = rest.partition(": ")
+            results[name] = (word, message)
+        elif line.endswith(" skipped") and " passed, " in line:
+            closing = line
+    return results, closing
+
+
+@pytest.fixture(scope="module")
+def conformance(tmp_path_factory):
+    """Build both drivers, start the Linux peers, run the suite with both."""
+    d = tmp_path_factory.mktemp("conformance")
+    build = subprocess.run(["make", "-s", "-C", str(CONFORMANCE), f"OUT={d}"],
+                           capture_output=True, text=True, timeout=240)
+    assert build.returncode == 0, build.stdout + build.stderr
+    _write_pki(d)
+
+    procs: list[subprocess.Popen] = []
+    wine_env = dict(os.environ, WINEPREFIX=str(d / "wineprefix"), WINEDEBUG="-all",
+                    WINEDLLOVERRIDES="mscoree,mshtml=")  # no Mono/Gecko prompts on first start
+    try:
+        serve = subprocess.Popen([str(d / "driver-openssl"), "serve", str(d)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(serve)
+        first = serve.stdout.readline().split()
+        assert first[:1] == ["PORT"], f"the dcxsec server did not start: {serve.stderr.read()}"
+        dcx_port = int(first[1])
+        s_server, sserver_port = _s_server(d, "server")
+        procs.append(s_server)
+        expired, expired_port = _s_server(d, "expired")
+        procs.append(expired)
+        ports = [str(dcx_port), str(sserver_port), str(expired_port)]
+
+        native = subprocess.run([str(d / "driver-openssl"), "suite", str(d), *ports],
+                                capture_output=True, text=True, timeout=120)
+
+        exe = str(d / "driver-schannel.exe")
+        imported = subprocess.run(["wine", exe, "import-pfx", "Z:" + str(d / "store_client.pfx"),
+                                   PFX_PASSWORD], capture_output=True, text=True, env=wine_env,
+                                  timeout=120)
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        wine = subprocess.run(["wine", exe, "suite", "Z:" + str(d), *ports],
+                              capture_output=True, text=True, env=wine_env, timeout=180)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        subprocess.run(["wineserver", "-k"], env=wine_env, capture_output=True, timeout=30)
+    return {"native": native, "wine": wine}
+
+
+def _outcome(run: subprocess.CompletedProcess, case: str) -> tuple[str, str]:
+    results, _ = _parse(run.stdout)
+    assert case in results, f"case {case} did not report:\n{run.stdout}\n{run.stderr}"
+    return results[case]
+
+
+@pytest.mark.parametrize("case", CLIENT_CASES + SERVER_CASES)
+def test_openssl_build(conformance, case):
+    outcome, message = _outcome(conformance["native"], case)
+    assert outcome == "PASS", message
+
+
+@pytest.mark.parametrize("case", STORE_CASES)
+def test_openssl_build_has_no_system_store(conformance, case):
+    outcome, message = _outcome(conformance["native"], case)
+    assert (outcome, "no system certificate store" in message) == ("SKIPPED", True), message
+
+
+@pytest.mark.parametrize("case", CLIENT_CASES + STORE_CASES)
+def test_schannel_client_under_wine(conformance, case):
+    outcome, message = _outcome(conformance["wine"], case)
+    assert outcome == "PASS", message
+
+
+@pytest.mark.parametrize("case", SERVER_CASES)
+def test_schannel_server_is_skipped_under_wine(conformance, case):
+    outcome, message = _outcome(conformance["wine"], case)
+    assert outcome == "SKIPPED" and WINE_SERVER_SKIP in message, (outcome, message)
+
+
+@pytest.mark.parametrize("build", ["native", "wine"])
+def test_suite_reports_every_case(conformance, build):
+    run = conformance[build]
+    results, closing = _parse(run.stdout)
+    counts = [sum(1 for outcome, _ in results.values() if outcome == word)
+              for word in ("PASS", "FAIL", "SKIPPED")]
+    assert len(results) == len(CLIENT_CASES + STORE_CASES + SERVER_CASES), run.stdout
+    assert closing == "{} passed, {} failed, {} skipped".format(*counts), run.stdout
+    assert (run.returncode == 0) == (counts[1] == 0), run.stdout + run.stderr
