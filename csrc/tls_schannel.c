@@ -117,9 +117,12 @@ static DWORD windows_build(void)
 
 const char *dcx_backend(void)
 {
-    static char name[64];
+    static char name[96];
     if (!name[0])
-        snprintf(name, sizeof(name), "SChannel (Windows build %lu)", (unsigned long)windows_build());
+        snprintf(name, sizeof(name), "SChannel, Windows build %lu (%s, up to TLS 1.%d)",
+                 (unsigned long)windows_build(),
+                 windows_build() >= BUILD_SCH_CREDENTIALS ? "SCH_CREDENTIALS" : "SCHANNEL_CRED",
+                 dcx_max_supported_version() == DCX_TLS1_3 ? 3 : 2);
     return name;
 }
 
