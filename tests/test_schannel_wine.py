@@ -155,8 +155,13 @@ def conformance(tmp_path_factory):
                                    PFX_PASSWORD], capture_output=True, text=True, env=wine_env,
                                   timeout=120)
         assert imported.returncode == 0, imported.stdout + imported.stderr
-        wine = subprocess.run(["wine", exe, "suite", "Z:" + str(d), *ports],
-                              capture_output=True, text=True, env=wine_env, timeout=180)
+        runs = {"native": native}
+        # Windows 7 gets SCHANNEL_CRED, Windows 10 (1809+) SCH_CREDENTIALS: prove both
+        for version in ("win7", "win10"):
+            subprocess.run(["wine", "reg", "add", r"HKCU\Software\Wine", "/v", "Version", "/d",
+                            version, "/f"], capture_output=True, env=wine_env, timeout=60, check=True)
+            runs[version] = subprocess.run(["wine", exe, "suite", "Z:" + str(d), *ports],
+                                           capture_output=True, text=True, env=wine_env, timeout=180)
     finally:
         for proc in procs:
             proc.terminate()
@@ -166,7 +171,7 @@ def conformance(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 proc.kill()
         subprocess.run(["wineserver", "-k"], env=wine_env, capture_output=True, timeout=30)
-    return {"native": native, "wine": wine}
+    return runs
 
 
 def _outcome(run: subprocess.CompletedProcess, case: str) -> tuple[str, str]:
@@ -187,19 +192,30 @@ def test_openssl_build_has_no_system_store(conformance, case):
     assert (outcome, "no system certificate store" in message) == ("SKIPPED", True), message
 
 
+WINE_RUNS = {"win7": "SCHANNEL_CRED", "win10": "SCH_CREDENTIALS"}
+
+
+@pytest.mark.parametrize("windows", WINE_RUNS)
+def test_schannel_credential_structure(conformance, windows):
+    backend = conformance[windows].stdout.splitlines()[0]
+    assert backend.startswith("backend: SChannel") and f"({WINE_RUNS[windows]}," in backend, backend
+
+
+@pytest.mark.parametrize("windows", WINE_RUNS)
 @pytest.mark.parametrize("case", CLIENT_CASES + STORE_CASES)
-def test_schannel_client_under_wine(conformance, case):
-    outcome, message = _outcome(conformance["wine"], case)
+def test_schannel_client_under_wine(conformance, windows, case):
+    outcome, message = _outcome(conformance[windows], case)
     assert outcome == "PASS", message
 
 
+@pytest.mark.parametrize("windows", WINE_RUNS)
 @pytest.mark.parametrize("case", SERVER_CASES)
-def test_schannel_server_is_skipped_under_wine(conformance, case):
-    outcome, message = _outcome(conformance["wine"], case)
+def test_schannel_server_is_skipped_under_wine(conformance, windows, case):
+    outcome, message = _outcome(conformance[windows], case)
     assert outcome == "SKIPPED" and WINE_SERVER_SKIP in message, (outcome, message)
 
 
-@pytest.mark.parametrize("build", ["native", "wine"])
+@pytest.mark.parametrize("build", ["native", *WINE_RUNS])
 def test_suite_reports_every_case(conformance, build):
     run = conformance[build]
     results, closing = _parse(run.stdout)
