@@ -9,6 +9,8 @@
 #include "dcxtls.h"
 #include "dcxtls_common.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,13 +24,24 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+/* The requesting side's sessions, one per peer, for resumption. */
+#define SESSION_SLOTS 64
+
+typedef struct session_slot {
+    char peer[320];
+    SSL_SESSION *session;
+    uint64_t last_used;
+} session_slot;
+
 struct dcx_ctx {
     SSL_CTX *ssl_ctx;
     dcx_verify verify;
     int check_hostname;
     int has_identity;
-    pthread_mutex_t lock; /* guards thumbs, which may be replaced while serving */
+    pthread_mutex_t lock; /* guards thumbs and sessions, which change while serving */
     dcx_thumbs thumbs;
+    session_slot sessions[SESSION_SLOTS];
+    uint64_t session_clock;
 };
 
 struct dcx_conn {
@@ -47,6 +60,7 @@ struct dcx_conn {
     char thumbprint[2 * DCX_SHA1_LEN + 1];
     char not_after[32];
     char server_name[256];
+    char peer_key[320];   /* requesting side: the session cache key, "address:port/name" */
 };
 
 static int conn_index = -1;
@@ -374,6 +388,114 @@ static const char *method_name(dcx_verify v)
     return v == DCX_VERIFY_THUMBPRINT ? "THUMBPRINT" : v == DCX_VERIFY_NONE ? "NONE" : "TRUST_CHAIN";
 }
 
+/* ---- session cache (requesting side) ----------------------------------- */
+
+/* Called with ctx->lock held. */
+static session_slot *session_slot_for(dcx_ctx *ctx, const char *peer, int create)
+{
+    session_slot *victim = NULL; /* an empty slot, else the least recently used */
+    for (int i = 0; i < SESSION_SLOTS; i++) {
+        session_slot *slot = &ctx->sessions[i];
+        if (slot->session && strcmp(slot->peer, peer) == 0)
+            return slot;
+        if (!victim || (victim->session && (!slot->session || slot->last_used < victim->last_used)))
+            victim = slot;
+    }
+    if (!create)
+        return NULL;
+    SSL_SESSION_free(victim->session);
+    victim->session = NULL;
+    snprintf(victim->peer, sizeof(victim->peer), "%s", peer);
+    return victim;
+}
+
+/* OpenSSL hands over each new session (TLS 1.3: each ticket); keep the latest. */
+static int remember_session(SSL *ssl, SSL_SESSION *session)
+{
+    dcx_conn *c = SSL_get_ex_data(ssl, conn_index);
+    if (!c || c->server_side || !c->peer_key[0])
+        return 0;
+    pthread_mutex_lock(&c->ctx->lock);
+    session_slot *slot = session_slot_for(c->ctx, c->peer_key, 1);
+    SSL_SESSION_free(slot->session);
+    slot->session = session; /* returning 1 hands our reference over */
+    slot->last_used = ++c->ctx->session_clock;
+    pthread_mutex_unlock(&c->ctx->lock);
+    return 1;
+}
+
+static void forget_session(dcx_conn *c)
+{
+    if (c->server_side || !c->peer_key[0])
+        return;
+    pthread_mutex_lock(&c->ctx->lock);
+    session_slot *slot = session_slot_for(c->ctx, c->peer_key, 0);
+    if (slot) {
+        SSL_SESSION_free(slot->session);
+        slot->session = NULL;
+    }
+    pthread_mutex_unlock(&c->ctx->lock);
+}
+
+/* Offer the session last agreed with this peer (address, port and name). */
+static void offer_session(dcx_conn *c)
+{
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof(addr);
+    char host[INET6_ADDRSTRLEN] = "";
+    int port = 0;
+    if (getpeername(c->fd, (struct sockaddr *)&addr, &len) != 0)
+        return;
+    if (addr.ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&addr;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        port = ntohs(in->sin_port);
+    } else if (addr.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&addr;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        port = ntohs(in6->sin6_port);
+    }
+    snprintf(c->peer_key, sizeof(c->peer_key), "%s:%d/%s", host, port, c->server_name);
+    pthread_mutex_lock(&c->ctx->lock);
+    session_slot *slot = session_slot_for(c->ctx, c->peer_key, 0);
+    if (slot && SSL_SESSION_is_resumable(slot->session)) {
+        SSL_set_session(c->ssl, slot->session);
+        slot->last_used = ++c->ctx->session_clock;
+    }
+    pthread_mutex_unlock(&c->ctx->lock);
+}
+
+/* A resumed session skips certificate verification: hold the peer's
+ * certificate, kept in the session, to today's rules again. */
+static int recheck_resumed_peer(dcx_conn *c, dcx_error *err)
+{
+    X509 *peer = SSL_get0_peer_certificate(c->ssl);
+    if (c->ctx->verify == DCX_VERIFY_NONE)
+        return DCX_OK;
+    if (!peer)
+        return dcx_fail_verify(err, DCX_VR_NO_CERTIFICATE, method_name(c->ctx->verify), "");
+    describe_cert(peer, c->subject, sizeof(c->subject), c->thumbprint, c->not_after,
+                  sizeof(c->not_after));
+    if (err) {
+        snprintf(err->subject, sizeof(err->subject), "%s", c->subject);
+        snprintf(err->thumbprint, sizeof(err->thumbprint), "%s", c->thumbprint);
+        snprintf(err->not_after, sizeof(err->not_after), "%s", c->not_after);
+    }
+    if (c->ctx->verify == DCX_VERIFY_THUMBPRINT) {
+        unsigned char sha1[EVP_MAX_MD_SIZE], sha256[EVP_MAX_MD_SIZE];
+        unsigned int n1 = 0, n256 = 0;
+        int ok = X509_digest(peer, EVP_sha1(), sha1, &n1) &&
+                 X509_digest(peer, EVP_sha256(), sha256, &n256);
+        pthread_mutex_lock(&c->ctx->lock);
+        ok = ok && dcx_thumbs_match(&c->ctx->thumbs, sha1, sha256);
+        pthread_mutex_unlock(&c->ctx->lock);
+        return ok ? DCX_OK : dcx_fail_verify(err, DCX_VR_THUMBPRINT, "THUMBPRINT", "");
+    }
+    if (X509_cmp_current_time(X509_get0_notAfter(peer)) < 0)
+        return dcx_fail_verify(err, DCX_VR_EXPIRED, "TRUST_CHAIN", "");
+    return DCX_OK;
+}
+
 /* ---- context ----------------------------------------------------------- */
 
 dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
@@ -417,8 +539,9 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
     SSL_CTX_set_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_session_id_context(s, (const unsigned char *)"dcxsec", 6);
-    SSL_CTX_set_session_cache_mode(s, cfg->session_cache ? SSL_SESS_CACHE_SERVER
+    SSL_CTX_set_session_cache_mode(s, cfg->session_cache ? SSL_SESS_CACHE_BOTH
                                                          : SSL_SESS_CACHE_OFF);
+    SSL_CTX_sess_set_new_cb(s, remember_session);
     if (!cfg->session_cache)
         SSL_CTX_set_num_tickets(s, 0);
     SSL_CTX_set_cert_verify_callback(s, verify_peer, NULL);
@@ -460,6 +583,8 @@ void dcx_ctx_free(dcx_ctx *ctx)
         return;
     SSL_CTX_free(ctx->ssl_ctx);
     dcx_thumbs_free(&ctx->thumbs);
+    for (int i = 0; i < SESSION_SLOTS; i++)
+        SSL_SESSION_free(ctx->sessions[i].session);
     pthread_mutex_destroy(&ctx->lock);
     free(ctx);
 }
@@ -644,13 +769,17 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
         return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed");
     int64_t deadline = dcx_deadline(timeout_ms);
     ERR_clear_error();
+    if (!c->server_side && !c->peer_key[0] && SSL_CTX_get_session_cache_mode(c->ctx->ssl_ctx))
+        offer_session(c);
     for (;;) {
         int r = SSL_do_handshake(c->ssl);
         if (r == 1)
             break;
         int e = SSL_get_error(c->ssl, r);
-        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+            forget_session(c);
             return handshake_failure(c, e, err);
+        }
         int w = wait_for(c, e, deadline, err);
         if (w == DCX_E_TIMEOUT) {
             c->dead = 1;
@@ -671,8 +800,17 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
             return w;
         }
     }
-    c->handshake_done = 1;
     BIO_set_callback_ex(SSL_get_rbio(c->ssl), NULL); /* sniffing is for the handshake only */
+    if (SSL_session_reused(c->ssl)) {
+        int rc = recheck_resumed_peer(c, err);
+        if (rc != DCX_OK) {
+            forget_session(c);
+            SSL_CTX_remove_session(c->ctx->ssl_ctx, SSL_get0_session(c->ssl));
+            c->dead = 1;
+            return rc;
+        }
+    }
+    c->handshake_done = 1;
     return DCX_OK;
 }
 

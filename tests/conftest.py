@@ -65,8 +65,9 @@ def free_port() -> int:
 class Pair:
     """A connected, handshaken client/server pair of TLSSockets (or the server's error)."""
 
-    def __init__(self, server_ctx: TLSContext, client_ctx: TLSContext, **client_kw):
-        self.listener = listener()
+    def __init__(self, server_ctx: TLSContext, client_ctx: TLSContext, listen_on=None, **client_kw):
+        self.listener = listen_on or listener()
+        self.owns_listener = listen_on is None
         self.server = None
         self.server_error: BaseException | None = None
         accepted = threading.Event()
@@ -92,7 +93,7 @@ class Pair:
         accepted.wait(10)
 
     def close(self) -> None:
-        for sock in (self.client, self.server, self.listener):
+        for sock in (self.client, self.server, self.listener if self.owns_listener else None):
             if sock is not None:
                 sock.close()
 

@@ -14,7 +14,7 @@ from dcxsec import (
     VerificationMethod,
     normalize_thumbprint,
 )
-from conftest import config_for
+from conftest import config_for, listener
 
 TRUST_CHAIN, THUMBPRINT, NONE = (VerificationMethod.TRUST_CHAIN, VerificationMethod.THUMBPRINT,
                                  VerificationMethod.NONE)
@@ -41,6 +41,8 @@ def assert_ok(pair) -> None:
     assert pair.client_error is None, pair.client_error
     pair.client.sendall(b"ping")
     assert pair.server.recv(4) == b"ping"
+    pair.server.sendall(b"pong")  # the requestor's read also takes in TLS 1.3 tickets
+    assert pair.client.recv(4) == b"pong"
 
 
 # ---- the accepting side verifies the requestor ----------------------------------
@@ -171,3 +173,42 @@ def test_thumbprint_format_is_checked():
     assert normalize_thumbprint("\u200eab cd" + " ef" * 18) == "ABCD" + "EF" * 18
     with pytest.raises(ValueError, match="not a certificate thumbprint"):
         normalize_thumbprint("12:34")
+
+
+# ---- resumption ------------------------------------------------------------------
+
+def test_a_repeat_peer_resumes_its_session(pki, pair_factory):
+    server, client = ctx(pki.server, trusted=[pki.ca.cert_path]), ctx(pki.client, trusted=[pki.ca.cert_path])
+    port = listener()  # a repeat peer: same address, same port
+    first = pair_factory(server, client, listen_on=port)
+    assert_ok(first)  # the first read also takes in the TLS 1.3 tickets
+    second = pair_factory(server, client, listen_on=port)
+    assert_ok(second)
+    assert not first.client.session_reused
+    assert second.client.session_reused and second.server.session_reused
+    assert second.server.peer_thumbprint == pki.client.thumbprint
+    assert second.client.peer_thumbprint == pki.server.thumbprint
+
+
+def test_a_resumed_session_still_meets_the_acceptors_thumbprints(pki, pair_factory):
+    server = ctx(pki.server, THUMBPRINT, accepted_thumbprints=[pki.client.thumbprint])
+    client, port = ctx(pki.client, NONE), listener()
+    assert_ok(pair_factory(server, client, listen_on=port))
+    server.accepted_thumbprints = [pki.self_signed.thumbprint]
+    pair = pair_factory(server, client, listen_on=port)
+
+    assert isinstance(pair.server_error, CertificateVerificationError)
+    assert pair.server_error.rule == "thumbprint" and pki.client.thumbprint in str(pair.server_error)
+
+
+def test_a_resumed_session_still_meets_the_requestors_thumbprints(pki, pair_factory):
+    server = ctx(pki.server, NONE)
+    client = ctx(pki.client, THUMBPRINT, accepted_thumbprints=[pki.server.thumbprint])
+    port = listener()
+    assert_ok(pair_factory(server, client, listen_on=port))
+    client.accepted_thumbprints = [pki.self_signed.thumbprint]
+    pair = pair_factory(server, client, listen_on=port)
+    assert isinstance(pair.client_error, CertificateVerificationError)
+    assert pair.client_error.rule == "thumbprint"
+    client.accepted_thumbprints = [pki.server.thumbprint]
+    assert_ok(pair_factory(server, client, listen_on=port))
