@@ -336,16 +336,25 @@ static int unwrap_pkcs8(const unsigned char *p, size_t len, der *inner, int *kin
     return 1;
 }
 
-/* SEC1 ECPrivateKey -> the private scalar. */
-static int sec1_scalar(der key, der *scalar)
+/* SEC1 ECPrivateKey -> the private scalar, and the public point when present. */
+static int sec1_parts(der key, der *scalar, der *point)
 {
-    der seq, item;
+    der seq, item, bits;
     unsigned char tag;
+    point->p = NULL;
+    point->len = 0;
     if (!der_next(&key, &tag, &seq) || tag != 0x30)
         return 0;
     if (!der_next(&seq, &tag, &item) || tag != 0x02)
         return 0;
-    return der_next(&seq, &tag, scalar) && tag == 0x04;
+    if (!der_next(&seq, &tag, scalar) || tag != 0x04)
+        return 0;
+    while (der_next(&seq, &tag, &item)) /* [0] parameters, [1] publicKey BIT STRING */
+        if (tag == 0xa1 && der_next(&item, &tag, &bits) && tag == 0x03 && bits.len > 1) {
+            point->p = bits.p + 1;
+            point->len = bits.len - 1;
+        }
+    return 1;
 }
 
 /* The private key as DER of a known kind; fails with a reason. */
@@ -463,16 +472,17 @@ out:
 /* EC keys need CNG: a named key in the software key storage provider. */
 static int import_ec_key(dcx_ctx *ctx, der key, PCCERT_CONTEXT cert, dcx_error *err)
 {
-    der scalar;
+    der scalar, point;
     const CRYPT_BIT_BLOB *pub = &cert->pCertInfo->SubjectPublicKeyInfo.PublicKey;
-    if (!sec1_scalar(key, &scalar))
+    if (!sec1_parts(key, &scalar, &point))
         return dcx_fail(err, DCX_E_CONFIG, "the EC private key cannot be decoded");
-    /* the public point is 04 || X || Y; the certificate's must match the key */
-    size_t coord = (pub->cbData - 1) / 2;
+    /* the public point is 04 || X || Y; the certificate's must match the key's */
+    size_t coord = pub->cbData ? (pub->cbData - 1) / 2 : 0;
     ULONG magic = coord == 32 ? BCRYPT_ECDSA_PRIVATE_P256_MAGIC
                 : coord == 48 ? BCRYPT_ECDSA_PRIVATE_P384_MAGIC
                 : coord == 66 ? BCRYPT_ECDSA_PRIVATE_P521_MAGIC : 0;
-    if (!magic || pub->pbData[0] != 4 || scalar.len > coord)
+    if (!magic || pub->pbData[0] != 4 || scalar.len > coord ||
+        (point.len && (point.len != pub->cbData || memcmp(point.p, pub->pbData, point.len) != 0)))
         return dcx_fail(err, DCX_E_CONFIG,
                         "the private key does not belong to certificate '%s' (thumbprint %s), or "
                         "its curve is not P-256, P-384 or P-521",
@@ -502,9 +512,9 @@ static int import_ec_key(dcx_ctx *ctx, der key, PCCERT_CONTEXT cert, dcx_error *
     free(blob);
     if (s != ERROR_SUCCESS) {
         ctx->key_container[0] = 0;
-        rc = dcx_fail(err, DCX_E_CONFIG,
+        rc = dcx_fail(err, s == NTE_NOT_SUPPORTED ? DCX_E_UNSUPPORTED : DCX_E_CONFIG,
                       "the EC private key cannot be imported into the key storage provider (%s "
-                      "0x%08lX): this Windows cannot use it for TLS, use an RSA key",
+                      "0x%08lX): this platform cannot use it for TLS, use an RSA key",
                       status_name(s), (unsigned long)s);
         goto out;
     }

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from dcxsec import pki
 
@@ -43,9 +44,11 @@ CLIENT_CASES = [
     "client.thumbprint_accepts_sha256",
     "client.thumbprint_refuses",
     "client.refused_without_client_cert",
+    "client.identity_from_der",
     "client.peer_not_tls",
     "client.handshake_timeout",
 ]
+EC_CASE = "client.identity_ec_p256"  # Wine's NCrypt cannot import EC keys: skipped there
 STORE_CASES = ["client.identity_from_my_store", "client.unknown_thumbprint_in_my_store"]
 SERVER_CASES = [
     "server.mutual_tls",
@@ -69,13 +72,19 @@ def _write_pki(d: Path) -> None:
                         not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1))
     client = pki.issue(ca, "conformance client", key_kind="rsa2048", server=False)
     store_client = pki.issue(ca, "conformance store client", key_kind="rsa2048", server=False)
+    ec_client = pki.issue(ca, "conformance EC client", key_kind="ec256", server=False)
+    ec_client.write(d, "ecclient")
     (d / "ca.pem").write_bytes(ca.cert_pem())
     (d / "other_ca.pem").write_bytes(other_ca.cert_pem())
     server.write(d, "server")
     expired.write(d, "expired")
     client.write(d, "client")
+    (d / "client.der").write_bytes(client.certificate.public_bytes(serialization.Encoding.DER))
+    (d / "client.key.der").write_bytes(client.private_key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     (d / "store_client.pfx").write_bytes(store_client.to_pkcs12(PFX_PASSWORD.encode(), "dcxsec test"))
-    for name, ident in (("server", server), ("client", client), ("store_client", store_client)):
+    for name, ident in (("server", server), ("client", client), ("store_client", store_client),
+                        ("ecclient", ec_client)):
         (d / f"{name}.sha1").write_text(ident.thumbprint("sha1") + "\n")
         (d / f"{name}.sha256").write_text(ident.thumbprint("sha256") + "\n")
     (d / "other.sha1").write_text(secrets.token_hex(20).upper() + "\n")
@@ -180,7 +189,7 @@ def _outcome(run: subprocess.CompletedProcess, case: str) -> tuple[str, str]:
     return results[case]
 
 
-@pytest.mark.parametrize("case", CLIENT_CASES + SERVER_CASES)
+@pytest.mark.parametrize("case", CLIENT_CASES + [EC_CASE] + SERVER_CASES)
 def test_openssl_build(conformance, case):
     outcome, message = _outcome(conformance["native"], case)
     assert outcome == "PASS", message
@@ -209,6 +218,12 @@ def test_schannel_client_under_wine(conformance, windows, case):
 
 
 @pytest.mark.parametrize("windows", WINE_RUNS)
+def test_schannel_ec_identity_under_wine(conformance, windows):
+    outcome, message = _outcome(conformance[windows], EC_CASE)
+    assert outcome == "SKIPPED" and "NTE_NOT_SUPPORTED" in message, (outcome, message)
+
+
+@pytest.mark.parametrize("windows", WINE_RUNS)
 @pytest.mark.parametrize("case", SERVER_CASES)
 def test_schannel_server_is_skipped_under_wine(conformance, windows, case):
     outcome, message = _outcome(conformance[windows], case)
@@ -221,6 +236,6 @@ def test_suite_reports_every_case(conformance, build):
     results, closing = _parse(run.stdout)
     counts = [sum(1 for outcome, _ in results.values() if outcome == word)
               for word in ("PASS", "FAIL", "SKIPPED")]
-    assert len(results) == len(CLIENT_CASES + STORE_CASES + SERVER_CASES), run.stdout
+    assert len(results) == len(CLIENT_CASES + [EC_CASE] + STORE_CASES + SERVER_CASES), run.stdout
     assert closing == "{} passed, {} failed, {} skipped".format(*counts), run.stdout
     assert (run.returncode == 0) == (counts[1] == 0), run.stdout + run.stderr

@@ -762,8 +762,8 @@ static int case_dcx_requires_client_cert(void)
     int rc = connect_to(ctx, dcx_port, "localhost", &s, &c, &err), out;
     if (rc == DCX_OK) { /* in TLS 1.3 the refusal arrives after our side is done */
         char got[64];
-        if (dcx_conn_write(c, "P", 1, TIMEOUT_MS, &err) >= 0)
-            rc = read_exact(c, got, 64, &err);
+        long w = dcx_conn_write(c, "P", 1, TIMEOUT_MS, &err);
+        rc = w < 0 ? (int)w : read_exact(c, got, 64, &err);
     }
     if (rc == DCX_OK)
         out = say(FAIL, "the server accepted a client without certificate");
@@ -792,6 +792,46 @@ static int case_store_identity(void)
         say(FAIL, "handshake: %s", err.reason);
     else if ((out = ask_peer_sees(c, "store_client.sha256", &err)) == PASS)
         say(PASS, "the server saw the certificate from Cert:\\CurrentUser\\My");
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
+static int case_der_identity(void)
+{
+    opts o = {"client.der", "client.key.der", NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    dcx_ctx *ctx = make_ctx(&o, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    int out = FAIL;
+    if (connect_to(ctx, dcx_port, "localhost", &s, &c, &err) != DCX_OK)
+        say(FAIL, "handshake: %s", err.reason);
+    else if ((out = ask_peer_sees(c, "client.sha256", &err)) == PASS)
+        say(PASS, "certificate and PKCS#8 key given as DER");
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
+static int case_ec_identity(void)
+{
+    opts o = {"ecclient.pem", "ecclient.key", NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    dcx_ctx *ctx = make_ctx(&o, &err);
+    if (!ctx && err.status == DCX_E_UNSUPPORTED)
+        return say(SKIP, "EC client keys unsupported here: %s", err.reason);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    int out = FAIL;
+    if (connect_to(ctx, dcx_port, "localhost", &s, &c, &err) != DCX_OK)
+        say(FAIL, "handshake: %s", err.reason);
+    else if ((out = ask_peer_sees(c, "ecclient.sha256", &err)) == PASS)
+        say(PASS, "P-256 client certificate and key");
     hang_up(s, c);
     dcx_ctx_free(ctx);
     return out;
@@ -960,6 +1000,8 @@ static const struct {
     {"client.thumbprint_accepts_sha256", case_thumb_sha256},
     {"client.thumbprint_refuses", case_thumb_refuses},
     {"client.refused_without_client_cert", case_dcx_requires_client_cert},
+    {"client.identity_from_der", case_der_identity},
+    {"client.identity_ec_p256", case_ec_identity},
     {"client.identity_from_my_store", case_store_identity},
     {"client.unknown_thumbprint_in_my_store", case_store_unknown_thumbprint},
     {"client.peer_not_tls", case_not_tls},
