@@ -19,6 +19,7 @@
 #include "dcxtls_common.h"
 
 #include <winsock2.h>
+#include <ws2tcpip.h>
 #include <windows.h>
 #include <winternl.h>
 #include <wincrypt.h>
@@ -931,6 +932,49 @@ static int explain_chain(dcx_conn *c, PCCERT_CHAIN_CONTEXT chain, DWORD errors, 
     return fail_verify(c, DCX_VR_OTHER, detail, err);
 }
 
+/* The server name as an IPv4/IPv6 address (4 or 16 bytes), or 0 when it is a host name. */
+static int ip_literal(const char *name, unsigned char addr[16])
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    wchar_t wide[64];
+    if (!name[0] || !MultiByteToWideChar(CP_UTF8, 0, name, -1, wide, 64))
+        return 0;
+    memset(&ss, 0, sizeof(ss));
+    if (WSAStringToAddressW(wide, AF_INET, NULL, (struct sockaddr *)&ss, &len) == 0) {
+        memcpy(addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        return 4;
+    }
+    len = sizeof(ss);
+    if (WSAStringToAddressW(wide, AF_INET6, NULL, (struct sockaddr *)&ss, &len) == 0) {
+        memcpy(addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        return 16;
+    }
+    return 0;
+}
+
+/* An address is matched against the iPAddress entries of subjectAltName only
+ * (RFC 6125), by us: the SSL policy of older Windows knows host names only. */
+static int names_ip(PCCERT_CONTEXT leaf, const unsigned char *addr, int addr_len)
+{
+    PCERT_EXTENSION ext = CertFindExtension(szOID_SUBJECT_ALT_NAME2, leaf->pCertInfo->cExtension,
+                                            leaf->pCertInfo->rgExtension);
+    CERT_ALT_NAME_INFO *names = NULL;
+    DWORD n = 0;
+    int found = 0;
+    if (!ext || !CryptDecodeObjectEx(X509_ASN_ENCODING, X509_ALTERNATE_NAME, ext->Value.pbData,
+                                     ext->Value.cbData, CRYPT_DECODE_ALLOC_FLAG, NULL, &names, &n))
+        return 0;
+    for (DWORD i = 0; i < names->cAltEntry && !found; i++) {
+        CERT_ALT_NAME_ENTRY *e = &names->rgAltEntry[i];
+        found = e->dwAltNameChoice == CERT_ALT_NAME_IP_ADDRESS &&
+                e->IPAddress.cbData == (DWORD)addr_len &&
+                memcmp(e->IPAddress.pbData, addr, (size_t)addr_len) == 0;
+    }
+    LocalFree(names);
+    return found;
+}
+
 static int verify_chain(dcx_conn *c, PCCERT_CONTEXT leaf, dcx_error *err)
 {
     dcx_ctx *ctx = c->ctx;
@@ -975,7 +1019,14 @@ static int verify_chain(dcx_conn *c, PCCERT_CONTEXT leaf, dcx_error *err)
     ssl.dwAuthType = c->server_side ? AUTHTYPE_CLIENT : AUTHTYPE_SERVER;
     if (root_is_ours)
         ssl.fdwChecks |= SECURITY_FLAG_IGNORE_UNKNOWN_CA;
-    if (!c->server_side && ctx->check_hostname && c->server_name[0])
+    unsigned char addr[16];
+    int addr_len = ip_literal(c->server_name, addr);
+    int check_name = !c->server_side && ctx->check_hostname && c->server_name[0];
+    if (check_name && addr_len && !names_ip(leaf, addr, addr_len)) {
+        rc = fail_verify(c, DCX_VR_HOSTNAME, c->server_name, err);
+        goto out;
+    }
+    if (check_name && !addr_len)
         ssl.pwszServerName = c->server_name_w;
     else
         ssl.fdwChecks |= SECURITY_FLAG_IGNORE_CERT_CN_INVALID;
@@ -1321,7 +1372,10 @@ static SECURITY_STATUS handshake_call(dcx_conn *c, int64_t deadline, int *io_rc,
         ULONG req = ISC_REQ_SEQUENCE_DETECT | ISC_REQ_REPLAY_DETECT | ISC_REQ_CONFIDENTIALITY |
                     ISC_REQ_EXTENDED_ERROR | ISC_REQ_ALLOCATE_MEMORY | ISC_REQ_STREAM |
                     ISC_REQ_USE_SUPPLIED_CREDS | ISC_REQ_MANUAL_CRED_VALIDATION;
-        SEC_WCHAR *target = c->server_name_w[0] ? c->server_name_w : NULL;
+        unsigned char addr[16];
+        /* the target name becomes SNI, which must not carry an address (RFC 6066) */
+        SEC_WCHAR *target = c->server_name_w[0] && !ip_literal(c->server_name, addr)
+                                ? c->server_name_w : NULL;
         s = InitializeSecurityContextW(&c->ctx->cred_out, first ? NULL : &c->ctxt, target, req, 0,
                                        0, first ? NULL : input, 0, first ? &c->ctxt : NULL,
                                        &out_desc, &attrs, NULL);
@@ -1401,6 +1455,8 @@ static void read_connection_info(dcx_conn *c)
         ci.szCipherSuite[0])
         WideCharToMultiByte(CP_UTF8, 0, ci.szCipherSuite, -1, c->cipher, sizeof(c->cipher), NULL,
                             NULL);
+    if (strchr(c->cipher, '<')) /* Wine names some parts "<unknown>": no name beats a wrong one */
+        c->cipher[0] = '\0';
     SecPkgContext_SessionInfo si;
     if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_SESSION_INFO, &si) == SEC_E_OK)
         c->reused = (si.dwFlags & SSL_SESSION_RECONNECT) != 0;

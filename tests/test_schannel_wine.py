@@ -37,6 +37,8 @@ CLIENT_CASES = [
     "client.download_50MB_sha256",
     "client.none_accepts",
     "client.trust_chain_accepts",
+    "client.trust_chain_accepts_ip_address",
+    "client.trust_chain_refuses_wrong_ip_address",
     "client.trust_chain_refuses_unknown_ca",
     "client.trust_chain_refuses_hostname",
     "client.trust_chain_refuses_expired",

@@ -714,6 +714,18 @@ static int case_chain_accepts(void)
     return expect_accept(&o, sserver_port, "localhost");
 }
 
+static int case_chain_accepts_ip(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
+    return expect_accept(&o, sserver_port, "127.0.0.1");
+}
+
+static int case_chain_wrong_ip(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
+    return expect_refusal(&o, sserver_port, "127.0.0.2", DCX_VR_HOSTNAME);
+}
+
 static int case_chain_unknown_ca(void)
 {
     opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "other_ca.pem", {NULL, NULL}, 1};
@@ -993,6 +1005,8 @@ static const struct {
     {"client.download_50MB_sha256", case_download},
     {"client.none_accepts", case_none_accepts},
     {"client.trust_chain_accepts", case_chain_accepts},
+    {"client.trust_chain_accepts_ip_address", case_chain_accepts_ip},
+    {"client.trust_chain_refuses_wrong_ip_address", case_chain_wrong_ip},
     {"client.trust_chain_refuses_unknown_ca", case_chain_unknown_ca},
     {"client.trust_chain_refuses_hostname", case_chain_hostname},
     {"client.trust_chain_refuses_expired", case_chain_expired},
