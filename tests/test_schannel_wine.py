@@ -46,6 +46,7 @@ CLIENT_CASES = [
     "client.thumbprint_accepts_sha256",
     "client.thumbprint_refuses",
     "client.refused_without_client_cert",
+    "client.no_common_version",
     "client.identity_from_der",
     "client.peer_not_tls",
     "client.handshake_timeout",
@@ -111,11 +112,11 @@ def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 10) -> N
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def _s_server(d: Path, name: str) -> tuple[subprocess.Popen, int]:
+def _s_server(d: Path, name: str, *extra: str) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     proc = subprocess.Popen(
         ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(d / f"{name}.pem"),
-         "-key", str(d / f"{name}.key"), "-rev", "-quiet"],
+         "-key", str(d / f"{name}.key"), "-rev", "-quiet", *extra],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_listening(port, proc)
     return proc, port
@@ -156,7 +157,9 @@ def conformance(tmp_path_factory):
         procs.append(s_server)
         expired, expired_port = _s_server(d, "expired")
         procs.append(expired)
-        ports = [str(dcx_port), str(sserver_port), str(expired_port)]
+        tls13, tls13_port = _s_server(d, "server", "-tls1_3")
+        procs.append(tls13)
+        ports = [str(dcx_port), str(sserver_port), str(expired_port), str(tls13_port)]
 
         native = subprocess.run([str(d / "driver-openssl"), "suite", str(d), *ports],
                                 capture_output=True, text=True, timeout=120)

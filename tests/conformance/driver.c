@@ -7,7 +7,7 @@
  *
  *   driver serve DIR          TLS server for the suite (prints "PORT <n>")
  *   driver import-pfx FILE PW put a PKCS#12 into Cert:\CurrentUser\My (Windows)
- *   driver suite DIR DCX_PORT SSERVER_PORT EXPIRED_PORT
+ *   driver suite DIR DCX_PORT SSERVER_PORT EXPIRED_PORT TLS13_ONLY_PORT
  *
  * DIR holds the certificates written by tests/test_schannel_wine.py.  The
  * suite prints one line per case (PASS / FAIL / SKIPPED) and then
@@ -247,6 +247,7 @@ typedef struct opts {
     const char *trusted;          /* one trusted root file, or NULL */
     const char *thumbs[2];        /* accepted thumbprint files (hex) */
     int check_hostname;
+    int max_version;              /* 0: the newest */
 } opts;
 
 static dcx_ctx *make_ctx(const opts *o, dcx_error *err)
@@ -284,6 +285,7 @@ static dcx_ctx *make_ctx(const opts *o, dcx_error *err)
     cfg.thumbprint_count = nthumbs;
     cfg.verify = o->verify;
     cfg.check_hostname = o->check_hostname;
+    cfg.max_version = o->max_version;
     dcx_ctx *ctx = dcx_ctx_new(&cfg, err);
     free((void *)cfg.certificate_chain.data);
     free((void *)cfg.private_key.data);
@@ -489,7 +491,7 @@ static int say(int outcome, const char *fmt, ...)
     return outcome;
 }
 
-static int dcx_port, sserver_port, expired_port;
+static int dcx_port, sserver_port, expired_port, tls13_port;
 
 /* Connect and handshake as a client; on failure msg says why. */
 static int connect_to(dcx_ctx *ctx, int port, const char *name, sock_t *s, dcx_conn **c,
@@ -762,6 +764,26 @@ static int case_thumb_refuses(void)
     return expect_refusal(&o, sserver_port, NULL, DCX_VR_THUMBPRINT);
 }
 
+static int case_no_common_version(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_NONE, NULL, {NULL, NULL}, 0, DCX_TLS1_2};
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    dcx_ctx *ctx = make_ctx(&o, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    int rc = connect_to(ctx, tls13_port, "localhost", &s, &c, &err), out;
+    if (rc == DCX_E_PEER_ALERT && err.alert == 70)
+        out = say(PASS, "%s", err.reason);
+    else
+        out = say(FAIL, "expected the protocol_version alert, got status %d alert %d: %s", rc,
+                  err.alert, err.reason);
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
 static int case_dcx_requires_client_cert(void)
 {
     opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
@@ -773,9 +795,8 @@ static int case_dcx_requires_client_cert(void)
         return say(FAIL, "%s", err.reason);
     int rc = connect_to(ctx, dcx_port, "localhost", &s, &c, &err), out;
     if (rc == DCX_OK) { /* in TLS 1.3 the refusal arrives after our side is done */
-        char got[64];
-        long w = dcx_conn_write(c, "P", 1, TIMEOUT_MS, &err);
-        rc = w < 0 ? (int)w : read_exact(c, got, 64, &err);
+        char got[1]; /* reading, not writing, so that the alert comes before any reset */
+        rc = read_exact(c, got, 1, &err);
     }
     if (rc == DCX_OK)
         out = say(FAIL, "the server accepted a client without certificate");
@@ -1014,6 +1035,7 @@ static const struct {
     {"client.thumbprint_accepts_sha256", case_thumb_sha256},
     {"client.thumbprint_refuses", case_thumb_refuses},
     {"client.refused_without_client_cert", case_dcx_requires_client_cert},
+    {"client.no_common_version", case_no_common_version},
     {"client.identity_from_der", case_der_identity},
     {"client.identity_ec_p256", case_ec_identity},
     {"client.identity_from_my_store", case_store_identity},
@@ -1029,14 +1051,15 @@ static const struct {
 
 static int cmd_suite(int argc, char **argv)
 {
-    if (argc < 3)
+    if (argc < 4)
         return 2;
     dcx_port = atoi(argv[0]);
     sserver_port = atoi(argv[1]);
     expired_port = atoi(argv[2]);
+    tls13_port = atoi(argv[3]);
     printf("backend: %s\n", dcx_backend());
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        if (argc > 3 && !strstr(cases[i].name, argv[3]))
+        if (argc > 4 && !strstr(cases[i].name, argv[4]))
             continue;
         msg[0] = 0;
         int r = cases[i].run();
@@ -1105,11 +1128,11 @@ int main(int argc, char **argv)
         dir = argv[2];
         return cmd_serve();
     }
-    if (argc >= 6 && strcmp(argv[1], "suite") == 0) {
+    if (argc >= 7 && strcmp(argv[1], "suite") == 0) {
         dir = argv[2];
         return cmd_suite(argc - 3, argv + 3);
     }
     fprintf(stderr, "usage: driver serve DIR | import-pfx FILE PASSWORD | "
-                    "suite DIR DCX_PORT SSERVER_PORT EXPIRED_PORT [FILTER]\n");
+                    "suite DIR DCX_PORT SSERVER_PORT EXPIRED_PORT TLS13_PORT [FILTER]\n");
     return 2;
 }
