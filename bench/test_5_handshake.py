@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -129,8 +130,6 @@ def run_connections(kind: str, pki, variant: Variant, count: int) -> tuple[int, 
 @pytest.fixture(scope="module")
 def tcp_rate(pki) -> float:
     """Connections per second without TLS, for scale."""
-    import time
-
     count = SIZES.handshakes
     started = time.perf_counter()
     run_connections(TCP, pki, VARIANTS[0], count)
