@@ -40,6 +40,7 @@ struct dcx_ctx {
     int has_identity;
     pthread_mutex_t lock; /* guards thumbs and sessions, which change while serving */
     dcx_thumbs thumbs;
+    int tickets;          /* issue one TLS 1.3 ticket per accepted connection */
     session_slot sessions[SESSION_SLOTS];
     uint64_t session_clock;
 };
@@ -50,6 +51,7 @@ struct dcx_conn {
     dcx_socket fd;
     int server_side;
     int handshake_done;
+    int ticket_due;       /* acceptor: a TLS 1.3 ticket rides on the first write */
     int dead;             /* a fatal error happened; the SSL object is unusable */
     int received_alert;   /* fatal alert from the peer, or -1 */
     unsigned char first[DCX_SNIFF_LEN]; /* the peer's first bytes, to recognise non-TLS */
@@ -542,8 +544,11 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
     SSL_CTX_set_session_cache_mode(s, cfg->session_cache ? SSL_SESS_CACHE_BOTH
                                                          : SSL_SESS_CACHE_OFF);
     SSL_CTX_sess_set_new_cb(s, remember_session);
-    if (!cfg->session_cache)
-        SSL_CTX_set_num_tickets(s, 0);
+    /* TLS 1.3 tickets go out with the acceptor's first write, not alone after the
+     * handshake: a lone ticket makes the requestor's socket readable with no data
+     * behind it, and pynetdicom would block in recv() on it. */
+    SSL_CTX_set_num_tickets(s, 0);
+    ctx->tickets = cfg->session_cache;
     SSL_CTX_set_cert_verify_callback(s, verify_peer, NULL);
     if (cfg->certificate_chain.len) {
         if (load_identity(s, cfg, err) != DCX_OK)
@@ -811,6 +816,7 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
         }
     }
     c->handshake_done = 1;
+    c->ticket_due = c->server_side && c->ctx->tickets && SSL_version(c->ssl) == TLS1_3_VERSION;
     return DCX_OK;
 }
 
@@ -883,6 +889,10 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
     int64_t deadline = dcx_deadline(timeout_ms);
     const unsigned char *p = buf;
     size_t done = 0;
+    if (c->ticket_due) {
+        c->ticket_due = 0;
+        SSL_new_session_ticket(c->ssl);
+    }
     while (done < len) {
         size_t n = 0;
         if (SSL_write_ex(c->ssl, p + done, len - done, &n) == 1) {

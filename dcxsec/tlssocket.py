@@ -66,6 +66,9 @@ class TLSSocket(ssl.SSLSocket):
         self.do_handshake_on_connect = do_handshake_on_connect
         self.suppress_ragged_eofs = True
         self._timeout = timeout
+        self._timeout_ms = _milliseconds(timeout)
+        self._err = new_error()  # one per socket: calls into the engine hold self._lock
+        self._ready = False  # handshaken, screened, open: the I/O fast path applies
         self._lock = threading.Lock()
         self._conn = None
         self._keep_ctx = None
@@ -132,6 +135,7 @@ class TLSSocket(ssl.SSLSocket):
             self._fail_handshake(to_exception(err, rc, during_handshake=True))
         self._handshake_done = True
         self._screened = not self._context.ae_bindings
+        self._ready = self._screened
         if self.server_side and log.isEnabledFor(logging.DEBUG):
             log.debug("TLS handshake with %s: %s %s", self._peer_text(), self.version(),
                       self.cipher()[0])
@@ -139,6 +143,7 @@ class TLSSocket(ssl.SSLSocket):
     def _fail_handshake(self, exc: OSError) -> None:
         """Record, log (accepting side), close, and raise a failed handshake."""
         self._failure = exc
+        self._ready = False
         # A refusal is logged where it was decided: always on the accepting side,
         # and on the requesting side when it refused the acceptor's certificate.
         level = logging.WARNING if self.server_side or isinstance(
@@ -196,6 +201,7 @@ class TLSSocket(ssl.SSLSocket):
         if not self._screened and self.server_side:
             self._screened = True
             self._screen_request_locked(conn)
+        self._ready = self._screened and not self._prefix
         return conn
 
     # ---- peer AE identity ------------------------------------------------------
@@ -244,6 +250,7 @@ class TLSSocket(ssl.SSLSocket):
         if not self._peer_bound_to(called):
             raise self._refuse_binding(f"called AE title '{called}' is not bound to",
                                        "association request not sent")
+        self._ready = self._conn is not None
 
     def _peer_bound_to(self, ae_title: str) -> bool:
         return self._context.ae_bindings.allows(ae_title, self.peer_thumbprint or "",
@@ -259,6 +266,7 @@ class TLSSocket(ssl.SSLSocket):
             rule="ae_title", subject=subject, thumbprint=self.peer_thumbprint or "")
         log.warning("association with %s refused: %s", self._peer_text(), exc)
         self._failure = exc
+        self._ready = False
         return exc
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
@@ -267,20 +275,22 @@ class TLSSocket(ssl.SSLSocket):
             raise ValueError("non-zero flags not allowed in calls to recv() on TLSSocket")
         if buflen <= 0:
             return b""
-        err = new_error()
         with self._lock:
-            conn = self._ready_conn()
-            if self._prefix:
-                data = bytes(self._prefix[:buflen])
-                del self._prefix[:buflen]
-                return data
+            conn = self._conn
+            if conn is None or not self._ready:
+                conn = self._ready_conn()
+                if self._prefix:
+                    data = bytes(self._prefix[:buflen])
+                    del self._prefix[:buflen]
+                    self._ready = not self._prefix
+                    return data
             buf = self._rbuf if buflen <= _READ_CHUNK else ffi.new("char[]", buflen)
-            n = lib.dcx_conn_read(conn, buf, buflen, _milliseconds(self._timeout), err)
+            n = lib.dcx_conn_read(conn, buf, buflen, self._timeout_ms, self._err)
             if n > 0:
-                return ffi.buffer(buf, n)[:]
-        if n == lib.DCX_EOF:
-            return b""
-        raise self._io_error(err, n, reading=True)
+                return ffi.unpack(buf, n)
+            if n == lib.DCX_EOF:
+                return b""
+            raise self._io_error(self._err, n, reading=True)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """Read plaintext straight into ``buffer``; returns the count, 0 at EOF."""
@@ -290,20 +300,22 @@ class TLSSocket(ssl.SSLSocket):
         nbytes = len(target) if nbytes <= 0 else min(nbytes, len(target))
         if nbytes == 0:
             return 0
-        err = new_error()
         with self._lock:
-            conn = self._ready_conn()
-            if self._prefix:
-                n = min(nbytes, len(self._prefix))
-                target[0:n] = bytes(self._prefix[:n])
-                del self._prefix[:n]
+            conn = self._conn
+            if conn is None or not self._ready:
+                conn = self._ready_conn()
+                if self._prefix:
+                    n = min(nbytes, len(self._prefix))
+                    target[0:n] = bytes(self._prefix[:n])
+                    del self._prefix[:n]
+                    self._ready = not self._prefix
+                    return n
+            n = lib.dcx_conn_read(conn, target, nbytes, self._timeout_ms, self._err)
+            if n >= 0:
                 return n
-            n = lib.dcx_conn_read(conn, target, nbytes, _milliseconds(self._timeout), err)
-        if n >= 0:
-            return n
-        if n == lib.DCX_EOF:
-            return 0
-        raise self._io_error(err, n, reading=True)
+            if n == lib.DCX_EOF:
+                return 0
+            raise self._io_error(self._err, n, reading=True)
 
     def read(self, len: int = 1024, buffer: Any = None) -> bytes | int:
         return self.recv(len) if buffer is None else self.recv_into(buffer, len)
@@ -331,14 +343,15 @@ class TLSSocket(ssl.SSLSocket):
         source = ffi.from_buffer(data)
         if len(source) == 0:
             return
-        err = new_error()
         with self._lock:
-            conn = self._ready_conn()
-            if not self._screened:
-                self._check_called_ae(data)
-            n = lib.dcx_conn_write(conn, source, len(source), _milliseconds(self._timeout), err)
-        if n < 0:
-            raise self._io_error(err, n, reading=False)
+            conn = self._conn
+            if conn is None or not self._ready:
+                conn = self._ready_conn()
+                if not self._screened:
+                    self._check_called_ae(data)
+            n = lib.dcx_conn_write(conn, source, len(source), self._timeout_ms, self._err)
+            if n < 0:
+                raise self._io_error(self._err, n, reading=False)
 
     def send(self, data: Any, flags: int = 0) -> int:
         """Send all of ``data`` and return its length."""
@@ -385,6 +398,7 @@ class TLSSocket(ssl.SSLSocket):
             else:
                 self._send_close_notify()
             self._conn = None  # freed once the last thread using it lets go
+            self._ready = False
         socket.socket._real_close(self)
 
     def unwrap(self) -> socket.socket:
@@ -400,6 +414,7 @@ class TLSSocket(ssl.SSLSocket):
 
     def settimeout(self, value: float | None) -> None:
         self._timeout = None if value is None else float(value)
+        self._timeout_ms = _milliseconds(self._timeout)
         if self._conn is None:  # before the engine owns the fd, connect() uses it
             socket.socket.settimeout(self, value)
 
