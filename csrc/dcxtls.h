@@ -139,11 +139,30 @@ void dcx_ctx_free(dcx_ctx *ctx);
 dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side,
                        const char *server_name, dcx_error *err);
 int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err);
-/* Returns bytes read (>0), DCX_EOF, or a negative status. */
+/* Decrypted plaintext the engine holds for its caller, who may take bytes
+ * straight from it between calls on the connection: data[start, end) is
+ * valid, and advancing start consumes.  more_records is set when records
+ * already read from the socket wait to be decrypted.  Small reads are then
+ * answered without calling into the engine at all. */
+#define DCX_PLAINTEXT_CAP 16384 /* data[] holds one record: at most 2^14 bytes */
+
+typedef struct dcx_plaintext {
+    unsigned char *data;
+    size_t start;
+    size_t end;
+    int more_records;
+} dcx_plaintext;
+
+dcx_plaintext *dcx_conn_plaintext(dcx_conn *c);
+/* Decrypt the next record into the (empty) plaintext buffer, waiting for it
+ * if needed.  Returns the bytes now buffered (>0), DCX_EOF, or a negative status. */
+long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err);
+/* Read into buf: buffered plaintext first, then records, waiting only for the
+ * first byte.  Returns bytes read (>0), DCX_EOF, or a negative status. */
 long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error *err);
 /* Writes all of buf; returns len or a negative status. */
 long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err);
-/* Plaintext already decrypted and waiting, that select() cannot see. */
+/* Plaintext (and records) waiting in the engine, that select() cannot see. */
 size_t dcx_conn_pending(const dcx_conn *c);
 /* Send close_notify (and wait for the peer's when wait_peer is set). */
 int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err);

@@ -52,6 +52,7 @@ struct dcx_conn {
     int server_side;
     int handshake_done;
     int ticket_due;       /* acceptor: a TLS 1.3 ticket rides on the first write */
+    int eof;              /* the peer has closed; reads keep answering DCX_EOF */
     int dead;             /* a fatal error happened; the SSL object is unusable */
     int received_alert;   /* fatal alert from the peer, or -1 */
     unsigned char first[DCX_SNIFF_LEN]; /* the peer's first bytes, to recognise non-TLS */
@@ -63,7 +64,12 @@ struct dcx_conn {
     char not_after[32];
     char server_name[256];
     char peer_key[320];   /* requesting side: the session cache key, "address:port/name" */
+    dcx_plaintext plain;  /* one decrypted record, served to small reads */
+    int fail_status;      /* why the connection died, repeated to later calls */
+    char fail_reason[512];
 };
+
+#define PLAINTEXT_CAP DCX_PLAINTEXT_CAP
 
 static int conn_index = -1;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -541,6 +547,9 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
     SSL_CTX_set_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_session_id_context(s, (const unsigned char *)"dcxsec", 6);
+    /* Read whatever the socket holds in one system call, not header then body. */
+    SSL_CTX_set_read_ahead(s, 1);
+    SSL_CTX_set_default_read_buffer_len(s, 4 * PLAINTEXT_CAP + 1024);
     SSL_CTX_set_session_cache_mode(s, cfg->session_cache ? SSL_SESS_CACHE_BOTH
                                                          : SSL_SESS_CACHE_OFF);
     SSL_CTX_sess_set_new_cb(s, remember_session);
@@ -642,7 +651,8 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     }
     dcx_conn *c = calloc(1, sizeof(*c));
     BIO *bio = NULL;
-    if (!c || !(c->ssl = SSL_new(ctx->ssl_ctx)) || !(bio = BIO_new_socket(fd, BIO_NOCLOSE))) {
+    if (!c || !(c->plain.data = malloc(PLAINTEXT_CAP)) || !(c->ssl = SSL_new(ctx->ssl_ctx)) ||
+        !(bio = BIO_new_socket(fd, BIO_NOCLOSE))) {
         dcx_fail(err, DCX_E_NOMEM, "out of memory");
         goto fail;
     }
@@ -816,8 +826,23 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
         }
     }
     c->handshake_done = 1;
+    c->plain.more_records = SSL_has_pending(c->ssl); /* read ahead past the handshake */
     c->ticket_due = c->server_side && c->ctx->tickets && SSL_version(c->ssl) == TLS1_3_VERSION;
     return DCX_OK;
+}
+
+static void remember_failure(dcx_conn *c, int status, const dcx_error *err)
+{
+    c->fail_status = status;
+    snprintf(c->fail_reason, sizeof(c->fail_reason), "%s", err ? err->reason : "");
+}
+
+/* A call on a dead connection repeats why it died. */
+static int failed_before(dcx_conn *c, dcx_error *err)
+{
+    if (c->fail_status && c->fail_reason[0])
+        return dcx_fail(err, c->fail_status, "%s", c->fail_reason);
+    return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
 }
 
 /* A failure after the handshake: alert, truncation, socket error. */
@@ -848,22 +873,29 @@ static int io_failure(dcx_conn *c, int ssl_error, const char *doing, dcx_error *
                       e ? ERR_reason_error_string(e) : "unknown error");
     }
     ERR_clear_error();
+    remember_failure(c, rc, err);
     return rc;
 }
 
-long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error *err)
+/* One SSL_read_ex into dst.  Waits for data (until the deadline) only when
+ * `wait` is set; otherwise returns 0 when nothing more is at hand. */
+static long read_some(dcx_conn *c, unsigned char *dst, size_t len, int wait, int64_t deadline,
+                      dcx_error *err)
 {
-    if (c->dead)
-        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
-    int64_t deadline = dcx_deadline(timeout_ms);
     for (;;) {
         size_t n = 0;
-        if (SSL_read_ex(c->ssl, buf, len, &n) == 1)
+        if (c->eof)
+            return DCX_EOF;
+        if (SSL_read_ex(c->ssl, dst, len, &n) == 1)
             return (long)n;
         int e = SSL_get_error(c->ssl, 0);
-        if (e == SSL_ERROR_ZERO_RETURN)
+        if (e == SSL_ERROR_ZERO_RETURN) {
+            c->eof = 1;
             return DCX_EOF;
+        }
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            if (!wait)
+                return 0;
             int w = wait_for(c, e, deadline, err);
             if (w != DCX_OK)
                 return w;
@@ -875,17 +907,64 @@ long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error
              (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && dcx_socket_errno() == 0)) &&
             !SSL_has_pending(c->ssl)) {
             ERR_clear_error();
-            c->dead = 1;
+            c->eof = 1;
             return DCX_EOF;
         }
         return io_failure(c, e, "reading", err);
     }
 }
 
+dcx_plaintext *dcx_conn_plaintext(dcx_conn *c)
+{
+    return &c->plain;
+}
+
+long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err)
+{
+    dcx_plaintext *pt = &c->plain;
+    if (pt->end > pt->start)
+        return (long)(pt->end - pt->start);
+    if (c->dead)
+        return failed_before(c, err);
+    pt->start = pt->end = 0;
+    long n = read_some(c, pt->data, PLAINTEXT_CAP, 1, dcx_deadline(timeout_ms), err);
+    if (n > 0)
+        pt->end = (size_t)n;
+    pt->more_records = SSL_has_pending(c->ssl);
+    return n;
+}
+
+long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error *err)
+{
+    dcx_plaintext *pt = &c->plain;
+    unsigned char *dst = buf;
+    size_t got = 0;
+    if (pt->end > pt->start) {
+        got = pt->end - pt->start < len ? pt->end - pt->start : len;
+        memcpy(dst, pt->data + pt->start, got);
+        pt->start += got;
+    }
+    if (got == 0 && c->dead)
+        return failed_before(c, err);
+    int64_t deadline = dcx_deadline(timeout_ms);
+    /* Take every record already at hand, but wait only for the first byte. */
+    while (got < len && !c->dead) {
+        long n = read_some(c, dst + got, len - got, got == 0, deadline, err);
+        if (n <= 0) {
+            if (got == 0)
+                return n == 0 ? DCX_E_TIMEOUT : n;
+            break; /* what was read goes back now; an EOF or error comes next call */
+        }
+        got += (size_t)n;
+    }
+    pt->more_records = !c->dead && SSL_has_pending(c->ssl);
+    return (long)got;
+}
+
 long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err)
 {
     if (c->dead)
-        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
+        return failed_before(c, err);
     int64_t deadline = dcx_deadline(timeout_ms);
     const unsigned char *p = buf;
     size_t done = 0;
@@ -913,7 +992,7 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
 
 size_t dcx_conn_pending(const dcx_conn *c)
 {
-    return c->dead ? 0 : (size_t)SSL_pending(c->ssl);
+    return (c->plain.end - c->plain.start) + (size_t)c->plain.more_records;
 }
 
 int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err)
@@ -983,5 +1062,6 @@ void dcx_conn_free(dcx_conn *c)
     if (!c)
         return;
     SSL_free(c->ssl);
+    free(c->plain.data);
     free(c);
 }
