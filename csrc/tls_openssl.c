@@ -10,7 +10,9 @@
 #include "dcxtls_common.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,19 +67,110 @@ struct dcx_conn {
     char server_name[256];
     char peer_key[320];   /* requesting side: the session cache key, "address:port/name" */
     dcx_plaintext plain;  /* one decrypted record, served to small reads */
+    struct {              /* records OpenSSL wrote, not yet sent: one send() per flush */
+        unsigned char *data;
+        size_t len, cap, sent;
+    } out;
     int fail_status;      /* why the connection died, repeated to later calls */
     char fail_reason[512];
 };
 
 #define PLAINTEXT_CAP DCX_PLAINTEXT_CAP
+#define OUT_SLICE (4 * PLAINTEXT_CAP) /* plaintext encrypted between two sends */
+#define OUT_KEEP 32768                /* a larger send buffer is freed after use */
 
 static int conn_index = -1;
+static BIO_METHOD *out_method;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+/* ---- outgoing records -------------------------------------------------------
+ * OpenSSL writes records into the connection's send buffer; the engine sends
+ * it with one system call, so a 16388-byte PDU (two records) leaves in one
+ * send() instead of one write() per record. */
+
+static int out_write(BIO *bio, const char *data, size_t len, size_t *written)
+{
+    dcx_conn *c = BIO_get_data(bio);
+    if (c->out.len + len > c->out.cap) {
+        size_t cap = c->out.cap ? c->out.cap : 4096;
+        while (cap < c->out.len + len)
+            cap *= 2;
+        unsigned char *grown = realloc(c->out.data, cap);
+        if (!grown)
+            return 0;
+        c->out.data = grown;
+        c->out.cap = cap;
+    }
+    memcpy(c->out.data + c->out.len, data, len);
+    c->out.len += len;
+    *written = len;
+    return 1;
+}
+
+static long out_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+    dcx_conn *c = BIO_get_data(bio);
+    (void)num; (void)ptr;
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1; /* the engine flushes, with its deadline, after each OpenSSL call */
+    case BIO_CTRL_WPENDING:
+    case BIO_CTRL_PENDING:
+        return c ? (long)(c->out.len - c->out.sent) : 0;
+    default:
+        return 0;
+    }
+}
+
+static int out_create(BIO *bio)
+{
+    BIO_set_init(bio, 1);
+    return 1;
+}
 
 static void init_library(void)
 {
     OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL);
     conn_index = SSL_get_ex_new_index(0, "dcx_conn", NULL, NULL, NULL);
+    out_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "dcxsec send buffer");
+    BIO_meth_set_write_ex(out_method, out_write);
+    BIO_meth_set_ctrl(out_method, out_ctrl);
+    BIO_meth_set_create(out_method, out_create);
+}
+
+/* Send what OpenSSL wrote, waiting for room until the deadline. */
+static int flush_out(dcx_conn *c, int64_t deadline, dcx_error *err)
+{
+#ifdef MSG_NOSIGNAL
+    const int flags = MSG_NOSIGNAL; /* a closed peer is an error, not a SIGPIPE */
+#else
+    const int flags = 0;
+#endif
+    while (c->out.sent < c->out.len) {
+        ssize_t n = send(c->fd, c->out.data + c->out.sent, c->out.len - c->out.sent, flags);
+        if (n > 0) {
+            c->out.sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int w = dcx_wait(c->fd, 1, deadline, err);
+            if (w != DCX_OK)
+                return w;
+            continue;
+        }
+        if (err)
+            err->sys_errno = errno;
+        return dcx_fail(err, DCX_E_SYSCALL, "socket error while sending: %s", strerror(errno));
+    }
+    c->out.len = c->out.sent = 0;
+    if (c->out.cap > OUT_KEEP) { /* idle connections keep no large buffer */
+        free(c->out.data);
+        c->out.data = NULL;
+        c->out.cap = 0;
+    }
+    return DCX_OK;
 }
 
 const char *dcx_backend(void)
@@ -650,12 +743,14 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
         return NULL;
     }
     dcx_conn *c = calloc(1, sizeof(*c));
-    BIO *bio = NULL;
+    BIO *bio = NULL, *out = NULL;
     if (!c || !(c->plain.data = malloc(PLAINTEXT_CAP)) || !(c->ssl = SSL_new(ctx->ssl_ctx)) ||
-        !(bio = BIO_new_socket(fd, BIO_NOCLOSE))) {
+        !(bio = BIO_new_socket(fd, BIO_NOCLOSE)) || !(out = BIO_new(out_method))) {
+        BIO_free(bio);
         dcx_fail(err, DCX_E_NOMEM, "out of memory");
         goto fail;
     }
+    BIO_set_data(out, c);
     c->ctx = ctx;
     c->fd = fd;
     c->server_side = server_side;
@@ -663,7 +758,7 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     SSL_set_ex_data(c->ssl, conn_index, c);
     BIO_set_callback_arg(bio, (char *)c);
     BIO_set_callback_ex(bio, capture_first_bytes);
-    SSL_set_bio(c->ssl, bio, bio);
+    SSL_set_bio(c->ssl, bio, out);
     SSL_set_info_callback(c->ssl, track_alerts);
 
     int mode = SSL_VERIFY_PEER; /* the callback decides; NONE accepts anything */
@@ -788,14 +883,17 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
         offer_session(c);
     for (;;) {
         int r = SSL_do_handshake(c->ssl);
-        if (r == 1)
-            break;
-        int e = SSL_get_error(c->ssl, r);
-        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+        int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, r);
+        if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+            flush_out(c, dcx_deadline(100), NULL); /* our alert tells the peer why */
             forget_session(c);
             return handshake_failure(c, e, err);
         }
-        int w = wait_for(c, e, deadline, err);
+        int w = flush_out(c, deadline, err); /* this flight, in one send() */
+        if (w == DCX_OK && r == 1)
+            break;
+        if (w == DCX_OK)
+            w = wait_for(c, e, deadline, err);
         if (w == DCX_E_TIMEOUT) {
             c->dead = 1;
             if (c->first_len > 0)
@@ -886,7 +984,10 @@ static long read_some(dcx_conn *c, unsigned char *dst, size_t len, int wait, int
         size_t n = 0;
         if (c->eof)
             return DCX_EOF;
-        if (SSL_read_ex(c->ssl, dst, len, &n) == 1)
+        int ok = SSL_read_ex(c->ssl, dst, len, &n);
+        if (c->out.len && flush_out(c, deadline, NULL) != DCX_OK)
+            ERR_clear_error(); /* a KeyUpdate answer that cannot leave: the next write says why */
+        if (ok == 1)
             return (long)n;
         int e = SSL_get_error(c->ssl, 0);
         if (e == SSL_ERROR_ZERO_RETURN) {
@@ -973,19 +1074,16 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
         SSL_new_session_ticket(c->ssl);
     }
     while (done < len) {
-        size_t n = 0;
-        if (SSL_write_ex(c->ssl, p + done, len - done, &n) == 1) {
-            done += n;
-            continue;
+        size_t n = 0, slice = len - done < OUT_SLICE ? len - done : OUT_SLICE;
+        if (SSL_write_ex(c->ssl, p + done, slice, &n) != 1)
+            return io_failure(c, SSL_get_error(c->ssl, 0), "writing", err);
+        done += n;
+        int w = flush_out(c, deadline, err);
+        if (w != DCX_OK) { /* part of a record may have left: the stream is unusable */
+            c->dead = 1;
+            remember_failure(c, w, err);
+            return w;
         }
-        int e = SSL_get_error(c->ssl, 0);
-        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            int w = wait_for(c, e, deadline, err);
-            if (w != DCX_OK)
-                return w;
-            continue;
-        }
-        return io_failure(c, e, "writing", err);
     }
     return (long)len;
 }
@@ -1003,6 +1101,9 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
     int64_t deadline = dcx_deadline(timeout_ms);
     for (;;) {
         int r = SSL_shutdown(c->ssl);
+        int w = flush_out(c, deadline, err);
+        if (w != DCX_OK)
+            return w;
         if (r == 1 || (r == 0 && !wait_peer))
             break;
         if (r == 0)
@@ -1012,7 +1113,7 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
             ERR_clear_error();
             break; /* the peer is gone; nothing more to say to it */
         }
-        int w = wait_for(c, e, deadline, err);
+        w = wait_for(c, e, deadline, err);
         if (w != DCX_OK)
             return w;
     }
@@ -1063,5 +1164,6 @@ void dcx_conn_free(dcx_conn *c)
         return;
     SSL_free(c->ssl);
     free(c->plain.data);
+    free(c->out.data);
     free(c);
 }
