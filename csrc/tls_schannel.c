@@ -64,6 +64,7 @@ struct dcx_ctx {
     int key_is_cng;
     HCERTSTORE identity_store;  /* memory store holding the identity and its intermediates */
     HCERTSTORE trusted;         /* extra trusted roots (memory store, possibly empty) */
+    HCERTSTORE intermediates;   /* CAs that may complete a peer's chain, not trusted */
     size_t trusted_count;
     CRITICAL_SECTION lock;      /* guards thumbs and the lazy inbound credentials */
     dcx_thumbs thumbs;
@@ -84,8 +85,8 @@ struct dcx_conn {
     SecPkgContext_StreamSizes sizes;
     unsigned char *in;          /* ciphertext received, not yet decrypted */
     size_t in_len, in_cap;
-    unsigned char *plain;       /* plaintext decrypted, not yet read */
-    size_t plain_off, plain_len, plain_cap;
+    dcx_plaintext pt;           /* one record decrypted, not yet read; the caller may take from it */
+    size_t plain_cap;
     unsigned char *out;         /* one encrypted record being built */
     unsigned char first[DCX_SNIFF_LEN];
     size_t first_len;
@@ -787,6 +788,19 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
     }
     if (cfg->trusted_dir && read_trusted_dir(ctx, cfg->trusted_dir, err) != DCX_OK)
         goto fail;
+    ctx->intermediates = CertOpenStore(CERT_STORE_PROV_MEMORY, 0, 0, 0, NULL);
+    if (!ctx->intermediates) {
+        dcx_fail(err, DCX_E_NOMEM, "cannot create a certificate store");
+        goto fail;
+    }
+    for (size_t i = 0; i < cfg->intermediate_count; i++) {
+        if (add_certificates(ctx->intermediates, &cfg->intermediates[i], NULL) == 0) {
+            dcx_fail(err, DCX_E_CONFIG,
+                     "intermediate certificate #%lu is not an X.509 certificate in PEM or DER",
+                     (unsigned long)(i + 1));
+            goto fail;
+        }
+    }
     if (cfg->identity_thumbprint) {
         if (identity_from_store(ctx, cfg, err) != DCX_OK)
             goto fail;
@@ -838,6 +852,8 @@ void dcx_ctx_free(dcx_ctx *ctx)
         CertCloseStore(ctx->identity_store, 0);
     if (ctx->trusted)
         CertCloseStore(ctx->trusted, 0);
+    if (ctx->intermediates)
+        CertCloseStore(ctx->intermediates, 0);
     dcx_thumbs_free(&ctx->thumbs);
     DeleteCriticalSection(&ctx->lock);
     free(ctx);
@@ -993,6 +1009,7 @@ static int verify_chain(dcx_conn *c, PCCERT_CONTEXT leaf, dcx_error *err)
     if (leaf->hCertStore)
         CertAddStoreToCollection(extra, leaf->hCertStore, 0, 0);
     CertAddStoreToCollection(extra, ctx->trusted, 0, 0);
+    CertAddStoreToCollection(extra, ctx->intermediates, 0, 0);
     PCCERT_CHAIN_CONTEXT chain = NULL;
     HCERTCHAINENGINE engine = ctx->cert_store == DCX_STORE_LOCAL_COMPUTER ? HCCE_LOCAL_MACHINE
                                                                            : HCCE_CURRENT_USER;
@@ -1490,7 +1507,7 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
         return rc;
     if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_STREAM_SIZES, &c->sizes) != SEC_E_OK ||
         !(c->out = malloc(c->sizes.cbHeader + c->sizes.cbMaximumMessage + c->sizes.cbTrailer)) ||
-        !(c->plain = malloc(c->sizes.cbMaximumMessage + 2048))) {
+        !(c->pt.data = malloc(c->sizes.cbMaximumMessage + 2048))) {
         c->dead = 1;
         return dcx_fail(err, DCX_E_NOMEM, "cannot set up the TLS record buffers");
     }
@@ -1513,13 +1530,13 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
 /* Hand out plaintext already decrypted. */
 static size_t take_plain(dcx_conn *c, void *buf, size_t len)
 {
-    size_t n = c->plain_len - c->plain_off;
+    size_t n = c->pt.end - c->pt.start;
     if (n > len)
         n = len;
-    memcpy(buf, c->plain + c->plain_off, n);
-    c->plain_off += n;
-    if (c->plain_off == c->plain_len)
-        c->plain_off = c->plain_len = 0;
+    memcpy(buf, c->pt.data + c->pt.start, n);
+    c->pt.start += n;
+    if (c->pt.start == c->pt.end)
+        c->pt.start = c->pt.end = 0;
     return n;
 }
 
@@ -1541,7 +1558,7 @@ static int io_failure(dcx_conn *c, SECURITY_STATUS s, const char *doing, dcx_err
     }
 }
 
-/* Decrypt records from c->in into c->plain until some plaintext, EOF, or error. */
+/* Decrypt records from c->in into c->pt until some plaintext, EOF, or error. */
 static int decrypt_some(dcx_conn *c, int64_t deadline, dcx_error *err)
 {
     for (;;) {
@@ -1563,15 +1580,15 @@ static int decrypt_some(dcx_conn *c, int64_t deadline, dcx_error *err)
                 size_t got = data ? data->cbBuffer : 0;
                 if (got) { /* plain is empty whenever we decrypt */
                     if (got > c->plain_cap) {
-                        unsigned char *p = realloc(c->plain, got);
+                        unsigned char *p = realloc(c->pt.data, got);
                         if (!p)
                             return dcx_fail(err, DCX_E_NOMEM, "out of memory");
-                        c->plain = p;
+                        c->pt.data = p;
                         c->plain_cap = got;
                     }
-                    memcpy(c->plain, data->pvBuffer, got);
-                    c->plain_off = 0;
-                    c->plain_len = got;
+                    memcpy(c->pt.data, data->pvBuffer, got);
+                    c->pt.start = 0;
+                    c->pt.end = got;
                 }
                 if (extra && extra->cbBuffer) {
                     memmove(c->in, c->in + c->in_len - extra->cbBuffer, extra->cbBuffer);
@@ -1591,7 +1608,8 @@ static int decrypt_some(dcx_conn *c, int64_t deadline, dcx_error *err)
                     if (rc != DCX_OK)
                         return rc;
                 }
-                if (c->plain_len)
+                c->pt.more_records = c->in_len > 0;
+                if (c->pt.end)
                     return DCX_OK;
                 continue;
             }
@@ -1615,10 +1633,16 @@ static int decrypt_some(dcx_conn *c, int64_t deadline, dcx_error *err)
     }
 }
 
-long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error *err)
+dcx_plaintext *dcx_conn_plaintext(dcx_conn *c)
 {
-    if (c->plain_len > c->plain_off)
-        return (long)take_plain(c, buf, len);
+    return &c->pt;
+}
+
+long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err)
+{
+    if (c->pt.end > c->pt.start)
+        return (long)(c->pt.end - c->pt.start);
+    c->pt.start = c->pt.end = 0;
     if (c->peer_closed)
         return DCX_EOF;
     if (c->dead || !c->handshake_done)
@@ -1626,9 +1650,13 @@ long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error
     int rc = decrypt_some(c, dcx_deadline(timeout_ms), err);
     if (rc != DCX_OK)
         return rc;
-    if (c->plain_len > c->plain_off)
-        return (long)take_plain(c, buf, len);
-    return DCX_EOF;
+    return c->pt.end ? (long)c->pt.end : DCX_EOF;
+}
+
+long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error *err)
+{
+    long n = dcx_conn_fill(c, timeout_ms, err);
+    return n > 0 ? (long)take_plain(c, buf, len) : n;
 }
 
 long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err)
@@ -1671,7 +1699,7 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
 
 size_t dcx_conn_pending(const dcx_conn *c)
 {
-    return c->plain_len - c->plain_off;
+    return (c->pt.end - c->pt.start) + c->in_len;
 }
 
 int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err)
@@ -1695,10 +1723,10 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
             rc = io_rc;
     }
     if (rc == DCX_OK && wait_peer && !c->peer_closed) {
-        c->plain_len = c->plain_off = 0;
+        c->pt.start = c->pt.end = 0;
         while (!c->peer_closed) {
             int r = decrypt_some(c, deadline, NULL);
-            c->plain_len = c->plain_off = 0; /* data after our close_notify is dropped */
+            c->pt.start = c->pt.end = 0; /* data after our close_notify is dropped */
             if (r == DCX_E_TIMEOUT) {
                 rc = dcx_fail(err, DCX_E_TIMEOUT, "timed out waiting for the peer's close_notify");
                 break;
@@ -1750,7 +1778,7 @@ void dcx_conn_free(dcx_conn *c)
     if (c->peer)
         CertFreeCertificateContext(c->peer);
     free(c->in);
-    free(c->plain);
+    free(c->pt.data);
     free(c->out);
     free(c);
 }
