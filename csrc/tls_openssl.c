@@ -447,6 +447,19 @@ static void explain_chain_failure(dcx_conn *c, X509_STORE_CTX *sctx)
     }
 }
 
+/* Is the certificate's SHA-1 or SHA-256 among the accepted thumbprints now? */
+static int thumbprint_accepted(dcx_ctx *ctx, X509 *cert)
+{
+    unsigned char sha1[EVP_MAX_MD_SIZE], sha256[EVP_MAX_MD_SIZE];
+    unsigned int n1 = 0, n256 = 0;
+    if (!X509_digest(cert, EVP_sha1(), sha1, &n1) || !X509_digest(cert, EVP_sha256(), sha256, &n256))
+        return 0;
+    pthread_mutex_lock(&ctx->lock);
+    int ok = dcx_thumbs_match(&ctx->thumbs, sha1, sha256);
+    pthread_mutex_unlock(&ctx->lock);
+    return ok;
+}
+
 /* Replaces OpenSSL's chain check, so that one place decides every method. */
 static int verify_peer(X509_STORE_CTX *sctx, void *arg)
 {
@@ -462,13 +475,7 @@ static int verify_peer(X509_STORE_CTX *sctx, void *arg)
     case DCX_VERIFY_NONE:
         return 1;
     case DCX_VERIFY_THUMBPRINT: {
-        unsigned char sha1[EVP_MAX_MD_SIZE], sha256[EVP_MAX_MD_SIZE];
-        unsigned int n1 = 0, n256 = 0;
-        int ok = X509_digest(leaf, EVP_sha1(), sha1, &n1) &&
-                 X509_digest(leaf, EVP_sha256(), sha256, &n256);
-        pthread_mutex_lock(&c->ctx->lock);
-        ok = ok && dcx_thumbs_match(&c->ctx->thumbs, sha1, sha256);
-        pthread_mutex_unlock(&c->ctx->lock);
+        int ok = thumbprint_accepted(c->ctx, leaf);
         if (!ok) {
             c->verify_reason = DCX_VR_THUMBPRINT;
             X509_STORE_CTX_set_error(sctx, X509_V_ERR_CERT_REJECTED); /* "bad certificate" */
@@ -582,16 +589,9 @@ static int recheck_resumed_peer(dcx_conn *c, dcx_error *err)
         snprintf(err->thumbprint, sizeof(err->thumbprint), "%s", c->thumbprint);
         snprintf(err->not_after, sizeof(err->not_after), "%s", c->not_after);
     }
-    if (c->ctx->verify == DCX_VERIFY_THUMBPRINT) {
-        unsigned char sha1[EVP_MAX_MD_SIZE], sha256[EVP_MAX_MD_SIZE];
-        unsigned int n1 = 0, n256 = 0;
-        int ok = X509_digest(peer, EVP_sha1(), sha1, &n1) &&
-                 X509_digest(peer, EVP_sha256(), sha256, &n256);
-        pthread_mutex_lock(&c->ctx->lock);
-        ok = ok && dcx_thumbs_match(&c->ctx->thumbs, sha1, sha256);
-        pthread_mutex_unlock(&c->ctx->lock);
-        return ok ? DCX_OK : dcx_fail_verify(err, DCX_VR_THUMBPRINT, "THUMBPRINT", "");
-    }
+    if (c->ctx->verify == DCX_VERIFY_THUMBPRINT)
+        return thumbprint_accepted(c->ctx, peer)
+                   ? DCX_OK : dcx_fail_verify(err, DCX_VR_THUMBPRINT, "THUMBPRINT", "");
     if (X509_cmp_current_time(X509_get0_notAfter(peer)) < 0)
         return dcx_fail_verify(err, DCX_VR_EXPIRED, "TRUST_CHAIN", "");
     return DCX_OK;
