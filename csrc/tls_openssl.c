@@ -77,7 +77,7 @@ struct dcx_conn {
 
 #define PLAINTEXT_CAP DCX_PLAINTEXT_CAP
 #define OUT_SLICE (4 * PLAINTEXT_CAP) /* plaintext encrypted between two sends */
-#define OUT_KEEP 32768                /* a larger send buffer is freed after use */
+#define OUT_KEEP 8192                 /* a larger send buffer is freed after use */
 
 static int conn_index = -1;
 static BIO_METHOD *out_method;
@@ -642,7 +642,6 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
     SSL_CTX_set_session_id_context(s, (const unsigned char *)"dcxsec", 6);
     /* Read whatever the socket holds in one system call, not header then body. */
     SSL_CTX_set_read_ahead(s, 1);
-    SSL_CTX_set_default_read_buffer_len(s, 4 * PLAINTEXT_CAP + 1024);
     SSL_CTX_set_session_cache_mode(s, cfg->session_cache ? SSL_SESS_CACHE_BOTH
                                                          : SSL_SESS_CACHE_OFF);
     SSL_CTX_sess_set_new_cb(s, remember_session);
