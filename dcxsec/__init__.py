@@ -4,7 +4,7 @@ A TLS engine in C (OpenSSL 3 on Linux and macOS, SChannel on Windows) behind
 ``TLSContext.wrap_socket()``, which pynetdicom uses as its transport on both
 sides of an association.
 """
-from dcxsec._native import lib as _lib  # first: says plainly when the engine is missing
+from dcxsec import _native  # noqa: F401 - first, to say plainly when the engine is missing
 from dcxsec import pki
 from dcxsec.config import SecurityConfig
 from dcxsec.context import TLSContext
@@ -36,4 +36,5 @@ __all__ = [
     "VerificationMethod",
     "backend",
     "normalize_thumbprint",
+    "pki",
 ]

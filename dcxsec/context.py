@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import socket
 import sys
-from typing import Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence, Union
 
 from dcxsec._native import ffi, lib
 from dcxsec.aetitle import AEBindings
 from dcxsec.config import SecurityConfig
 from dcxsec.engine import new_error, to_exception
 from dcxsec.verify import VerificationMethod, normalize_thumbprints
+
+if TYPE_CHECKING:
+    from dcxsec.tlssocket import TLSSocket
 
 
 def _thumbprint_table(thumbprints: tuple[str, ...]):

@@ -12,8 +12,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 import dicom_wire
-from conftest import config_for, free_port, requestor
-from dcxsec import NotTLSError, TLSContext
+from conftest import free_port, requestor
+from dcxsec import NotTLSError
 
 
 def client_hello() -> bytes:
