@@ -294,7 +294,7 @@ class TLSSocket(ssl.SSLSocket):
                     return self._take_prefix(buflen)
             if buflen >= _DIRECT_READ:
                 buf = ffi.new("char[]", buflen)
-                n = lib.dcx_conn_read(conn, buf, buflen, self._timeout_ms, self._err)
+                n = self._read_direct(conn, buf, buflen)
                 if n > 0:
                     return ffi.unpack(buf, n)
             else:
@@ -325,8 +325,7 @@ class TLSSocket(ssl.SSLSocket):
                         target[:len(data)] = data
                         return len(data)
                 if nbytes >= _DIRECT_READ:  # bulk: records go straight into the caller's buffer
-                    n = lib.dcx_conn_read(conn, ffi.from_buffer(target), nbytes,
-                                          self._timeout_ms, self._err)
+                    n = self._read_direct(conn, ffi.from_buffer(target), nbytes)
                 else:
                     n = self._fill(conn)
                 if n == lib.DCX_EOF:
@@ -341,9 +340,20 @@ class TLSSocket(ssl.SSLSocket):
             self._pos = pos + take
             return take
 
+    def _hand_back(self) -> None:
+        """Tell the engine the buffered record has been taken (Python took it
+        without calling in); due before every engine read.  Lock held."""
+        self._plain.start = self._plain.end
+        self._pos = self._end = 0
+
+    def _read_direct(self, conn, target, size: int) -> int:
+        """Records straight into ``target``; lock held, buffered record all taken."""
+        self._hand_back()
+        return lib.dcx_conn_read(conn, target, size, self._timeout_ms, self._err)
+
     def _fill(self, conn) -> int:
         """Decrypt the next record into the engine's plaintext buffer; lock held."""
-        self._plain.start = self._plain.end  # what Python took, the engine now knows
+        self._hand_back()
         n = lib.dcx_conn_fill(conn, self._timeout_ms, self._err)
         self._pos, self._end = 0, (n if n > 0 else 0)
         return n

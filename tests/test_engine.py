@@ -169,3 +169,18 @@ def test_makefile_reads_and_writes_through_tls(pair_factory, server_ctx, client_
     with pair.server.makefile("rb") as incoming:
         assert incoming.readline() == b"line one\n"
         assert incoming.readline() == b"line two\n"
+
+
+def test_small_then_large_reads_see_each_byte_once(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    data = os.urandom(200_000)
+    writer = threading.Thread(target=pair.client.sendall, args=(data,))
+    writer.start()
+    got, turn = bytearray(), 0
+    while len(got) < len(data):  # small reads leave a record half taken, large ones follow
+        piece = pair.server.recv(100 if turn % 3 == 0 else 65536)
+        assert piece
+        got += piece
+        turn += 1
+    writer.join()
+    assert bytes(got) == data
