@@ -637,8 +637,8 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
     SSL_CTX_set_max_proto_version(s, hi);
     SSL_CTX_set_options(s, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                            SSL_MODE_RELEASE_BUFFERS);
+    /* Writes go to the send buffer, which never refuses, so no partial-write modes. */
+    SSL_CTX_set_mode(s, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_session_id_context(s, (const unsigned char *)"dcxsec", 6);
     /* Read whatever the socket holds in one system call, not header then body. */
     SSL_CTX_set_read_ahead(s, 1);

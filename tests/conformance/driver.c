@@ -809,65 +809,48 @@ static int case_dcx_requires_client_cert(void)
     return out;
 }
 
-static int case_store_identity(void)
+/* Connect with the identity in `o`; the server must see the certificate whose
+ * SHA-256 is in `seen_file`.  A backend that cannot load it (`unsupported`
+ * set) reports SKIP with that reason. */
+static int identity_case(const opts *o, const char *seen_file, const char *unsupported,
+                         const char *what)
 {
-    opts o = {NULL, NULL, "store_client.sha1", DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
     dcx_error err;
     sock_t s;
     dcx_conn *c;
-    dcx_ctx *ctx = make_ctx(&o, &err);
-    if (!ctx && err.status == DCX_E_UNSUPPORTED)
-        return say(SKIP, "no system certificate store in this backend: %s", err.reason);
+    dcx_ctx *ctx = make_ctx(o, &err);
+    if (!ctx && unsupported && err.status == DCX_E_UNSUPPORTED)
+        return say(SKIP, "%s: %s", unsupported, err.reason);
     if (!ctx)
         return say(FAIL, "%s", err.reason);
     int out = FAIL;
     if (connect_to(ctx, dcx_port, "localhost", &s, &c, &err) != DCX_OK)
         say(FAIL, "handshake: %s", err.reason);
-    else if ((out = ask_peer_sees(c, "store_client.sha256", &err)) == PASS)
-        say(PASS, "the server saw the certificate from Cert:\\CurrentUser\\My");
+    else if ((out = ask_peer_sees(c, seen_file, &err)) == PASS)
+        say(PASS, "%s", what);
     hang_up(s, c);
     dcx_ctx_free(ctx);
     return out;
+}
+
+static int case_store_identity(void)
+{
+    opts o = {NULL, NULL, "store_client.sha1", DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
+    return identity_case(&o, "store_client.sha256", "no system certificate store in this backend",
+                         "the server saw the certificate from Cert:\\CurrentUser\\My");
 }
 
 static int case_der_identity(void)
 {
     opts o = {"client.der", "client.key.der", NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
-    dcx_error err;
-    sock_t s;
-    dcx_conn *c;
-    dcx_ctx *ctx = make_ctx(&o, &err);
-    if (!ctx)
-        return say(FAIL, "%s", err.reason);
-    int out = FAIL;
-    if (connect_to(ctx, dcx_port, "localhost", &s, &c, &err) != DCX_OK)
-        say(FAIL, "handshake: %s", err.reason);
-    else if ((out = ask_peer_sees(c, "client.sha256", &err)) == PASS)
-        say(PASS, "certificate and PKCS#8 key given as DER");
-    hang_up(s, c);
-    dcx_ctx_free(ctx);
-    return out;
+    return identity_case(&o, "client.sha256", NULL, "certificate and PKCS#8 key given as DER");
 }
 
 static int case_ec_identity(void)
 {
     opts o = {"ecclient.pem", "ecclient.key", NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1};
-    dcx_error err;
-    sock_t s;
-    dcx_conn *c;
-    dcx_ctx *ctx = make_ctx(&o, &err);
-    if (!ctx && err.status == DCX_E_UNSUPPORTED)
-        return say(SKIP, "EC client keys unsupported here: %s", err.reason);
-    if (!ctx)
-        return say(FAIL, "%s", err.reason);
-    int out = FAIL;
-    if (connect_to(ctx, dcx_port, "localhost", &s, &c, &err) != DCX_OK)
-        say(FAIL, "handshake: %s", err.reason);
-    else if ((out = ask_peer_sees(c, "ecclient.sha256", &err)) == PASS)
-        say(PASS, "P-256 client certificate and key");
-    hang_up(s, c);
-    dcx_ctx_free(ctx);
-    return out;
+    return identity_case(&o, "ecclient.sha256", "EC client keys unsupported here",
+                         "P-256 client certificate and key");
 }
 
 static int case_store_unknown_thumbprint(void)
