@@ -1,7 +1,8 @@
 """cffi build script: compiles the C engine into ``dcxsec._tls``.
 
-The cdef is read from ``dcxtls.h`` itself, so the header stays the one
-declaration of the engine.  Exactly one backend is compiled per platform.
+The cdef is read from ``dcxtls.h`` and ``dcxstore.h`` themselves, so the
+headers stay the one declaration of the engine.  Exactly one TLS backend and
+one system-store backend are compiled per platform.
 """
 import os
 import re
@@ -10,7 +11,7 @@ import sys
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HEADER = os.path.join(HERE, "dcxtls.h")
+HEADERS = [os.path.join(HERE, name) for name in ("dcxtls.h", "dcxstore.h")]
 
 
 def cdef_from_header(path: str, defined: set) -> str:
@@ -40,18 +41,19 @@ def cdef_from_header(path: str, defined: set) -> str:
 
 
 def backend_sources():
+    """The TLS backend and the system-store backend of this platform, and their libraries."""
     if sys.platform == "win32":
-        return ["tls_schannel.c"], ["secur32", "crypt32", "ws2_32", "ncrypt"]
-    return ["tls_openssl.c"], ["ssl", "crypto"]
+        return ["tls_schannel.c", "store_crypt32.c"], ["secur32", "crypt32", "ws2_32", "ncrypt"]
+    return ["tls_openssl.c", "store_none.c"], ["ssl", "crypto"]
 
 
 ffibuilder = FFI()
 _defined = ({"_WIN32"} if sys.platform == "win32" else set())
-ffibuilder.cdef(cdef_from_header(HEADER, _defined))
+ffibuilder.cdef("\n".join(cdef_from_header(header, _defined) for header in HEADERS))
 _sources, _libraries = backend_sources()
 ffibuilder.set_source(
     "dcxsec._tls",
-    '#include "dcxtls.h"',
+    '#include "dcxtls.h"\n#include "dcxstore.h"',
     sources=[os.path.relpath(os.path.join(HERE, name)) for name in ["dcxtls_common.c", *_sources]],
     include_dirs=[os.path.relpath(HERE)],
     libraries=_libraries,
