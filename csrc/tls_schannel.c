@@ -80,7 +80,9 @@ struct dcx_conn {
     int have_ctxt;
     int handshake_done;
     int dead;
-    int peer_closed;            /* close_notify received */
+    int fail_status;            /* why the connection died (0: it did not, or was shut down) */
+    dcx_error failure;          /* ... and the whole error, repeated to every later call */
+    int peer_closed;            /* close_notify received, or the peer closed at a record boundary */
     int received_alert;
     SecPkgContext_StreamSizes sizes;
     unsigned char *in;          /* ciphertext received, not yet decrypted */
@@ -1494,22 +1496,48 @@ static void send_alert(dcx_conn *c, DWORD alert, int64_t deadline)
     c->in_len = keep;
 }
 
+/* A connection that has died keeps why: every later call repeats the same
+ * status and reason (and alert, verification reason, certificate). */
+static int remember(dcx_conn *c, int rc, const dcx_error *err)
+{
+    if (rc < 0 && rc != DCX_EOF && c->dead && !c->fail_status) {
+        c->fail_status = rc;
+        c->failure = *err;
+        c->failure.status = rc;
+    }
+    return rc;
+}
+
+static int failed_before(dcx_conn *c, dcx_error *err)
+{
+    if (!c->fail_status)
+        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
+    if (err)
+        *err = c->failure;
+    return c->fail_status;
+}
+
 int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
 {
+    dcx_error scratch; /* the failure is kept even when the caller does not ask for it */
+    if (!err)
+        err = &scratch;
     dcx_error_clear(err);
+    if (c->fail_status) /* also after the handshake: the connection is not usable */
+        return failed_before(c, err);
     if (c->handshake_done)
         return DCX_OK;
     if (c->dead)
-        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed");
+        return failed_before(c, err);
     int64_t deadline = dcx_deadline(timeout_ms);
     int rc = run_handshake(c, deadline, timeout_ms, err);
     if (rc != DCX_OK)
-        return rc;
+        return remember(c, rc, err);
     if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_STREAM_SIZES, &c->sizes) != SEC_E_OK ||
         !(c->out = malloc(c->sizes.cbHeader + c->sizes.cbMaximumMessage + c->sizes.cbTrailer)) ||
         !(c->pt.data = malloc(c->sizes.cbMaximumMessage + 2048))) {
         c->dead = 1;
-        return dcx_fail(err, DCX_E_NOMEM, "cannot set up the TLS record buffers");
+        return remember(c, dcx_fail(err, DCX_E_NOMEM, "cannot set up the TLS record buffers"), err);
     }
     c->plain_cap = c->sizes.cbMaximumMessage + 2048;
     rc = verify_peer(c, err);
@@ -1520,7 +1548,7 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
                     : TLS1_ALERT_BAD_CERTIFICATE;
         send_alert(c, alert, dcx_deadline(1000));
         c->dead = 1;
-        return rc;
+        return remember(c, rc, err);
     }
     read_connection_info(c);
     c->handshake_done = 1;
@@ -1624,8 +1652,10 @@ static int decrypt_some(dcx_conn *c, int64_t deadline, dcx_error *err)
         }
         if (n == 0) {
             c->dead = 1;
-            if (c->in_len == 0) /* EOF at a record boundary: DICOM frames its own PDUs */
+            if (c->in_len == 0) { /* EOF at a record boundary: DICOM frames its own PDUs */
+                c->peer_closed = 1; /* later reads answer DCX_EOF again */
                 return DCX_EOF;
+            }
             return dcx_fail(err, DCX_E_TRUNCATED,
                             "the peer closed the connection in the middle of a TLS record "
                             "(truncated data)");
@@ -1646,10 +1676,13 @@ long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err)
     if (c->peer_closed)
         return DCX_EOF;
     if (c->dead || !c->handshake_done)
-        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
+        return failed_before(c, err);
+    dcx_error scratch;
+    if (!err)
+        err = &scratch;
     int rc = decrypt_some(c, dcx_deadline(timeout_ms), err);
     if (rc != DCX_OK)
-        return rc;
+        return remember(c, rc, err);
     return c->pt.end ? (long)c->pt.end : DCX_EOF;
 }
 
@@ -1662,7 +1695,10 @@ long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error
 long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err)
 {
     if (c->dead || !c->handshake_done)
-        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
+        return failed_before(c, err);
+    dcx_error scratch;
+    if (!err)
+        err = &scratch;
     int64_t deadline = dcx_deadline(timeout_ms);
     const unsigned char *p = buf;
     size_t left = len;
@@ -1677,7 +1713,7 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
         SecBufferDesc d = {SECBUFFER_VERSION, 4, b};
         SECURITY_STATUS s = EncryptMessage(&c->ctxt, 0, &d, 0);
         if (s != SEC_E_OK)
-            return io_failure(c, s, "writing", err);
+            return remember(c, io_failure(c, s, "writing", err), err);
         /* header, data and trailer are contiguous unless SChannel shrank one */
         size_t total = b[0].cbBuffer;
         if (b[1].pvBuffer != c->out + total)
@@ -1689,7 +1725,7 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
         int rc = send_all(c, c->out, total, deadline, "writing", err);
         if (rc != DCX_OK) {
             c->dead = 1; /* part of a record may be on the wire: the stream is unusable */
-            return rc;
+            return remember(c, rc, err);
         }
         p += n;
         left -= n;
