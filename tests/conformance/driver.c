@@ -1,19 +1,21 @@
 /*
  * driver.c - one conformance suite for every backend of dcxtls.h.
  *
- * Built natively against tls_openssl.c and with mingw-w64 against
- * tls_schannel.c (run under Wine); it uses the engine header only, so both
- * builds run exactly the same cases.
+ * Built natively against tls_openssl.c + store_none.c and with mingw-w64
+ * against tls_schannel.c + store_crypt32.c (run under Wine); it uses the
+ * engine headers only, so both builds run exactly the same cases.
  *
  *   driver serve DIR          TLS server for the suite (prints "PORT <n>")
  *   driver import-pfx FILE PW put a PKCS#12 into Cert:\CurrentUser\My (Windows)
- *   driver suite DIR DCX_PORT SSERVER_PORT EXPIRED_PORT TLS13_ONLY_PORT
+ *   driver suite DIR DCX_PORT SSERVER_PORT EXPIRED_PORT TLS13_ONLY_PORT BAD_RECORD_PORT
  *
  * DIR holds the certificates written by tests/test_schannel_wine.py.  The
  * suite prints one line per case (PASS / FAIL / SKIPPED) and then
- * "N passed, N failed, N skipped".
+ * "N passed, N failed, N skipped".  The store.* cases change
+ * Cert:\CurrentUser\My, Root and CA, and leave them as they found them.
  */
 #include "dcxtls.h"
+#include "dcxstore.h"
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -204,11 +206,9 @@ static void pattern(uint64_t *state, unsigned char *buf, size_t len)
 
 static const char *dir;
 
-static dcx_blob file_blob(const char *name)
+static dcx_blob path_blob(const char *path)
 {
-    char path[1024];
     dcx_blob b = {NULL, 0};
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
     FILE *f = fopen(path, "rb");
     if (!f)
         return b;
@@ -225,6 +225,14 @@ static dcx_blob file_blob(const char *name)
     }
     fclose(f);
     return b;
+}
+
+/* A file of DIR, NUL-terminated (data is NULL when it cannot be read). */
+static dcx_blob file_blob(const char *name)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    return path_blob(path);
 }
 
 /* The first line of a small text file (thumbprints). */
@@ -248,6 +256,7 @@ typedef struct opts {
     const char *thumbs[2];        /* accepted thumbprint files (hex) */
     int check_hostname;
     int max_version;              /* 0: the newest */
+    const unsigned char *store_sha1; /* identity from Cert:\CurrentUser\My, SHA-1 bytes */
 } opts;
 
 static dcx_ctx *make_ctx(const opts *o, dcx_error *err)
@@ -267,6 +276,10 @@ static dcx_ctx *make_ctx(const opts *o, dcx_error *err)
         file_text(o->store_thumb, text, sizeof(text));
         unhex(text, identity, sizeof(identity));
         cfg.identity_thumbprint = identity;
+        cfg.cert_store = DCX_STORE_CURRENT_USER;
+    }
+    if (o->store_sha1) {
+        cfg.identity_thumbprint = o->store_sha1;
         cfg.cert_store = DCX_STORE_CURRENT_USER;
     }
     if (o->trusted) {
@@ -491,7 +504,7 @@ static int say(int outcome, const char *fmt, ...)
     return outcome;
 }
 
-static int dcx_port, sserver_port, expired_port, tls13_port;
+static int dcx_port, sserver_port, expired_port, tls13_port, bad_record_port;
 
 /* Connect and handshake as a client; on failure msg says why. */
 static int connect_to(dcx_ctx *ctx, int port, const char *name, sock_t *s, dcx_conn **c,
@@ -871,6 +884,330 @@ static int case_store_unknown_thumbprint(void)
     return say(PASS, "%s", err.reason);
 }
 
+/* ---- the system certificate store (dcxstore.h) ------------------------------ *
+ * Under Wine: Cert:\CurrentUser\My, Root and CA through Crypt32.  Natively
+ * there is no system store: every case must come back SKIPPED with the
+ * backend's reason, never passed. */
+
+#define CU DCX_STORE_CURRENT_USER
+
+static int store_trouble(int rc, const dcx_error *err, const char *doing)
+{
+    if (rc == DCX_E_UNSUPPORTED)
+        return say(SKIP, "%s", err->reason);
+    return say(FAIL, "%s: status %d: %s", doing, rc, err->reason);
+}
+
+/* The SHA-1 in a .sha1 file, as 20 bytes. */
+static void file_sha1(const char *name, unsigned char out[DCX_THUMBPRINT_LEN])
+{
+    char text[128];
+    memset(out, 0, DCX_THUMBPRINT_LEN);
+    file_text(name, text, sizeof(text));
+    unhex(text, out, DCX_THUMBPRINT_LEN);
+}
+
+static const dcx_store_entry *list_find(const dcx_store_list *list, const unsigned char *sha1)
+{
+    for (size_t i = 0; i < dcx_store_list_count(list); i++) {
+        const dcx_store_entry *e = dcx_store_list_get(list, i);
+        if (memcmp(e->thumbprint, sha1, DCX_THUMBPRINT_LEN) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+static int import_pfx_file(const char *name, const char *password, unsigned char *sha1,
+                           dcx_error *err)
+{
+    dcx_blob pfx = file_blob(name);
+    if (!pfx.data) {
+        snprintf(err->reason, sizeof(err->reason), "cannot read %s", name);
+        return err->status = DCX_E_CONFIG;
+    }
+    int rc = dcx_store_import_pfx(CU, pfx, password, 1, sha1, err);
+    free((void *)pfx.data);
+    return rc;
+}
+
+static int case_store_wrong_password(void)
+{
+    unsigned char sha1[DCX_THUMBPRINT_LEN];
+    dcx_error err;
+    int rc = import_pfx_file("store_second.pfx", "not the password", sha1, &err);
+    if (rc == DCX_OK) {
+        dcx_store_remove(CU, "My", sha1, 1, &err);
+        return say(FAIL, "a PKCS#12 file was imported with a wrong password");
+    }
+    if (rc == DCX_E_CONFIG && strstr(err.reason, "wrong password"))
+        return say(PASS, "%s", err.reason);
+    return store_trouble(rc, &err, "expected DCX_E_CONFIG saying 'wrong password'");
+}
+
+static int case_store_import_pfx(void)
+{
+    unsigned char got[DCX_THUMBPRINT_LEN], want[DCX_THUMBPRINT_LEN];
+    char password[128], hx[41];
+    dcx_error err;
+    file_text("pfx.password", password, sizeof(password));
+    file_sha1("store_second.sha1", want);
+    int rc = import_pfx_file("store_second.pfx", password, got, &err);
+    if (rc != DCX_OK)
+        return store_trouble(rc, &err, "importing store_second.pfx");
+    hex(got, DCX_THUMBPRINT_LEN, hx);
+    if (memcmp(got, want, DCX_THUMBPRINT_LEN) != 0)
+        return say(FAIL, "the import reported thumbprint %s, not the file's certificate", hx);
+    return say(PASS, "imported %s with its key into Cert:\\CurrentUser\\My", hx);
+}
+
+static int case_store_enumerate_my(void)
+{
+    unsigned char first[DCX_THUMBPRINT_LEN], second[DCX_THUMBPRINT_LEN], digest[32];
+    char want[128], got[65];
+    dcx_error err;
+    file_sha1("store_client.sha1", first);
+    file_sha1("store_second.sha1", second);
+    dcx_store_list *my = dcx_store_list_open(CU, "my", &err); /* names match without case */
+    if (!my)
+        return store_trouble(err.status, &err, "listing My");
+    const dcx_store_entry *a = list_find(my, first), *b = list_find(my, second);
+    int out;
+    if (!a || !b) {
+        out = say(FAIL, "My (%lu certificates) lacks %s", (unsigned long)dcx_store_list_count(my),
+                  !a ? "the certificate of store_client.pfx" : "the certificate of store_second.pfx");
+    } else if (!a->has_key || !b->has_key) {
+        out = say(FAIL, "has_key is %d and %d; both PKCS#12 imports have their key", a->has_key,
+                  b->has_key);
+    } else {
+        sha256 h;
+        sha256_init(&h);
+        sha256_update(&h, b->der, b->der_len);
+        sha256_final(&h, digest);
+        hex(digest, 32, got);
+        file_text("store_second.sha256", want, sizeof(want));
+        if (strcmp(got, want) != 0)
+            out = say(FAIL, "the DER listed for %s has SHA-256 %s, expected %s", b->thumbprint_hex,
+                      got, want);
+        else
+            out = say(PASS, "%lu certificates in My; %s and %s both with has_key=1",
+                      (unsigned long)dcx_store_list_count(my), a->thumbprint_hex, b->thumbprint_hex);
+    }
+    dcx_store_list_free(my);
+    return out;
+}
+
+static int case_store_export_der(void)
+{
+    unsigned char sha1[DCX_THUMBPRINT_LEN];
+    dcx_error err;
+    file_sha1("store_second.sha1", sha1);
+    long n = dcx_store_export(CU, "My", sha1, NULL, 0, &err);
+    if (n < 0)
+        return store_trouble((int)n, &err, "exporting from My");
+    unsigned char *der = malloc((size_t)n);
+    long m = der ? dcx_store_export(CU, "My", sha1, der, (size_t)n, &err) : -1;
+    dcx_blob file = file_blob("store_second.der");
+    int out;
+    if (m != n)
+        out = say(FAIL, "the second export returned %ld, the first %ld: %s", m, n, err.reason);
+    else if (!file.data || file.len != (size_t)n || memcmp(file.data, der, (size_t)n) != 0)
+        out = say(FAIL, "the exported DER (%ld bytes) differs from store_second.der (%lu bytes)", n,
+                  (unsigned long)file.len);
+    else
+        out = say(PASS, "exported %ld bytes of DER, identical to the certificate in the PKCS#12 file", n);
+    free(der);
+    free((void *)file.data);
+    return out;
+}
+
+/* Is the certificate with this SHA-1 in a logical store (1), not (0), or failed (<0)? */
+static int store_holds(const char *logical, const unsigned char *sha1, int *has_key, dcx_error *err)
+{
+    dcx_store_list *list = dcx_store_list_open(CU, logical, err);
+    if (!list)
+        return err->status;
+    const dcx_store_entry *e = list_find(list, sha1);
+    if (e && has_key)
+        *has_key = e->has_key;
+    dcx_store_list_free(list);
+    return e != NULL;
+}
+
+static int case_store_add_root_ca(void)
+{
+    static const char *const logical[] = {"Root", "CA"};
+    unsigned char want[DCX_THUMBPRINT_LEN], got[DCX_THUMBPRINT_LEN];
+    dcx_blob der = file_blob("store_ca.der");
+    dcx_error err;
+    int out = PASS;
+    file_sha1("store_ca.sha1", want);
+    for (int i = 0; i < 2 && out == PASS; i++) {
+        int rc = dcx_store_add(CU, logical[i], der, got, &err), key = -1;
+        if (rc != DCX_OK) {
+            out = store_trouble(rc, &err, logical[i]);
+        } else if (memcmp(got, want, DCX_THUMBPRINT_LEN) != 0) {
+            out = say(FAIL, "adding to %s reported another thumbprint", logical[i]);
+        } else if ((rc = store_holds(logical[i], want, &key, &err)) != 1) {
+            out = rc < 0 ? store_trouble(rc, &err, "listing") : say(FAIL, "%s does not list it", logical[i]);
+        } else if (key != 0) {
+            out = say(FAIL, "%s lists it with has_key=%d; it was added without a key", logical[i], key);
+        }
+    }
+    free((void *)der.data);
+    if (out == PASS) {
+        char hx[41];
+        hex(want, DCX_THUMBPRINT_LEN, hx);
+        say(PASS, "CA certificate %s added to Root and CA, listed in both with has_key=0", hx);
+    }
+    return out;
+}
+
+static int case_store_remove_root_ca(void)
+{
+    static const char *const logical[] = {"Root", "CA"};
+    unsigned char sha1[DCX_THUMBPRINT_LEN];
+    dcx_error err;
+    file_sha1("store_ca.sha1", sha1);
+    for (int i = 0; i < 2; i++) {
+        int rc = dcx_store_remove(CU, logical[i], sha1, 0, &err);
+        if (rc != DCX_OK)
+            return store_trouble(rc, &err, logical[i]);
+        if ((rc = store_holds(logical[i], sha1, NULL, &err)) != 0)
+            return rc < 0 ? store_trouble(rc, &err, "listing") : say(FAIL, "%s still lists it", logical[i]);
+    }
+    int rc = dcx_store_remove(CU, "Root", sha1, 0, &err);
+    if (rc != DCX_E_CONFIG || !strstr(err.reason, "no certificate with thumbprint"))
+        return say(FAIL, "removing it again: expected DCX_E_CONFIG 'no certificate with thumbprint', "
+                   "got %d: %s", rc, err.reason);
+    return say(PASS, "removed from Root and CA, listed in neither; again: %s", err.reason);
+}
+
+static int case_store_remove_identity(void)
+{
+    unsigned char gone[DCX_THUMBPRINT_LEN], kept[DCX_THUMBPRINT_LEN];
+    dcx_error err;
+    int key = 0;
+    file_sha1("store_client.sha1", gone);
+    file_sha1("store_second.sha1", kept);
+    int rc = dcx_store_remove(CU, "My", gone, 1, &err);
+    if (rc != DCX_OK)
+        return store_trouble(rc, &err, "removing store_client from My");
+    if ((rc = store_holds("My", gone, NULL, &err)) != 0)
+        return rc < 0 ? store_trouble(rc, &err, "listing") : say(FAIL, "My still lists it");
+    if ((rc = store_holds("My", kept, &key, &err)) != 1 || !key)
+        return rc < 0 ? store_trouble(rc, &err, "listing")
+                      : say(FAIL, "the other identity lost its place or its key (listed %d, has_key %d)", rc, key);
+    return say(PASS, "removed with its key; the other identity in My keeps its own");
+}
+
+/* The local identity as dcxsec chooses it when no thumbprint is configured:
+ * the only certificate in My with a private key.  My also holds one without. */
+static int case_store_chosen_identity(void)
+{
+    unsigned char without[DCX_THUMBPRINT_LEN], chosen[DCX_THUMBPRINT_LEN];
+    dcx_blob der = file_blob("client.der");
+    dcx_error err;
+    int rc = dcx_store_add(CU, "My", der, without, &err);
+    free((void *)der.data);
+    if (rc != DCX_OK)
+        return store_trouble(rc, &err, "adding a certificate without key to My");
+    dcx_store_list *my = dcx_store_list_open(CU, "My", &err);
+    if (!my)
+        return store_trouble(err.status, &err, "listing My");
+    size_t with_key = 0, total = dcx_store_list_count(my);
+    for (size_t i = 0; i < total; i++) {
+        const dcx_store_entry *e = dcx_store_list_get(my, i);
+        if (e->has_key && with_key++ == 0)
+            memcpy(chosen, e->thumbprint, DCX_THUMBPRINT_LEN);
+    }
+    dcx_store_list_free(my);
+    int out;
+    if (with_key != 1) {
+        out = say(FAIL, "expected exactly one certificate with a key among the %lu in My, found %lu",
+                  (unsigned long)total, (unsigned long)with_key);
+    } else {
+        opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1, 0, chosen};
+        char hx[41];
+        hex(chosen, DCX_THUMBPRINT_LEN, hx);
+        out = identity_case(&o, "store_second.sha256", NULL, "");
+        if (out == PASS)
+            say(PASS, "chose %s, the only one of %lu certificates in My with a key; the server saw it",
+                hx, (unsigned long)total);
+    }
+    dcx_store_remove(CU, "My", without, 0, &err);
+    return out;
+}
+
+/* ---- a connection that failed repeats why ------------------------------------ */
+
+/* After a failure, later calls ("r"ead, "w"rite, "h"andshake, in the order
+ * given) must each answer the same status and reason (and, for a refusal,
+ * the same verification reason). */
+static int repeats(dcx_conn *c, int rc, const dcx_error *first, const char *what,
+                   const char *calls, int in_handshake)
+{
+    for (const char *call = calls; *call; call++) {
+        const char *name = *call == 'r' ? "read" : *call == 'w' ? "write" : "handshake";
+        dcx_error again;
+        char buf[16];
+        memset(&again, 0, sizeof(again));
+        long r = *call == 'r' ? dcx_conn_read(c, buf, sizeof(buf), 2000, &again)
+               : *call == 'w' ? dcx_conn_write(c, "x", 1, 2000, &again)
+                              : dcx_conn_handshake(c, 2000, &again);
+        if (in_handshake && r == DCX_E_CLOSED && rc != DCX_E_CLOSED)
+            return say(SKIP, "this backend does not repeat a failed handshake: a later %s answers "
+                       "DCX_E_CLOSED (%s); the Python layer repeats it instead", name, again.reason);
+        if (r != rc || strcmp(again.reason, first->reason) != 0 ||
+            (rc == DCX_E_VERIFY && again.verify_reason != first->verify_reason))
+            return say(FAIL, "after %s (status %d: %s), a %s answered %ld: %s", what, rc,
+                       first->reason, name, r, again.reason);
+    }
+    return say(PASS, "after %s, each later call (%s) repeated status %d: %s", what,
+               in_handshake ? "read, write, handshake" : "read, read, write", rc, first->reason);
+}
+
+static int case_repeat_after_refusal(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "other_ca.pem", {NULL, NULL}, 1};
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    dcx_ctx *ctx = make_ctx(&o, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    int rc = connect_to(ctx, sserver_port, "localhost", &s, &c, &err), out;
+    if (rc != DCX_E_VERIFY || err.verify_reason != DCX_VR_UNTRUSTED)
+        out = say(FAIL, "expected the handshake refused as UNTRUSTED, got %d: %s", rc, err.reason);
+    else
+        out = repeats(c, rc, &err, "the refused handshake", "rwh", 1);
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
+static int case_repeat_after_bad_record(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_NONE, NULL, {NULL, NULL}, 0};
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    char buf[64];
+    dcx_ctx *ctx = make_ctx(&o, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    int rc = connect_to(ctx, bad_record_port, NULL, &s, &c, &err), out;
+    long n = rc == DCX_OK ? dcx_conn_read(c, buf, sizeof(buf), TIMEOUT_MS, &err) : rc;
+    if (rc != DCX_OK)
+        out = say(FAIL, "handshake: %s", err.reason);
+    else if (n >= 0 || n == DCX_EOF || n == DCX_E_TIMEOUT)
+        out = say(FAIL, "reading an altered record returned %ld (%s)", n, n < 0 ? err.reason : "data");
+    else
+        out = repeats(c, (int)n, &err, "the altered record", "rrw", 0);
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
 /* A plain TCP peer in this process: raw bytes, or silence. */
 static int plain_peer(const char *raw, size_t raw_len, int timeout_ms, int expect_status)
 {
@@ -1021,10 +1358,21 @@ static const struct {
     {"client.no_common_version", case_no_common_version},
     {"client.identity_from_der", case_der_identity},
     {"client.identity_ec_p256", case_ec_identity},
+    {"store.wrong_pfx_password", case_store_wrong_password},
+    {"store.import_pfx_into_my", case_store_import_pfx},
+    {"store.enumerate_my_with_keys", case_store_enumerate_my},
+    /* the identity imported before the second PKCS#12 still has its own key */
     {"client.identity_from_my_store", case_store_identity},
     {"client.unknown_thumbprint_in_my_store", case_store_unknown_thumbprint},
+    {"store.export_der_matches_file", case_store_export_der},
+    {"store.add_to_root_and_ca", case_store_add_root_ca},
+    {"store.remove_from_root_and_ca", case_store_remove_root_ca},
+    {"store.remove_identity_with_key", case_store_remove_identity},
+    {"client.identity_chosen_from_my", case_store_chosen_identity},
     {"client.peer_not_tls", case_not_tls},
     {"client.handshake_timeout", case_timeout},
+    {"client.failure_repeats_after_refusal", case_repeat_after_refusal},
+    {"client.failure_repeats_after_bad_record", case_repeat_after_bad_record},
     {"server.mutual_tls", case_server_mutual},
     {"server.refuses_missing_client_cert", case_server_no_client_cert},
     {"server.refuses_untrusted_client", case_server_untrusted_client},
@@ -1034,15 +1382,16 @@ static const struct {
 
 static int cmd_suite(int argc, char **argv)
 {
-    if (argc < 4)
+    if (argc < 5)
         return 2;
     dcx_port = atoi(argv[0]);
     sserver_port = atoi(argv[1]);
     expired_port = atoi(argv[2]);
     tls13_port = atoi(argv[3]);
+    bad_record_port = atoi(argv[4]);
     printf("backend: %s\n", dcx_backend());
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        if (argc > 4 && !strstr(cases[i].name, argv[4]))
+        if (argc > 5 && !strstr(cases[i].name, argv[5]))
             continue;
         msg[0] = 0;
         int r = cases[i].run();
@@ -1054,48 +1403,26 @@ static int cmd_suite(int argc, char **argv)
     return counts[FAIL] ? 1 : 0;
 }
 
+/* Put a PKCS#12 file into Cert:\CurrentUser\My with the store API. */
 static int cmd_import_pfx(const char *path, const char *password)
 {
-#ifdef _WIN32
-    const char *slash = strrchr(path, '/');
-    dir = ".";
-    (void)slash;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    dcx_error err;
+    unsigned char sha1[DCX_THUMBPRINT_LEN];
+    char hx[41];
+    dcx_blob pfx = path_blob(path);
+    if (!pfx.data) {
         fprintf(stderr, "cannot read %s\n", path);
         return 2;
     }
-    static unsigned char buf[65536];
-    size_t n = fread(buf, 1, sizeof(buf), f);
-    fclose(f);
-    wchar_t pw[256];
-    MultiByteToWideChar(CP_UTF8, 0, password, -1, pw, 256);
-    CRYPT_DATA_BLOB pfx = {(DWORD)n, buf};
-    HCERTSTORE tmp = PFXImportCertStore(&pfx, pw, CRYPT_USER_KEYSET | CRYPT_EXPORTABLE);
-    if (!tmp) {
-        fprintf(stderr, "PFXImportCertStore failed: 0x%08lx\n", (unsigned long)GetLastError());
-        return 2;
+    int rc = dcx_store_import_pfx(DCX_STORE_CURRENT_USER, pfx, password, 1, sha1, &err);
+    free((void *)pfx.data);
+    if (rc != DCX_OK) {
+        fprintf(stderr, "import-pfx: %s\n", err.reason);
+        return rc == DCX_E_UNSUPPORTED ? 3 : 2;
     }
-    HCERTSTORE my = CertOpenStore(CERT_STORE_PROV_SYSTEM_W, 0, 0, CERT_SYSTEM_STORE_CURRENT_USER, L"MY");
-    PCCERT_CONTEXT cert = NULL;
-    int added = 0;
-    while ((cert = CertEnumCertificatesInStore(tmp, cert)) != NULL) {
-        DWORD len = 0;
-        if (CertGetCertificateContextProperty(cert, CERT_KEY_PROV_INFO_PROP_ID, NULL, &len) &&
-            my && CertAddCertificateContextToStore(my, cert, CERT_STORE_ADD_REPLACE_EXISTING, NULL))
-            added++;
-    }
-    if (my)
-        CertCloseStore(my, 0);
-    CertCloseStore(tmp, 0);
-    printf("imported %d certificate(s) with key into Cert:\\CurrentUser\\My\n", added);
-    return added ? 0 : 2;
-#else
-    (void)path;
-    (void)password;
-    fprintf(stderr, "import-pfx: this platform has no system certificate store\n");
-    return 3;
-#endif
+    hex(sha1, DCX_THUMBPRINT_LEN, hx);
+    printf("imported %s with its key into Cert:\\CurrentUser\\My\n", hx);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -1111,11 +1438,11 @@ int main(int argc, char **argv)
         dir = argv[2];
         return cmd_serve();
     }
-    if (argc >= 7 && strcmp(argv[1], "suite") == 0) {
+    if (argc >= 8 && strcmp(argv[1], "suite") == 0) {
         dir = argv[2];
         return cmd_suite(argc - 3, argv + 3);
     }
     fprintf(stderr, "usage: driver serve DIR | import-pfx FILE PASSWORD | "
-                    "suite DIR DCX_PORT SSERVER_PORT EXPIRED_PORT TLS13_PORT [FILTER]\n");
+                    "suite DIR DCX_PORT SSERVER_PORT EXPIRED_PORT TLS13_PORT BAD_RECORD_PORT [FILTER]\n");
     return 2;
 }
