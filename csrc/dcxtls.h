@@ -144,7 +144,7 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err);
  * valid, and advancing start consumes.  more_records is set when records
  * already read from the socket wait to be decrypted.  Small reads are then
  * answered without calling into the engine at all. */
-#define DCX_PLAINTEXT_CAP 16384 /* data[] holds one record: at most 2^14 bytes */
+#define DCX_PLAINTEXT_CAP 65536 /* data[] holds at most this many bytes */
 
 typedef struct dcx_plaintext {
     unsigned char *data;
@@ -154,8 +154,9 @@ typedef struct dcx_plaintext {
 } dcx_plaintext;
 
 dcx_plaintext *dcx_conn_plaintext(dcx_conn *c);
-/* Decrypt the next record into the (empty) plaintext buffer, waiting for it
- * if needed.  Returns the bytes now buffered (>0), DCX_EOF, or a negative status. */
+/* Decrypt the next records into the (empty) plaintext buffer, waiting for
+ * the first if needed; data may move, so take it anew after each fill.
+ * Returns the bytes now buffered (>0), DCX_EOF, or a negative status. */
 long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err);
 /* Read into buf: buffered plaintext first, then records, waiting only for the
  * first byte.  Returns bytes read (>0), DCX_EOF, or a negative status. */

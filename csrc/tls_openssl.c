@@ -66,7 +66,8 @@ struct dcx_conn {
     char not_after[32];
     char server_name[256];
     char peer_key[320];   /* requesting side: the session cache key, "address:port/name" */
-    dcx_plaintext plain;  /* one decrypted record, served to small reads */
+    dcx_plaintext plain;  /* decrypted records, served to small reads */
+    size_t plain_cap;     /* bytes allocated at plain.data */
     struct {              /* records OpenSSL wrote, not yet sent: one send() per flush */
         unsigned char *data;
         size_t len, cap, sent;
@@ -75,8 +76,11 @@ struct dcx_conn {
     char fail_reason[512];
 };
 
-#define PLAINTEXT_CAP DCX_PLAINTEXT_CAP
-#define OUT_SLICE (4 * PLAINTEXT_CAP) /* plaintext encrypted between two sends */
+#define RECORD_MAX 16384              /* plaintext of one TLS record */
+#define PLAINTEXT_SMALL RECORD_MAX    /* the plaintext buffer of a quiet connection */
+#define PLAINTEXT_CAP DCX_PLAINTEXT_CAP /* ... grown to this while records queue up */
+#define READ_AHEAD (4 * (RECORD_MAX + 512)) /* socket bytes OpenSSL takes per read() */
+#define OUT_SLICE (4 * RECORD_MAX)    /* plaintext encrypted between two sends */
 #define OUT_KEEP 8192                 /* a larger send buffer is freed after use */
 
 static int conn_index = -1;
@@ -642,6 +646,7 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
     SSL_CTX_set_session_id_context(s, (const unsigned char *)"dcxsec", 6);
     /* Read whatever the socket holds in one system call, not header then body. */
     SSL_CTX_set_read_ahead(s, 1);
+    SSL_CTX_set_default_read_buffer_len(s, READ_AHEAD); /* freed when empty (RELEASE_BUFFERS) */
     SSL_CTX_set_session_cache_mode(s, cfg->session_cache ? SSL_SESS_CACHE_BOTH
                                                          : SSL_SESS_CACHE_OFF);
     SSL_CTX_sess_set_new_cb(s, remember_session);
@@ -743,7 +748,7 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     }
     dcx_conn *c = calloc(1, sizeof(*c));
     BIO *bio = NULL, *out = NULL;
-    if (!c || !(c->plain.data = malloc(PLAINTEXT_CAP)) || !(c->ssl = SSL_new(ctx->ssl_ctx)) ||
+    if (!c || !(c->plain.data = malloc(PLAINTEXT_SMALL)) || !(c->ssl = SSL_new(ctx->ssl_ctx)) ||
         !(bio = BIO_new_socket(fd, BIO_NOCLOSE)) || !(out = BIO_new(out_method))) {
         BIO_free(bio);
         dcx_fail(err, DCX_E_NOMEM, "out of memory");
@@ -754,6 +759,7 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     c->fd = fd;
     c->server_side = server_side;
     c->received_alert = -1;
+    c->plain_cap = PLAINTEXT_SMALL;
     SSL_set_ex_data(c->ssl, conn_index, c);
     BIO_set_callback_arg(bio, (char *)c);
     BIO_set_callback_ex(bio, capture_first_bytes);
@@ -1019,6 +1025,20 @@ dcx_plaintext *dcx_conn_plaintext(dcx_conn *c)
     return &c->plain;
 }
 
+/* Room for every record already read from the socket: a busy connection's
+ * buffer grows to PLAINTEXT_CAP, a quiet one's stays one record. */
+static int plaintext_room(dcx_conn *c)
+{
+    if (c->plain_cap >= PLAINTEXT_CAP)
+        return 1;
+    unsigned char *grown = realloc(c->plain.data, PLAINTEXT_CAP);
+    if (!grown)
+        return 0;
+    c->plain.data = grown;
+    c->plain_cap = PLAINTEXT_CAP;
+    return 1;
+}
+
 long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err)
 {
     dcx_plaintext *pt = &c->plain;
@@ -1027,11 +1047,21 @@ long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err)
     if (c->dead)
         return failed_before(c, err);
     pt->start = pt->end = 0;
-    long n = read_some(c, pt->data, PLAINTEXT_CAP, 1, dcx_deadline(timeout_ms), err);
-    if (n > 0)
-        pt->end = (size_t)n;
-    pt->more_records = SSL_has_pending(c->ssl);
-    return n;
+    int64_t deadline = dcx_deadline(timeout_ms);
+    long n = read_some(c, pt->data, c->plain_cap, 1, deadline, err);
+    if (n <= 0)
+        return n;
+    pt->end = (size_t)n;
+    /* Decrypt every record the last read() brought in, in this one call: the
+     * caller then answers many small reads without calling in again. */
+    while (SSL_has_pending(c->ssl) && !c->dead && plaintext_room(c) && pt->end < c->plain_cap) {
+        n = read_some(c, pt->data + pt->end, c->plain_cap - pt->end, 0, deadline, err);
+        if (n <= 0)
+            break; /* nothing whole at hand; an EOF or error comes with the next call */
+        pt->end += (size_t)n;
+    }
+    pt->more_records = !c->dead && SSL_has_pending(c->ssl);
+    return (long)pt->end;
 }
 
 long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error *err)

@@ -128,7 +128,6 @@ class TLSSocket(ssl.SSLSocket):
             self._conn, self._keep_ctx = self._context._new_connection(
                 socket.socket.fileno(self), self.server_side, self.server_hostname)
             self._plain = lib.dcx_conn_plaintext(self._conn)
-            self._record = ffi.buffer(self._plain.data, lib.DCX_PLAINTEXT_CAP)
             socket.socket.setblocking(self, False)  # the engine waits with its own deadlines
         timeout = self._context.handshake_timeout
         if not self.server_side and self._timeout is not None:
@@ -355,7 +354,9 @@ class TLSSocket(ssl.SSLSocket):
         """Decrypt the next record into the engine's plaintext buffer; lock held."""
         self._hand_back()
         n = lib.dcx_conn_fill(conn, self._timeout_ms, self._err)
-        self._pos, self._end = 0, (n if n > 0 else 0)
+        if n > 0:
+            self._record = ffi.buffer(self._plain.data, n)  # the buffer may have moved
+            self._end = n
         return n
 
     def _take_prefix(self, size: int) -> bytes:

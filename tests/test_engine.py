@@ -7,6 +7,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 
@@ -184,3 +185,31 @@ def test_small_then_large_reads_see_each_byte_once(pair_factory, server_ctx, cli
         turn += 1
     writer.join()
     assert bytes(got) == data
+
+
+def test_records_already_received_are_all_buffered_by_one_read(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    pdus = [bytes([i]) * (1000 + i) for i in range(40)]  # one record each
+    for pdu in pdus:
+        pair.client.sendall(pdu)
+    time.sleep(0.2)  # all 40 records sit in the server's socket
+    first = pair.server.recv(1)
+    # Every whole record that one read() of the socket brought in is now
+    # plaintext in the engine, not one record per call.
+    assert pair.server.pending() > len(pdus[0]) * 4
+    got = bytearray(first)
+    while len(got) < sum(map(len, pdus)):
+        got += pair.server.recv(6 if len(got) % 2 else 4096)
+    assert bytes(got) == b"".join(pdus)
+    assert pair.server.pending() == 0
+
+
+def test_records_before_a_truncation_arrive_before_the_error(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    pair.client.sendall(b"whole record")
+    os.write(pair.client.fileno(), b"\x17\x03\x03\x00\x40" + b"\x00" * 20)
+    socket.socket.shutdown(pair.client, socket.SHUT_RDWR)
+    time.sleep(0.2)
+    assert pair.server.recv(100) == b"whole record"
+    with pytest.raises(TLSError, match="truncated"):
+        pair.server.recv(10)
