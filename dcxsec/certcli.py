@@ -91,7 +91,7 @@ def cmd_list(store: CertificateStore, args: argparse.Namespace) -> int:
     for r in [header] + rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
     if not rows:
-        print(f"(empty: {store.root})")
+        print(f"(empty: {store.location()})")
     return 0
 
 
@@ -133,6 +133,15 @@ def _load_key(path: Path, password: str | None = None):
     return serialization.load_der_private_key(data, secret)
 
 
+def _key_file(entry: StoredCertificate) -> Path:
+    """The file of an entry's private key; a key in a Windows system store stays there."""
+    if entry.key_path is None:
+        raise ValueError(f"the private key of {entry.describe()} stays in the Windows certificate "
+                         f"store: export it with Windows (certmgr.msc, or PowerShell's "
+                         f"Export-PfxCertificate)")
+    return entry.key_path
+
+
 def _key_pem(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
@@ -167,7 +176,7 @@ def cmd_export(store: CertificateStore, args: argparse.Namespace) -> int:
     if args.format == "pkcs12":
         if not entry.has_key:
             raise ValueError(f"{entry.describe()} has no private key to export")
-        key = _load_key(entry.key_path)
+        key = _load_key(_key_file(entry))
         identity = pki.Identity(certs[0], key, tuple(certs[1:]))
         pki.write_private(args.out, identity.to_pkcs12(_password(args, "PKCS#12 password: "),
                                                        certs[0].subject.rfc4514_string()))
@@ -180,7 +189,7 @@ def cmd_export(store: CertificateStore, args: argparse.Namespace) -> int:
         if not entry.has_key:
             raise ValueError(f"{entry.describe()} has no private key to export")
         key_out = args.out.with_suffix(".key")
-        pki.write_private(key_out, read_private_key(entry.key_path))
+        pki.write_private(key_out, read_private_key(_key_file(entry)))
         print(f"exported its private key to {key_out} (mode 0600)")
     return 0
 
@@ -205,7 +214,7 @@ def cmd_new(store: CertificateStore, args: argparse.Namespace) -> int:
         store.add("Root", [identity.certificate])
     elif args.issuer:
         ca_entry = store.find("My", args.issuer)
-        ca_key = _load_key(ca_entry.key_path)
+        ca_key = _load_key(_key_file(ca_entry))
         ca_certs = pki.load_certificates(ca_entry.chain_pem())
         ca = pki.Identity(ca_certs[0], ca_key, tuple(ca_certs[1:]))
         identity = pki.issue(ca, args.common_name, key_kind=args.key_type, days=args.days or 825,

@@ -56,9 +56,12 @@ class TLSContext:
 
         cfg.cert_store = int(config.cert_store)
         if sys.platform == "win32" and config.certificate is None:
-            # Windows: the identity stays in the system store; the engine opens it.
-            if config.certificate_thumbprint:
-                keep.append(ffi.new("unsigned char[]", bytes.fromhex(config.certificate_thumbprint[:40])))
+            # Windows: the identity stays in the system store's My, chosen as on
+            # every platform (by thumbprint, or the only usable one); the engine
+            # opens it by its SHA-1 with its key.
+            entry = config.store().local_identity(config.certificate_thumbprint)
+            if entry is not None:
+                keep.append(ffi.new("unsigned char[]", bytes.fromhex(entry.thumbprint)))
                 cfg.identity_thumbprint = keep[-1]
             chain, key_bytes = None, None
         else:

@@ -10,6 +10,11 @@ store, named as on Windows; certificates are files named by SHA-1 thumbprint:
 
 The roots can be moved with DCXSEC_CURRENT_USER_STORE and
 DCXSEC_LOCAL_COMPUTER_STORE.
+
+On Windows the same API works on the system stores (Cert:\\CurrentUser\\My,
+...) through the engine's Crypt32 functions (dcxsec.winstore).  Either way a
+store is a source of certificates; which one is the local identity, and why
+another cannot be, is decided here once for both.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -63,12 +68,18 @@ class CertStore(enum.IntEnum):
 
 @dataclass(frozen=True)
 class StoredCertificate:
-    """One certificate in a store, with what ``dcxsec cert list`` shows of it."""
+    """One certificate in a store, with what ``dcxsec cert list`` shows of it.
+
+    ``path`` is its file in a folder store; in a Windows system store it is
+    None, the private key stays with Windows and ``key_attached`` says
+    whether there is one.
+    """
 
     store: CertStore
     logical: str
-    path: Path
+    path: Path | None
     certificate: x509.Certificate
+    key_attached: bool = False
 
     @property
     def thumbprint(self) -> str:
@@ -87,14 +98,20 @@ class StoredCertificate:
         return self.certificate.not_valid_after_utc
 
     @property
-    def key_path(self) -> Path:
-        return self.path.with_suffix(".key")
+    def key_path(self) -> Path | None:
+        """The private key's file, or None when the key stays in a system store."""
+        return None if self.path is None else self.path.with_suffix(".key")
 
     @property
     def has_key(self) -> bool:
-        return self.logical == "My" and self.key_path.exists()
+        if self.logical != "My":
+            return False
+        return self.key_attached if self.path is None else self.key_path.exists()
 
     def chain_pem(self) -> bytes:
+        """The certificate (and, in a folder store, the intermediates stored with it) in PEM."""
+        if self.path is None:
+            return self.certificate.public_bytes(serialization.Encoding.PEM)
         return self.path.read_bytes()
 
     def unusable_because(self, now: dt.datetime | None = None) -> str | None:
@@ -123,29 +140,88 @@ class StoredCertificate:
         return f"{self.subject} (thumbprint {self.thumbprint}, expires {self.not_after:%Y-%m-%d})"
 
 
-class CertificateStore:
-    """The folder store of one scope on Linux and macOS."""
+class CertificateSource(Protocol):
+    """Where a store's certificates live: folders, or the Windows system stores."""
 
-    def __init__(self, scope: CertStore | None = None) -> None:
-        self.scope = CertStore.default() if scope is None else CertStore(scope)
-        self.root = self.scope.root()
+    def location(self, logical: str | None = None) -> str:
+        """Where a logical store (or the whole scope) is, for messages."""
 
-    def folder(self, logical: str) -> Path:
-        if logical not in LOGICAL_STORES:
-            raise ValueError(f"unknown logical store {logical!r}: use one of {', '.join(LOGICAL_STORES)}")
-        return self.root / logical
+    def entries(self, logical: str) -> list[StoredCertificate]:
+        """Every certificate of a logical store."""
 
-    def certificates(self, logical: str) -> Iterator[StoredCertificate]:
-        """Every certificate in one logical store, by file name order."""
-        folder = self.folder(logical)
+    def add(self, logical: str, certificates: list[x509.Certificate], key_pem: bytes | None) -> Path | str:
+        """Store a certificate (with its chain, and its key in My); returns where."""
+
+    def remove(self, entry: StoredCertificate) -> None:
+        """Delete a certificate, and its key."""
+
+
+class FolderSource:
+    """The folder store of one scope (Linux, macOS): see the module's documentation."""
+
+    def __init__(self, scope: CertStore) -> None:
+        self.scope = scope
+        self.root = scope.root()
+
+    def location(self, logical: str | None = None) -> str:
+        return str(self.root / logical if logical else self.root)
+
+    def entries(self, logical: str) -> list[StoredCertificate]:
+        folder = self.root / logical
         if not folder.is_dir():
-            return
+            return []
+        found = []
         for path in sorted(folder.glob("*.pem")):
             try:
                 cert = load_certificates(path.read_bytes())[0]
             except (OSError, ValueError):
                 continue  # not ours to judge here; `dcxsec cert list` shows only certificates
-            yield StoredCertificate(self.scope, logical, path, cert)
+            found.append(StoredCertificate(self.scope, logical, path, cert))
+        return found
+
+    def add(self, logical: str, certificates: list[x509.Certificate], key_pem: bytes | None) -> Path:
+        folder = self.root / logical
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{thumbprint(certificates[0])}.pem"
+        path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates))
+        if key_pem is not None:
+            write_private(path.with_suffix(".key"), key_pem)
+        return path
+
+    def remove(self, entry: StoredCertificate) -> None:
+        entry.path.unlink()
+        if entry.logical == "My" and entry.key_path.exists():
+            entry.key_path.unlink()
+
+
+def _platform_source(scope: CertStore) -> CertificateSource:
+    if sys.platform == "win32":
+        from dcxsec.winstore import SystemStoreSource
+
+        return SystemStoreSource(scope)
+    return FolderSource(scope)
+
+
+class CertificateStore:
+    """The certificate store of one scope: its folders on Linux and macOS, the
+    system stores on Windows (or any ``source`` given)."""
+
+    def __init__(self, scope: CertStore | None = None, source: CertificateSource | None = None) -> None:
+        self.scope = CertStore.default() if scope is None else CertStore(scope)
+        self.root = self.scope.root()
+        self.source = source if source is not None else _platform_source(self.scope)
+
+    def folder(self, logical: str) -> Path:
+        """The folder of a logical store (folder stores)."""
+        return self.root / _checked(logical)
+
+    def location(self, logical: str | None = None) -> str:
+        """Where the scope, or one logical store, is: a folder or Cert:\\<scope>\\<store>."""
+        return self.source.location(_checked(logical) if logical else None)
+
+    def certificates(self, logical: str) -> Iterator[StoredCertificate]:
+        """Every certificate in one logical store, in the store's order."""
+        yield from self.source.entries(_checked(logical))
 
     def find(self, logical: str, thumb: str) -> StoredCertificate:
         """The certificate with this SHA-1 or SHA-256 thumbprint."""
@@ -154,7 +230,7 @@ class CertificateStore:
             if wanted in (entry.thumbprint, thumbprint(entry.certificate, "sha256")):
                 return entry
         raise ConfigurationError(
-            f"no certificate with thumbprint {wanted} in {self.scope.name}\\{logical} ({self.folder(logical)})")
+            f"no certificate with thumbprint {wanted} in {self.scope.name}\\{logical} ({self.location(logical)})")
 
     def identity(self, thumb: str | None = None) -> StoredCertificate:
         """The local AE's identity in My: by thumbprint, or the only usable one."""
@@ -173,31 +249,38 @@ class CertificateStore:
                           for e in entries) or " (none)"
         problem = "several usable identities" if usable else "no usable identity"
         raise ConfigurationError(
-            f"{self.scope.name}\\My ({self.folder('My')}) has {problem}; choose one with "
+            f"{self.scope.name}\\My ({self.location('My')}) has {problem}; choose one with "
             f"certificate_thumbprint=... (or `dcxsec cert new` / `dcxsec cert import`). "
             f"Candidates:{listing}")
+
+    def local_identity(self, thumb: str | None = None) -> StoredCertificate | None:
+        """The identity a context uses: as ``identity()``, but None when My is
+        empty and no thumbprint is asked for (a requestor may go without)."""
+        if thumb is None and not any(True for _ in self.certificates("My")):
+            return None
+        return self.identity(thumb)
 
     def pem_bundle(self, logical: str) -> list[bytes]:
         """Every certificate of a logical store as PEM bytes (for the engine)."""
         return [entry.certificate.public_bytes(serialization.Encoding.PEM)
                 for entry in self.certificates(logical)]
 
-    def add(self, logical: str, certificates: list[x509.Certificate], key_pem: bytes | None = None) -> Path:
-        """Store a certificate (with its chain, and its key in My); returns its path."""
-        folder = self.folder(logical)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{thumbprint(certificates[0])}.pem"
-        path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates))
-        if key_pem is not None:
-            if logical != "My":
-                raise ValueError("private keys belong in My")
-            write_private(path.with_suffix(".key"), key_pem)
-        return path
+    def add(self, logical: str, certificates: list[x509.Certificate],
+            key_pem: bytes | None = None) -> Path | str:
+        """Store a certificate (with its chain, and its key in My); returns where it went:
+        its file, or its system store."""
+        if key_pem is not None and _checked(logical) != "My":
+            raise ValueError("private keys belong in My")
+        return self.source.add(_checked(logical), certificates, key_pem)
 
     def remove(self, logical: str, thumb: str) -> StoredCertificate:
         """Delete a certificate (and its key); returns what was removed."""
         entry = self.find(logical, thumb)
-        entry.path.unlink()
-        if entry.key_path.exists() and logical == "My":
-            entry.key_path.unlink()
+        self.source.remove(entry)
         return entry
+
+
+def _checked(logical: str) -> str:
+    if logical not in LOGICAL_STORES:
+        raise ValueError(f"unknown logical store {logical!r}: use one of {', '.join(LOGICAL_STORES)}")
+    return logical

@@ -7,9 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
+import dcxsec.context
+import dcxsec.winstore
 from conftest import requestor
 from dcxsec import (
     CertificateVerificationError,
@@ -20,7 +25,9 @@ from dcxsec import (
     VerificationMethod,
 )
 from dcxsec import pki as certs
+from dcxsec._native import ffi, lib
 from dcxsec.store import CertificateStore
+from dcxsec.winstore import SystemStoreSource
 from dcxsec import TLSError as dcxsec_TLSError
 
 TRUST_CHAIN, THUMBPRINT, NONE = (VerificationMethod.TRUST_CHAIN, VerificationMethod.THUMBPRINT,
@@ -166,8 +173,6 @@ def test_renewed_identity_is_reloaded_without_a_restart(two_sites, stores, pair_
 def test_cli_imports_pem_der_and_pkcs12_and_exports(stores, pki, tmp_path):
     a, _ = stores
     cert_cli("import", str(pki.client.cert_path), "--key", str(pki.client.key_path))
-    from cryptography.hazmat.primitives import serialization
-
     der = tmp_path / "ca.der"
     der.write_bytes(pki.ca.identity.certificate.public_bytes(serialization.Encoding.DER))
     cert_cli("import", str(der))  # a self-signed CA without a key goes to Root
@@ -337,3 +342,189 @@ def test_requestor_refusals_between_stores(stores, pki, pair_factory, caplog, ru
     assert isinstance(refused, CertificateVerificationError) and refused.rule == rule
     assert words in str(refused) and peer.thumbprint in str(refused)
     assert any(words in r.getMessage() for r in caplog.records if r.name == "dcxsec")
+
+
+# ---- the Windows system stores, through the engine's store API -------------------
+#
+# Windows has no Python here, so the win32 path runs against FakeSystemStores:
+# the functions of csrc/dcxstore.h as store_crypt32.c answers them (proven under
+# Wine by tests/test_schannel_wine.py), over dictionaries.  What runs for real is
+# dcxsec.winstore's marshalling, the selection in dcxsec.store shared with the
+# folder store, TLSContext's win32 identity branch and `dcxsec cert`.
+
+def _der(cert) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+class FakeSystemStores:
+    """dcx_store_* over {(scope, logical): {SHA-1 hex: (DER, has_key)}}."""
+
+    def __init__(self):
+        self.stores: dict = {}
+        self.lists: dict = {}
+        self.exportable: list[int] = []
+
+    def _fail(self, err, status, text):
+        err.status, err.reason = status, text.encode()
+        return status
+
+    def _put(self, scope, logical, cert, key, replace=True):
+        store = self.stores.setdefault((scope, logical), {})
+        sha1 = certs.thumbprint(cert)
+        if replace or sha1 not in store:
+            store[sha1] = (_der(cert), key)
+        return sha1
+
+    def dcx_store_list_open(self, scope, logical, err):
+        items = list(self.stores.get((scope, logical.decode()), {}).items())
+        entries = ffi.new("dcx_store_entry[]", max(1, len(items)))
+        keep = [entries]
+        for i, (sha1, (der, key)) in enumerate(items):
+            keep.append(ffi.new("unsigned char[]", der))
+            entries[i].der, entries[i].der_len, entries[i].has_key = keep[-1], len(der), key
+            entries[i].thumbprint_hex = sha1.encode()
+        handle = len(self.lists) + 1
+        self.lists[handle] = (len(items), keep)
+        return ffi.cast("dcx_store_list *", handle)
+
+    def _handle(self, listing):
+        return int(ffi.cast("uintptr_t", listing))
+
+    def dcx_store_list_count(self, listing):
+        return self.lists[self._handle(listing)][0]
+
+    def dcx_store_list_get(self, listing, i):
+        return self.lists[self._handle(listing)][1][0] + i
+
+    def dcx_store_list_free(self, listing):
+        del self.lists[self._handle(listing)]
+
+    def dcx_store_add(self, scope, logical, blob, thumbprint, err):
+        cert = certs.load_certificates(bytes(ffi.buffer(blob.data, blob.len)))[0]
+        self._put(scope, logical.decode(), cert, False, replace=False)
+        return lib.DCX_OK
+
+    def dcx_store_import_pfx(self, scope, blob, password, exportable, thumbprint, err):
+        try:
+            key, cert, extra = pkcs12.load_key_and_certificates(bytes(ffi.buffer(blob.data, blob.len)),
+                                                                password)
+        except ValueError:
+            return self._fail(err, lib.DCX_E_CONFIG, "cannot open the PKCS#12 file: wrong password")
+        if key is None or key.public_key().public_numbers() != cert.public_key().public_numbers():
+            return self._fail(err, lib.DCX_E_CONFIG, "the PKCS#12 file holds no certificate with its key")
+        self.exportable.append(exportable)
+        self._put(scope, "My", cert, True)
+        for other in extra:
+            self._put(scope, "CA", other, False, replace=False)
+        return lib.DCX_OK
+
+    def dcx_store_remove(self, scope, logical, sha1, delete_key, err):
+        store = self.stores.get((scope, logical.decode()), {})
+        if store.pop(bytes(sha1).hex().upper(), None) is None:
+            return self._fail(err, lib.DCX_E_CONFIG, "no certificate with that thumbprint")
+        return lib.DCX_OK
+
+
+@pytest.fixture
+def windows(monkeypatch):
+    """CertificateStore, TLSContext and `dcxsec cert` as on Windows, over FakeSystemStores."""
+    fake = FakeSystemStores()
+    monkeypatch.setattr(dcxsec.winstore, "lib", fake)
+
+    def store(scope=None, source=None):
+        scope = CertStore.default() if scope is None else CertStore(scope)
+        return CertificateStore(scope, source=source or SystemStoreSource(scope))
+
+    monkeypatch.setattr("dcxsec.certcli.CertificateStore", store)
+    monkeypatch.setattr(SecurityConfig, "store", lambda self: store(self.cert_store))
+    monkeypatch.setattr(dcxsec.context, "sys", SimpleNamespace(platform="win32"))
+    return SimpleNamespace(fake=fake, store=store)
+
+
+def windows_identity(windows, monkeypatch, **kw):
+    """The SHA-1 TLSContext hands to the engine on Windows (None: no identity)."""
+    seen = []
+
+    class Engine:
+        def __getattr__(self, name):
+            return getattr(lib, name)
+
+        def dcx_ctx_new(self, cfg, err):
+            seen.append(None if cfg.identity_thumbprint == ffi.NULL
+                        else bytes(ffi.buffer(cfg.identity_thumbprint, 20)).hex().upper())
+            cfg.identity_thumbprint = ffi.NULL  # the OpenSSL engine has no system store to open
+            return lib.dcx_ctx_new(cfg, err)
+
+    monkeypatch.setattr(dcxsec.context, "lib", Engine())
+    TLSContext(SecurityConfig(cert_store=CertStore.CURRENT_USER, verification_method=NONE, **kw))
+    return seen[0]
+
+
+def test_windows_identity_is_chosen_by_the_shared_selection(windows, monkeypatch, pki):
+    my = windows.store(CertStore.CURRENT_USER)
+    assert windows_identity(windows, monkeypatch) is None  # an empty My: no identity
+    my.add("My", [pki.ca.identity.certificate], pki.ca.identity.key_pem())  # a CA: not an AE
+    my.add("My", [pki.server.identity.certificate])  # no key
+    my.add("My", [pki.client.identity.certificate, pki.ca.identity.certificate],
+           pki.client.identity.key_pem())
+    assert windows.fake.exportable == [0, 0]  # keys stay with Windows
+    assert windows_identity(windows, monkeypatch) == pki.client.thumbprint
+    assert windows_identity(windows, monkeypatch,
+                            certificate_thumbprint=pki.client.thumbprint256) == pki.client.thumbprint
+    my.add("My", [pki.self_signed.identity.certificate], pki.self_signed.identity.key_pem())
+    with pytest.raises(ConfigurationError) as raised:
+        windows_identity(windows, monkeypatch)
+    message = str(raised.value)
+    assert "several usable identities" in message and "Cert:\\CurrentUser\\My" in message
+    assert f"{pki.server.thumbprint}" in message and "no private key" in message
+    assert "a CA certificate, not an AE identity" in message
+
+
+def test_windows_store_entries(windows, pki):
+    my = windows.store(CertStore.LOCAL_COMPUTER)
+    where = my.add("My", [pki.client.identity.certificate, pki.ca.identity.certificate],
+                   pki.client.identity.key_pem())
+    assert where == "Cert:\\LocalMachine\\My"
+    (entry,) = my.certificates("My")
+    assert entry.has_key and entry.path is None and entry.key_path is None
+    assert entry.certificate == pki.client.identity.certificate and entry.unusable_because() is None
+    assert entry.chain_pem() == pki.client.identity.certificate.public_bytes(serialization.Encoding.PEM)
+    assert [e.thumbprint for e in my.certificates("CA")] == [pki.ca.thumbprint]  # the chain
+    assert not next(my.certificates("CA")).has_key
+    assert my.find("My", pki.client.thumbprint256.lower()) == entry
+    assert my.remove("My", pki.client.thumbprint) == entry and list(my.certificates("My")) == []
+    with pytest.raises(ConfigurationError, match=r"no certificate with thumbprint .* \(Cert:\\LocalMachine\\My\)"):
+        my.find("My", pki.client.thumbprint)
+
+
+def test_windows_cert_command(windows, pki, tmp_path, capsys):
+    from dcxsec.cli import main
+
+    pfx = tmp_path / "client.pfx"
+    pfx.write_bytes(pki.client.identity.to_pkcs12(b"secret"))
+    assert main(["cert", "--store", "current-user", "import", str(pfx), "--password", "secret"]) == 0
+    assert "into CURRENT_USER\\My (Cert:\\CurrentUser\\My)" in capsys.readouterr().out
+    assert main(["cert", "--store", "current-user", "trust", str(pki.ca.cert_path)]) == 0
+    assert main(["cert", "--store", "current-user", "list"]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()[1:] if line.strip()}
+    assert pki.client.thumbprint in rows["My"] and rows["My"].rstrip().endswith("yes")
+    assert pki.ca.thumbprint in rows["Root"] and rows["Root"].rstrip().endswith("no")
+    out = tmp_path / "client.der"
+    assert main(["cert", "--store", "current-user", "export", pki.client.thumbprint, str(out),
+                 "--format", "der"]) == 0
+    assert out.read_bytes() == _der(pki.client.identity.certificate)
+    assert main(["cert", "--store", "current-user", "export", pki.client.thumbprint,
+                 str(tmp_path / "c.pem"), "--key"]) == 1
+    assert "stays in the Windows certificate store" in capsys.readouterr().err
+    assert main(["cert", "--store", "current-user", "remove", pki.ca.thumbprint, "--from", "Root"]) == 0
+    assert main(["cert", "--store", "current-user", "list", "Root"]) == 0
+    assert "(empty: Cert:\\CurrentUser)" in capsys.readouterr().out
+
+
+def test_no_system_store_on_this_platform():
+    """Here the engine's store functions (store_none.c) refuse, saying why."""
+    source = SystemStoreSource(CertStore.CURRENT_USER)
+    with pytest.raises(dcxsec_TLSError) as raised:
+        source.entries("My")
+    assert raised.value.status == "UNSUPPORTED"
+    assert str(raised.value) == "no system certificate store on this platform; the folder store is used"
