@@ -138,6 +138,10 @@ void dcx_ctx_free(dcx_ctx *ctx);
  * socket stays owned by the caller.  server_name may be NULL. */
 dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side,
                        const char *server_name, dcx_error *err);
+/* Run the handshake within timeout_ms (-1: no limit); a timeout is fatal.
+ * With timeout_ms == 0 it only advances with what the peer has already sent,
+ * never waiting: DCX_E_TIMEOUT then means "call again", and the connection
+ * stays usable.  An acceptor answers a waiting ClientHello this way at once. */
 int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err);
 /* Decrypted plaintext the engine holds for its caller, who may take bytes
  * straight from it between calls on the connection: data[start, end) is

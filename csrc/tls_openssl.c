@@ -27,7 +27,8 @@
 #include <openssl/x509v3.h>
 
 /* The requesting side's sessions, one per peer, for resumption. */
-#define SESSION_SLOTS 64
+#define SESSION_SLOTS 64      /* requesting side: one session per peer address and name */
+#define SERVER_SESSIONS 4096  /* accepting side: sessions kept for requestors that return */
 
 typedef struct session_slot {
     char peer[320];
@@ -650,6 +651,7 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
     SSL_CTX_set_session_cache_mode(s, cfg->session_cache ? SSL_SESS_CACHE_BOTH
                                                          : SSL_SESS_CACHE_OFF);
     SSL_CTX_sess_set_new_cb(s, remember_session);
+    SSL_CTX_sess_set_cache_size(s, SERVER_SESSIONS);
     /* TLS 1.3 tickets go out with the acceptor's first write, not alone after the
      * handshake: a lone ticket makes the requestor's socket readable with no data
      * behind it, and pynetdicom would block in recv() on it. */
@@ -786,9 +788,13 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
                 SSL_set1_host(c->ssl, server_name);
         }
     }
-    if (server_side)
+    if (server_side) {
         SSL_set_accept_state(c->ssl);
-    else
+        /* Stateful resumption: a repeat peer's session is found in memory.  A
+         * ticket would be decoded again on every resumption, with the peer's
+         * certificate, which costs OpenSSL 3 more than the rest of the handshake. */
+        SSL_set_options(c->ssl, SSL_OP_NO_TICKET);
+    } else
         SSL_set_connect_state(c->ssl);
     if (dcx_set_nonblocking(fd, err) != DCX_OK)
         goto fail;
@@ -899,6 +905,8 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
             break;
         if (w == DCX_OK)
             w = wait_for(c, e, deadline, err);
+        if (w == DCX_E_TIMEOUT && timeout_ms == 0)
+            return dcx_fail(err, DCX_E_TIMEOUT, "the TLS handshake waits for the peer");
         if (w == DCX_E_TIMEOUT) {
             c->dead = 1;
             if (c->first_len > 0)

@@ -1428,6 +1428,8 @@ static int run_handshake(dcx_conn *c, int64_t deadline, int timeout_ms, dcx_erro
     for (;;) {
         if (need_input) {
             long n = recv_more(c, deadline, "handshaking", err);
+            if (n == DCX_E_TIMEOUT && timeout_ms == 0) /* a step: call again later */
+                return dcx_fail(err, DCX_E_TIMEOUT, "the TLS handshake waits for the peer");
             if (n == DCX_E_TIMEOUT)
                 return handshake_timeout(c, timeout_ms, err);
             if (n < 0) {
@@ -1531,6 +1533,8 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
         return failed_before(c, err);
     int64_t deadline = dcx_deadline(timeout_ms);
     int rc = run_handshake(c, deadline, timeout_ms, err);
+    if (rc == DCX_E_TIMEOUT && timeout_ms == 0 && !c->dead)
+        return rc; /* not a failure: the handshake goes on with the next call */
     if (rc != DCX_OK)
         return remember(c, rc, err);
     if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_STREAM_SIZES, &c->sizes) != SEC_E_OK ||

@@ -74,6 +74,7 @@ class TLSSocket(ssl.SSLSocket):
         self._keep_ctx = None
         self._handshake_done = False
         self._failure: OSError | None = None
+        self._early_failure: OSError | None = None
         self._wrapped_at = time.monotonic()
         self._plain = None  # the engine's plaintext buffer, read here without calling in
         self._record = b""  # ... as a Python buffer; _pos/_end: what is left of it
@@ -90,6 +91,7 @@ class TLSSocket(ssl.SSLSocket):
                 self._peer_address = socket.socket.getpeername(self)
             except OSError:
                 pass
+            self._answer_client_hello()
         return self
 
     # ---- handshake ------------------------------------------------------
@@ -122,6 +124,22 @@ class TLSSocket(ssl.SSLSocket):
             return
         if self._failure is not None:
             raise self._failure
+        if self._early_failure is not None:  # found in the accept loop, reported here
+            self._fail_handshake(self._early_failure)
+        conn = self._engine_conn()
+        timeout = self._context.handshake_timeout
+        if not self.server_side and self._timeout is not None:
+            timeout = self._timeout
+        err = new_error()
+        rc = lib.dcx_conn_handshake(conn, _milliseconds(timeout), err)
+        if rc == lib.DCX_E_TIMEOUT and _milliseconds(timeout) == 0:
+            raise ssl.SSLWantReadError("The operation did not complete (the handshake waits for the peer)")
+        if rc != lib.DCX_OK:
+            self._fail_handshake(to_exception(err, rc, during_handshake=True))
+        self._handshake_finished()
+
+    def _engine_conn(self):
+        """The engine's connection on this socket, made on first use; lock held."""
         if self._conn is None:
             if socket.socket.fileno(self) < 0:
                 raise OSError(9, "the socket is closed")
@@ -129,19 +147,35 @@ class TLSSocket(ssl.SSLSocket):
                 socket.socket.fileno(self), self.server_side, self.server_hostname)
             self._plain = lib.dcx_conn_plaintext(self._conn)
             socket.socket.setblocking(self, False)  # the engine waits with its own deadlines
-        timeout = self._context.handshake_timeout
-        if not self.server_side and self._timeout is not None:
-            timeout = self._timeout
-        err = new_error()
-        rc = lib.dcx_conn_handshake(self._conn, _milliseconds(timeout), err)
-        if rc != lib.DCX_OK:
-            self._fail_handshake(to_exception(err, rc, during_handshake=True))
+        return self._conn
+
+    def _handshake_finished(self) -> None:
         self._handshake_done = True
         self._screened = not self._context.ae_bindings
         self._ready = self._screened
         if self.server_side and log.isEnabledFor(logging.DEBUG):
             log.debug("TLS handshake with %s: %s %s", self._peer_text(), self.version(),
                       self.cipher()[0])
+
+    def _answer_client_hello(self) -> None:
+        """Acceptor, in the accept loop: answer a ClientHello that has already
+        arrived, without waiting for anything.
+
+        The requestor then finishes its side while the association's thread
+        starts, instead of after; a silent client costs one read() here.
+        A failure is kept and reported by that thread, as a late one would be.
+        """
+        with self._lock:
+            try:
+                conn = self._engine_conn()
+            except OSError:
+                return  # the association's thread meets it again and reports it
+            err = new_error()
+            rc = lib.dcx_conn_handshake(conn, 0, err)
+            if rc == lib.DCX_OK:
+                self._handshake_finished()
+            elif rc != lib.DCX_E_TIMEOUT:
+                self._early_failure = to_exception(err, rc, during_handshake=True)
 
     def _fail_handshake(self, exc: OSError) -> None:
         """Record, log (accepting side), close, and raise a failed handshake."""
@@ -372,6 +406,8 @@ class TLSSocket(ssl.SSLSocket):
         """Decrypted bytes waiting in the engine, which ``select()`` cannot see."""
         conn = self._conn
         if not self._handshake_done:
+            if self._early_failure is not None:
+                return 1  # so that the association's thread reads, and reports it
             if self.server_side and self._failure is None:
                 self._check_silent_peer()
             return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import ssl
 import time
@@ -63,6 +64,25 @@ def test_bad_input_is_refused_with_a_reason_and_service_goes_on(pki, scp_factory
     assoc = requestor().associate("127.0.0.1", scp.port, tls_args=(client_ctx, None))
     assert assoc.is_established and assoc.send_c_echo().Status == 0
     assoc.release()
+
+
+@pytest.mark.parametrize("kind", ["plain-dicom", "http"])
+def test_bad_input_waiting_at_accept_is_reported_by_the_first_read(server_ctx, kind):
+    make, words = BAD_INPUTS[kind]
+    with socket.socket() as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen()
+        with socket.create_connection(lst.getsockname()) as raw_client:
+            raw_client.sendall(make())
+            raw, _ = lst.accept()
+            select.select([raw], [], [], 10)
+            server = server_ctx.wrap_socket(raw, server_side=True)  # the accept loop: no error here
+            try:
+                assert server.pending() == 1  # so that the association's thread reads ...
+                with pytest.raises(NotTLSError, match=words.split(" on the")[0]):
+                    server.recv(6)  # ... and meets the reason there
+            finally:
+                server.close()
 
 
 @pytest.fixture

@@ -213,3 +213,52 @@ def test_records_before_a_truncation_arrive_before_the_error(pair_factory, serve
     assert pair.server.recv(100) == b"whole record"
     with pytest.raises(TLSError, match="truncated"):
         pair.server.recv(10)
+
+
+def _accept_when_readable(lst: socket.socket) -> socket.socket:
+    """Accept, then wait until the peer's first bytes are in the socket."""
+    raw, _ = lst.accept()
+    select.select([raw], [], [], 10)
+    return raw
+
+
+def test_acceptor_answers_a_waiting_client_hello_in_wrap_socket(server_ctx, client_ctx):
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    client = client_ctx.wrap_socket(socket.socket(), do_handshake_on_connect=False)
+    client.settimeout(10)
+    client.connect(lst.getsockname())
+    done = threading.Thread(target=client.do_handshake)
+    done.start()
+    raw = _accept_when_readable(lst)
+    server = server_ctx.wrap_socket(raw, server_side=True)  # and nothing more on this side
+    # The requestor finishes while the acceptor has not yet read from its socket:
+    # the accept loop already sent ServerHello .. Finished.
+    done.join(5)
+    try:
+        assert not done.is_alive()
+        assert client.version() == "TLSv1.3"
+        client.sendall(b"A-ASSOCIATE-RQ")
+        assert server.recv(100) == b"A-ASSOCIATE-RQ"
+    finally:
+        client.close()
+        server.close()
+        lst.close()
+
+
+def test_acceptor_leaves_a_silent_client_to_the_association_thread(server_ctx):
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    silent = socket.create_connection(lst.getsockname())
+    raw, _ = lst.accept()
+    started = time.monotonic()
+    server = server_ctx.wrap_socket(raw, server_side=True)  # must not wait for the client
+    try:
+        assert time.monotonic() - started < 0.5
+        assert server.pending() == 0 and server.version() is None
+    finally:
+        server.close()
+        silent.close()
+        lst.close()

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.skipif(
 
 CLIENT_CASES = [
     "client.handshake_dcxsec_server",
+    "client.handshake_in_steps",
     "client.upload_50MB_sha256",
     "client.download_50MB_sha256",
     "client.none_accepts",

@@ -47,6 +47,10 @@ static double now_s(void)
 {
     return (double)GetTickCount64() / 1000.0;
 }
+static void sleep_ms(int ms)
+{
+    Sleep((DWORD)ms);
+}
 #else
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -72,6 +76,11 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
 }
 #endif
 
@@ -1250,6 +1259,68 @@ static int case_timeout(void)
     return plain_peer(NULL, 0, 700, DCX_E_TIMEOUT);
 }
 
+/* timeout 0 advances the handshake without waiting and leaves the connection
+ * usable (an acceptor answers a waiting ClientHello this way): against a
+ * silent peer each step comes back at once, and the connection lives on to
+ * time out properly; against the dcxsec server, steps make a handshake. */
+static int case_handshake_in_steps(void)
+{
+    server_job job;
+    thread_t t;
+    int port = 0;
+    memset(&job, 0, sizeof(job));
+    job.listener = tcp_listen(&port);
+    job.delay_only = 1;
+    thread_start(&t, server_thread, &job);
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_NONE, NULL, {NULL, NULL}, 0};
+    dcx_error err;
+    dcx_ctx *ctx = make_ctx(&o, &err);
+    sock_t s = tcp_connect(port);
+    dcx_conn *c = dcx_conn_new(ctx, (dcx_socket)s, 0, NULL, &err);
+    double t0 = now_s();
+    int first = c ? dcx_conn_handshake(c, 0, &err) : err.status;
+    int second = c ? dcx_conn_handshake(c, 0, &err) : err.status;
+    double secs = now_s() - t0;
+    int last = c ? dcx_conn_handshake(c, 700, &err) : err.status;
+    hang_up(s, c);
+    thread_join(t);
+    close_socket(job.listener);
+    dcx_ctx_free(ctx);
+    if (first != DCX_E_TIMEOUT || second != DCX_E_TIMEOUT)
+        return say(FAIL, "steps against a silent peer returned %d and %d: %s", first, second, err.reason);
+    if (secs > 0.5)
+        return say(FAIL, "two steps took %.2f s: a step must not wait", secs);
+    if (last != DCX_E_TIMEOUT || !strstr(err.reason, "never answered"))
+        return say(FAIL, "after two steps, a 700 ms handshake returned %d: %s", last, err.reason);
+
+    ctx = make_ctx(&client_dcx, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    s = tcp_connect(dcx_port);
+    c = s == INVALID_SOCKET ? NULL : dcx_conn_new(ctx, (dcx_socket)s, 0, "localhost", &err);
+    int out = FAIL, steps = 0, rc = DCX_E_TIMEOUT;
+    double give_up = now_s() + 10;
+    while (c && rc == DCX_E_TIMEOUT && now_s() < give_up) {
+        rc = dcx_conn_handshake(c, 0, &err);
+        steps++;
+        if (rc == DCX_E_TIMEOUT)
+            sleep_ms(5);
+    }
+    if (!c)
+        say(FAIL, "cannot connect: %s", err.reason);
+    else if (rc != DCX_OK)
+        say(FAIL, "after %d steps: %s", steps, err.reason);
+    else if (ask_peer_sees(c, "client.sha256", &err) == PASS)
+        out = say(PASS, "steps return at once and keep the connection; %s in %d step(s)",
+                  version_name(dcx_conn_version(c)), steps);
+    if (c)
+        hang_up(s, c);
+    else if (s != INVALID_SOCKET)
+        close_socket(s);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
 /* Server role: this process accepts with the backend under test. */
 typedef struct server_case {
     opts server, client;
@@ -1342,6 +1413,7 @@ static const struct {
     int (*run)(void);
 } cases[] = {
     {"client.handshake_dcxsec_server", case_dcx_handshake},
+    {"client.handshake_in_steps", case_handshake_in_steps},
     {"client.upload_50MB_sha256", case_upload},
     {"client.download_50MB_sha256", case_download},
     {"client.none_accepts", case_none_accepts},
