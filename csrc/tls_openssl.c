@@ -74,7 +74,7 @@ struct dcx_conn {
         size_t len, cap, sent;
     } out;
     int fail_status;      /* why the connection died, repeated to later calls */
-    char fail_reason[512];
+    dcx_error failure;
 };
 
 #define RECORD_MAX 16384              /* plaintext of one TLS record */
@@ -881,13 +881,28 @@ static int wait_for(dcx_conn *c, int ssl_error, int64_t deadline, dcx_error *err
     return dcx_wait(c->fd, ssl_error == SSL_ERROR_WANT_WRITE, deadline, err);
 }
 
+static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err);
+static void remember_failure(dcx_conn *c, int status, const dcx_error *err);
+static int failed_before(dcx_conn *c, dcx_error *err);
+
 int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
 {
+    dcx_error scratch; /* the reason is kept even when the caller does not ask for it */
+    if (!err)
+        err = &scratch;
     dcx_error_clear(err);
+    if (c->dead)
+        return failed_before(c, err);
     if (c->handshake_done)
         return DCX_OK;
-    if (c->dead)
-        return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed");
+    int rc = run_handshake(c, timeout_ms, err);
+    if (rc != DCX_OK && c->dead)
+        remember_failure(c, rc, err);
+    return rc;
+}
+
+static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
+{
     int64_t deadline = dcx_deadline(timeout_ms);
     ERR_clear_error();
     if (!c->server_side && !c->peer_key[0] && SSL_CTX_get_session_cache_mode(c->ctx->ssl_ctx))
@@ -945,14 +960,20 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
 static void remember_failure(dcx_conn *c, int status, const dcx_error *err)
 {
     c->fail_status = status;
-    snprintf(c->fail_reason, sizeof(c->fail_reason), "%s", err ? err->reason : "");
+    if (err)
+        c->failure = *err;
+    else
+        dcx_fail(&c->failure, status, "the connection failed earlier");
 }
 
 /* A call on a dead connection repeats why it died. */
 static int failed_before(dcx_conn *c, dcx_error *err)
 {
-    if (c->fail_status && c->fail_reason[0])
-        return dcx_fail(err, c->fail_status, "%s", c->fail_reason);
+    if (c->fail_status) {
+        if (err)
+            *err = c->failure;
+        return c->fail_status;
+    }
     return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
 }
 

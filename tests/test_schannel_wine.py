@@ -293,12 +293,9 @@ def test_openssl_build_skips_the_system_store_api(conformance, case):
     assert (outcome, NO_SYSTEM_STORE in message) == ("SKIPPED", True), message
 
 
-def test_openssl_build_after_a_refused_handshake(conformance):
-    """The OpenSSL engine answers DCX_E_CLOSED after a failed handshake (its
-    Python layer repeats the failure itself): reported as such, never passed."""
+def test_openssl_build_repeats_a_refused_handshake(conformance):
     outcome, message = _outcome(conformance["native"], REPEAT_HANDSHAKE_CASE)
-    assert outcome == "PASS" or (outcome == "SKIPPED" and "does not repeat a failed handshake"
-                                 in message), (outcome, message)
+    assert outcome == "PASS", message
 
 
 WINE_RUNS = {"win7": "SCHANNEL_CRED", "win10": "SCH_CREDENTIALS"}

@@ -1163,9 +1163,6 @@ static int repeats(dcx_conn *c, int rc, const dcx_error *first, const char *what
         long r = *call == 'r' ? dcx_conn_read(c, buf, sizeof(buf), 2000, &again)
                : *call == 'w' ? dcx_conn_write(c, "x", 1, 2000, &again)
                               : dcx_conn_handshake(c, 2000, &again);
-        if (in_handshake && r == DCX_E_CLOSED && rc != DCX_E_CLOSED)
-            return say(SKIP, "this backend does not repeat a failed handshake: a later %s answers "
-                       "DCX_E_CLOSED (%s); the Python layer repeats it instead", name, again.reason);
         if (r != rc || strcmp(again.reason, first->reason) != 0 ||
             (rc == DCX_E_VERIFY && again.verify_reason != first->verify_reason))
             return say(FAIL, "after %s (status %d: %s), a %s answered %ld: %s", what, rc,
