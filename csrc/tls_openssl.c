@@ -82,6 +82,7 @@ struct dcx_conn {
 #define PLAINTEXT_CAP DCX_PLAINTEXT_CAP /* ... grown to this while records queue up */
 #define READ_AHEAD (4 * (RECORD_MAX + 512)) /* socket bytes OpenSSL takes per read() */
 #define OUT_SLICE (4 * RECORD_MAX)    /* plaintext encrypted between two sends */
+#define RECORD_OVERHEAD 64            /* header, nonce, tag and padding of one record, at most */
 #define OUT_KEEP 8192                 /* a larger send buffer is freed after use */
 
 static int conn_index = -1;
@@ -93,19 +94,37 @@ static pthread_once_t init_once = PTHREAD_ONCE_INIT;
  * it with one system call, so a 16388-byte PDU (two records) leaves in one
  * send() instead of one write() per record. */
 
+/* Room for `need` more bytes in the send buffer. */
+static int out_reserve(dcx_conn *c, size_t need)
+{
+    if (c->out.len + need <= c->out.cap)
+        return 1;
+    size_t cap = c->out.cap ? c->out.cap : 4096;
+    while (cap < c->out.len + need)
+        cap *= 2;
+    unsigned char *grown = realloc(c->out.data, cap);
+    if (!grown)
+        return 0;
+    c->out.data = grown;
+    c->out.cap = cap;
+    return 1;
+}
+
+/* An idle connection keeps no large send buffer. */
+static void out_trim(dcx_conn *c)
+{
+    if (c->out.cap > OUT_KEEP && c->out.len == 0) {
+        free(c->out.data);
+        c->out.data = NULL;
+        c->out.cap = 0;
+    }
+}
+
 static int out_write(BIO *bio, const char *data, size_t len, size_t *written)
 {
     dcx_conn *c = BIO_get_data(bio);
-    if (c->out.len + len > c->out.cap) {
-        size_t cap = c->out.cap ? c->out.cap : 4096;
-        while (cap < c->out.len + len)
-            cap *= 2;
-        unsigned char *grown = realloc(c->out.data, cap);
-        if (!grown)
-            return 0;
-        c->out.data = grown;
-        c->out.cap = cap;
-    }
+    if (!out_reserve(c, len))
+        return 0;
     memcpy(c->out.data + c->out.len, data, len);
     c->out.len += len;
     *written = len;
@@ -170,11 +189,6 @@ static int flush_out(dcx_conn *c, int64_t deadline, dcx_error *err)
         return dcx_fail(err, DCX_E_SYSCALL, "socket error while sending: %s", strerror(errno));
     }
     c->out.len = c->out.sent = 0;
-    if (c->out.cap > OUT_KEEP) { /* idle connections keep no large buffer */
-        free(c->out.data);
-        c->out.data = NULL;
-        c->out.cap = 0;
-    }
     return DCX_OK;
 }
 
@@ -952,6 +966,7 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
         }
     }
     c->handshake_done = 1;
+    out_trim(c);
     c->plain.more_records = SSL_has_pending(c->ssl); /* read ahead past the handshake */
     c->ticket_due = c->server_side && c->ctx->tickets && SSL_version(c->ssl) == TLS1_3_VERSION;
     return DCX_OK;
@@ -1019,8 +1034,11 @@ static long read_some(dcx_conn *c, unsigned char *dst, size_t len, int wait, int
         if (c->eof)
             return DCX_EOF;
         int ok = SSL_read_ex(c->ssl, dst, len, &n);
-        if (c->out.len && flush_out(c, deadline, NULL) != DCX_OK)
-            ERR_clear_error(); /* a KeyUpdate answer that cannot leave: the next write says why */
+        if (c->out.len) {
+            if (flush_out(c, deadline, NULL) != DCX_OK)
+                ERR_clear_error(); /* a KeyUpdate answer that cannot leave: the next write says why */
+            out_trim(c);
+        }
         if (ok == 1)
             return (long)n;
         int e = SSL_get_error(c->ssl, 0);
@@ -1131,6 +1149,10 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
         c->ticket_due = 0;
         SSL_new_session_ticket(c->ssl);
     }
+    size_t first = len < OUT_SLICE ? len : OUT_SLICE;
+    /* One allocation for the whole write: records of a slice, with their headers and tags. */
+    if (!out_reserve(c, first + (first / RECORD_MAX + 1) * RECORD_OVERHEAD))
+        return dcx_fail(err, DCX_E_NOMEM, "out of memory for the send buffer");
     while (done < len) {
         size_t n = 0, slice = len - done < OUT_SLICE ? len - done : OUT_SLICE;
         if (SSL_write_ex(c->ssl, p + done, slice, &n) != 1)
@@ -1143,6 +1165,7 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
             return w;
         }
     }
+    out_trim(c);
     return (long)len;
 }
 
