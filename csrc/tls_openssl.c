@@ -120,6 +120,14 @@ static void out_trim(dcx_conn *c)
     }
 }
 
+/* OpenSSL keeps its read-ahead buffer (READ_AHEAD bytes) even when it is
+ * empty; a connection that has caught up gives it back until more arrives. */
+static void release_read_ahead(dcx_conn *c)
+{
+    if (!c->dead && !c->plain.more_records)
+        SSL_free_buffers(c->ssl);
+}
+
 static int out_write(BIO *bio, const char *data, size_t len, size_t *written)
 {
     dcx_conn *c = BIO_get_data(bio);
@@ -661,7 +669,7 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
     SSL_CTX_set_session_id_context(s, (const unsigned char *)"dcxsec", 6);
     /* Read whatever the socket holds in one system call, not header then body. */
     SSL_CTX_set_read_ahead(s, 1);
-    SSL_CTX_set_default_read_buffer_len(s, READ_AHEAD); /* freed when empty (RELEASE_BUFFERS) */
+    SSL_CTX_set_default_read_buffer_len(s, READ_AHEAD); /* given back when empty */
     SSL_CTX_set_session_cache_mode(s, cfg->session_cache ? SSL_SESS_CACHE_BOTH
                                                          : SSL_SESS_CACHE_OFF);
     SSL_CTX_sess_set_new_cb(s, remember_session);
@@ -968,6 +976,7 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
     c->handshake_done = 1;
     out_trim(c);
     c->plain.more_records = SSL_has_pending(c->ssl); /* read ahead past the handshake */
+    release_read_ahead(c);
     c->ticket_due = c->server_side && c->ctx->tickets && SSL_version(c->ssl) == TLS1_3_VERSION;
     return DCX_OK;
 }
@@ -1108,6 +1117,7 @@ long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err)
         pt->end += (size_t)n;
     }
     pt->more_records = !c->dead && SSL_has_pending(c->ssl);
+    release_read_ahead(c);
     return (long)pt->end;
 }
 
@@ -1135,6 +1145,7 @@ long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error
         got += (size_t)n;
     }
     pt->more_records = !c->dead && SSL_has_pending(c->ssl);
+    release_read_ahead(c);
     return (long)got;
 }
 
@@ -1145,7 +1156,8 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
     int64_t deadline = dcx_deadline(timeout_ms);
     const unsigned char *p = buf;
     size_t done = 0;
-    if (c->ticket_due) {
+    int ticket = c->ticket_due;
+    if (ticket) {
         c->ticket_due = 0;
         SSL_new_session_ticket(c->ssl);
     }
@@ -1166,6 +1178,8 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
         }
     }
     out_trim(c);
+    if (ticket) /* OpenSSL set up its read buffer to send the ticket */
+        release_read_ahead(c);
     return (long)len;
 }
 
