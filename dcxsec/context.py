@@ -151,9 +151,10 @@ class TLSContext:
         """Wrap a TCP socket, as ``ssl.SSLContext.wrap_socket`` does.
 
         The requesting side handshakes in ``connect()``.  The accepting side
-        never handshakes here (this runs in pynetdicom's accept loop): it
-        handshakes on first use, in the association's own thread, with the
-        configured ``handshake_timeout``.
+        never waits here (this runs in pynetdicom's accept loop): it answers a
+        ClientHello that has already arrived, and finishes the handshake on
+        first use, in the association's own thread, within the configured
+        ``handshake_timeout``.
         """
         from dcxsec.tlssocket import TLSSocket
 
