@@ -84,6 +84,22 @@ WINE_SERVER_SKIP = "AcceptSecurityContext unsupported under Wine"
 PFX_PASSWORD = "dcxsec-conformance"
 
 
+def _pfx_identity(ca: pki.Identity, common_name: str) -> pki.Identity:
+    """An RSA client identity that Wine 8.0 can take from a PKCS#12 file.
+
+    Under Wine, an RSA key imported from PKCS#12 whose CRT exponent (dP or dQ)
+    is a byte shorter than half the modulus (about one key in 128) makes
+    SChannel fail with SEC_E_INTERNAL_ERROR.  Windows has no such limit, and the engine's
+    own DER/PEM key import takes such keys under Wine too, so only the keys
+    that go through Wine's PFXImportCertStore are drawn again.
+    """
+    while True:
+        identity = pki.issue(ca, common_name, key_kind="rsa2048", server=False)
+        numbers = identity.private_key.private_numbers()
+        if numbers.dmp1.bit_length() > 1016 and numbers.dmq1.bit_length() > 1016:
+            return identity
+
+
 def _write_pki(d: Path) -> None:
     """Certificates for every case.  Wine's SChannel takes RSA client keys only."""
     ca = pki.new_ca("dcxsec conformance CA", key_kind="rsa2048")
@@ -94,8 +110,8 @@ def _write_pki(d: Path) -> None:
     expired = pki.issue(ca, "localhost", key_kind="rsa2048", dns_names=["localhost"],
                         not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1))
     client = pki.issue(ca, "conformance client", key_kind="rsa2048", server=False)
-    store_client = pki.issue(ca, "conformance store client", key_kind="rsa2048", server=False)
-    store_second = pki.issue(ca, "conformance second store client", key_kind="rsa2048", server=False)
+    store_client = _pfx_identity(ca, "conformance store client")
+    store_second = _pfx_identity(ca, "conformance second store client")
     store_ca = pki.new_ca("conformance store CA", key_kind="rsa2048")
     ec_client = pki.issue(ca, "conformance EC client", key_kind="ec256", server=False)
     ec_client.write(d, "ecclient")
