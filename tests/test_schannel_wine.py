@@ -87,16 +87,19 @@ PFX_PASSWORD = "dcxsec-conformance"
 def _pfx_identity(ca: pki.Identity, common_name: str) -> pki.Identity:
     """An RSA client identity that Wine 8.0 can take from a PKCS#12 file.
 
-    Under Wine, an RSA key imported from PKCS#12 whose CRT exponent (dP or dQ)
-    is a byte shorter than half the modulus (about one key in 128) makes
-    SChannel fail with SEC_E_INTERNAL_ERROR.  Windows has no such limit, and the engine's
-    own DER/PEM key import takes such keys under Wine too, so only the keys
-    that go through Wine's PFXImportCertStore are drawn again.
+    Wine's PKCS#12 import copies each RSA component into the key blob at its
+    full length (256 bytes for d, 128 for p, q, dP, dQ and qInv) and stops at
+    the first shorter one, leaving the rest of the blob unset.  A key with
+    such a component (about one in 60) then fails at random in SChannel with
+    SEC_E_INTERNAL_ERROR.  Windows has no such limit, and the engine's own DER
+    and PEM key import takes these keys under Wine, so only the keys that go
+    through Wine's PFXImportCertStore are drawn again.
     """
     while True:
         identity = pki.issue(ca, common_name, key_kind="rsa2048", server=False)
-        numbers = identity.private_key.private_numbers()
-        if numbers.dmp1.bit_length() > 1016 and numbers.dmq1.bit_length() > 1016:
+        n = identity.private_key.private_numbers()
+        if n.d.bit_length() > 2040 and all(v.bit_length() > 1016
+                                             for v in (n.p, n.q, n.dmp1, n.dmq1, n.iqmp)):
             return identity
 
 
