@@ -90,8 +90,8 @@ def _pfx_identity(ca: pki.Identity, common_name: str) -> pki.Identity:
     Wine's PKCS#12 import copies each RSA component into the key blob at its
     full length (256 bytes for d, 128 for p, q, dP, dQ and qInv) and stops at
     the first shorter one, leaving the rest of the blob unset.  A key with
-    such a component (about one in 20, most often d) then fails at random in SChannel with
-    SEC_E_INTERNAL_ERROR.  Windows has no such limit, and the engine's own DER
+    such a component (about one in 20, most often d) then fails at random in
+    SChannel with SEC_E_INTERNAL_ERROR.  Windows has no such limit, and the engine's own DER
     and PEM key import takes these keys under Wine, so only the keys that go
     through Wine's PFXImportCertStore are drawn again.
     """
