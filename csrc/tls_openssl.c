@@ -1105,8 +1105,10 @@ long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err)
     pt->start = pt->end = 0;
     int64_t deadline = dcx_deadline(timeout_ms);
     long n = read_some(c, pt->data, c->plain_cap, 1, deadline, err);
-    if (n <= 0)
+    if (n <= 0) {
+        pt->more_records = !c->dead && SSL_has_pending(c->ssl);
         return n;
+    }
     pt->end = (size_t)n;
     /* Decrypt every record the last read() brought in, in this one call: the
      * caller then answers many small reads without calling in again. */
