@@ -125,7 +125,8 @@ class TLSSocket(ssl.SSLSocket):
         if self._failure is not None:
             raise self._failure
         if self._early_failure is not None:  # found in the accept loop, reported here
-            self._fail_handshake(self._early_failure)
+            early, self._early_failure = self._early_failure, None
+            self._fail_handshake(early)
         conn = self._engine_conn()
         timeout = self._context.handshake_timeout
         if not self.server_side and self._timeout is not None:
