@@ -103,6 +103,17 @@ def _pfx_identity(ca: pki.Identity, common_name: str) -> pki.Identity:
             return identity
 
 
+def _short_component_identity(ca: pki.Identity, common_name: str) -> pki.Identity:
+    """An RSA client identity whose private exponent d is a byte shorter than
+    the modulus (about one key in 25), which the engine's own key import (PEM
+    and DER cases) must place at its full length, as Wine's PKCS#12 import
+    does not."""
+    while True:
+        identity = pki.issue(ca, common_name, key_kind="rsa2048", server=False)
+        if identity.private_key.private_numbers().d.bit_length() <= 2040:
+            return identity
+
+
 def _write_pki(d: Path) -> None:
     """Certificates for every case.  Wine's SChannel takes RSA client keys only."""
     ca = pki.new_ca("dcxsec conformance CA", key_kind="rsa2048")
@@ -112,7 +123,7 @@ def _write_pki(d: Path) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     expired = pki.issue(ca, "localhost", key_kind="rsa2048", dns_names=["localhost"],
                         not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1))
-    client = pki.issue(ca, "conformance client", key_kind="rsa2048", server=False)
+    client = _short_component_identity(ca, "conformance client")
     store_client = _pfx_identity(ca, "conformance store client")
     store_second = _pfx_identity(ca, "conformance second store client")
     store_ca = pki.new_ca("conformance store CA", key_kind="rsa2048")
