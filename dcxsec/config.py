@@ -103,10 +103,9 @@ class SecurityConfig:
         """
         if self.certificate is not None:
             return read_source(self.certificate, "certificate"), read_private_key(self.private_key)
-        store = self.store()
-        if self.certificate_thumbprint is None and not any(store.certificates("My")):
+        entry = self.store().local_identity(self.certificate_thumbprint)
+        if entry is None:
             return None, None
-        entry = store.identity(self.certificate_thumbprint)
         return entry.chain_pem(), read_private_key(entry.key_path)
 
     def trusted_bytes(self) -> list[bytes]:

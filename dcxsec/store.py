@@ -208,12 +208,7 @@ class CertificateStore:
 
     def __init__(self, scope: CertStore | None = None, source: CertificateSource | None = None) -> None:
         self.scope = CertStore.default() if scope is None else CertStore(scope)
-        self.root = self.scope.root()
         self.source = source if source is not None else _platform_source(self.scope)
-
-    def folder(self, logical: str) -> Path:
-        """The folder of a logical store (folder stores)."""
-        return self.root / _checked(logical)
 
     def location(self, logical: str | None = None) -> str:
         """Where the scope, or one logical store, is: a folder or Cert:\\<scope>\\<store>."""
@@ -256,7 +251,7 @@ class CertificateStore:
     def local_identity(self, thumb: str | None = None) -> StoredCertificate | None:
         """The identity a context uses: as ``identity()``, but None when My is
         empty and no thumbprint is asked for (a requestor may go without)."""
-        if thumb is None and not any(True for _ in self.certificates("My")):
+        if thumb is None and not any(self.certificates("My")):
             return None
         return self.identity(thumb)
 

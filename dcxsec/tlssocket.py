@@ -131,9 +131,9 @@ class TLSSocket(ssl.SSLSocket):
         timeout = self._context.handshake_timeout
         if not self.server_side and self._timeout is not None:
             timeout = self._timeout
-        err = new_error()
-        rc = lib.dcx_conn_handshake(conn, _milliseconds(timeout), err)
-        if rc == lib.DCX_E_TIMEOUT and _milliseconds(timeout) == 0:
+        timeout_ms, err = _milliseconds(timeout), new_error()
+        rc = lib.dcx_conn_handshake(conn, timeout_ms, err)
+        if rc == lib.DCX_E_TIMEOUT and timeout_ms == 0:
             raise ssl.SSLWantReadError("The operation did not complete (the handshake waits for the peer)")
         if rc != lib.DCX_OK:
             self._fail_handshake(to_exception(err, rc, during_handshake=True))
@@ -247,7 +247,7 @@ class TLSSocket(ssl.SSLSocket):
     def _read_exactly_locked(self, conn, size: int) -> bytes:
         buf, err, data = ffi.new("char[]", size), new_error(), bytearray()
         while len(data) < size:
-            n = lib.dcx_conn_read(conn, buf, size - len(data), _milliseconds(self._timeout), err)
+            n = lib.dcx_conn_read(conn, buf, size - len(data), self._timeout_ms, err)
             if n == lib.DCX_EOF:
                 break
             if n < 0:
@@ -273,7 +273,7 @@ class TLSSocket(ssl.SSLSocket):
         refusal = self._refuse_binding(f"calling AE title '{calling}' is not bound to",
                                        "A-ASSOCIATE-RJ sent (calling AE title not recognized)")
         lib.dcx_conn_write(conn, aetitle.reject_pdu(aetitle.CALLING_AE_NOT_RECOGNIZED), 10,
-                           _milliseconds(self._timeout), new_error())
+                           self._timeout_ms, new_error())
         lib.dcx_conn_shutdown(conn, _CLOSE_NOTIFY_MS, 0, new_error())
         raise refusal
 
@@ -386,7 +386,8 @@ class TLSSocket(ssl.SSLSocket):
         return lib.dcx_conn_read(conn, target, size, self._timeout_ms, self._err)
 
     def _fill(self, conn) -> int:
-        """Decrypt the next record into the engine's plaintext buffer; lock held."""
+        """Decrypt the records at hand (at least one) into the engine's plaintext
+        buffer; lock held."""
         self._hand_back()
         n = lib.dcx_conn_fill(conn, self._timeout_ms, self._err)
         if n > 0:
