@@ -143,6 +143,12 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side,
  * never waiting: DCX_E_TIMEOUT then means "call again", and the connection
  * stays usable.  An acceptor answers a waiting ClientHello this way at once. */
 int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err);
+/* Requesting side: TCP connect to host (a numeric IPv4 or IPv6 address) and
+ * port, then the handshake, in one call, so the ClientHello leaves the moment
+ * the connection is up.  *connected tells a connect failure (sys_errno set,
+ * or DCX_E_TIMEOUT) from a handshake failure. */
+int dcx_conn_connect(dcx_conn *c, const char *host, int port, int connect_timeout_ms,
+                     int handshake_timeout_ms, int *connected, dcx_error *err);
 /* Decrypted plaintext the engine holds for its caller, who may take bytes
  * straight from it between calls on the connection: data[start, end) is
  * valid, and advancing start consumes.  more_records is set when records
@@ -179,6 +185,31 @@ const char *dcx_conn_cipher(const dcx_conn *c);   /* IANA/OpenSSL name, or "" */
 int dcx_conn_cipher_bits(const dcx_conn *c);
 int dcx_conn_session_reused(const dcx_conn *c);
 void dcx_conn_free(dcx_conn *c);
+/* The socket the connection was bound to. */
+dcx_socket dcx_conn_socket(const dcx_conn *c);
+
+/* ---- handshakes in the background (accepting side) ------------------------
+ * A pump is one engine thread that advances accepted connections' handshakes
+ * the moment their bytes arrive, while the caller's threads (and Python's GIL)
+ * are busy elsewhere.  It only ever calls dcx_conn_handshake(c, 0, ...): the
+ * thread that claims a connection back finishes the handshake with its own
+ * deadline, so the pump changes when the work is done, never the outcome. */
+typedef struct dcx_pump dcx_pump;
+
+/* A running pump, or NULL (err says why: DCX_E_UNSUPPORTED on platforms
+ * without one, where the caller handshakes in its own thread). */
+dcx_pump *dcx_pump_new(dcx_error *err);
+/* Hand c's handshake to the pump for at most timeout_ms; c must not be used
+ * until it is claimed back. */
+int dcx_pump_add(dcx_pump *p, dcx_conn *c, int timeout_ms, dcx_error *err);
+/* 1 when the pump is done with c's handshake (finished, failed, or its time
+ * is up), so that a claim returns at once; 0 while it still waits for bytes. */
+int dcx_pump_settled(dcx_pump *p, const dcx_conn *c);
+/* Take c back, waiting only for a handshake step in progress.  Claiming a
+ * connection the pump does not hold does nothing. */
+void dcx_pump_claim(dcx_pump *p, dcx_conn *c);
+/* Stop the thread; connections still held are let go, not freed. */
+void dcx_pump_free(dcx_pump *p);
 
 #ifdef __cplusplus
 }

@@ -11,11 +11,14 @@
 
 #ifdef _WIN32
 #include <winsock2.h>
+#include <ws2tcpip.h>
 #include <windows.h>
 #else
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <poll.h>
+#include <sys/socket.h>
 #endif
 
 void dcx_error_clear(dcx_error *err)
@@ -108,6 +111,57 @@ int dcx_wait(dcx_socket fd, int want_write, int64_t deadline, dcx_error *err)
             err->sys_errno = dcx_socket_errno();
         return dcx_fail(err, DCX_E_SYSCALL, "waiting on the socket failed");
     }
+}
+
+/* TCP connect to a numeric address within the deadline, on a non-blocking socket. */
+static int connect_socket(dcx_socket fd, const char *host, int port, int64_t deadline,
+                          dcx_error *err)
+{
+    struct addrinfo hints, *ai = NULL;
+    char service[16];
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(service, sizeof(service), "%d", port);
+    if (getaddrinfo(host, service, &hints, &ai) != 0 || !ai)
+        return dcx_fail(err, DCX_E_CONFIG, "'%s' is not a numeric IP address", host);
+    int r = connect(fd, ai->ai_addr, (int)ai->ai_addrlen);
+    freeaddrinfo(ai);
+    if (r == 0)
+        return DCX_OK;
+    int e = dcx_socket_errno();
+#ifdef _WIN32
+    int in_progress = e == WSAEWOULDBLOCK;
+#else
+    int in_progress = e == EINPROGRESS || e == EINTR; /* EINTR: it goes on regardless */
+#endif
+    if (in_progress) {
+        int w = dcx_wait(fd, 1, deadline, err);
+        if (w != DCX_OK)
+            return w;
+        int so_error = 0;
+        socklen_t len = sizeof(so_error);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, (char *)&so_error, &len) != 0)
+            so_error = dcx_socket_errno();
+        if (so_error == 0)
+            return DCX_OK;
+        e = so_error;
+    }
+    if (err)
+        err->sys_errno = e;
+    return dcx_fail(err, DCX_E_SYSCALL, "cannot connect to %s port %d", host, port);
+}
+
+int dcx_conn_connect(dcx_conn *c, const char *host, int port, int connect_timeout_ms,
+                     int handshake_timeout_ms, int *connected, dcx_error *err)
+{
+    dcx_error_clear(err);
+    *connected = 0;
+    int rc = connect_socket(dcx_conn_socket(c), host, port, dcx_deadline(connect_timeout_ms), err);
+    if (rc != DCX_OK)
+        return rc;
+    *connected = 1;
+    return dcx_conn_handshake(c, handshake_timeout_ms, err);
 }
 
 int dcx_thumbs_set(dcx_thumbs *t, const unsigned char *digests,

@@ -1255,6 +1255,11 @@ int dcx_conn_session_reused(const dcx_conn *c)
     return c->handshake_done && SSL_session_reused(c->ssl);
 }
 
+dcx_socket dcx_conn_socket(const dcx_conn *c)
+{
+    return c->fd;
+}
+
 void dcx_conn_free(dcx_conn *c)
 {
     if (!c)

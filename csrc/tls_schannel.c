@@ -1809,6 +1809,11 @@ int dcx_conn_session_reused(const dcx_conn *c)
     return c->handshake_done && c->reused;
 }
 
+dcx_socket dcx_conn_socket(const dcx_conn *c)
+{
+    return c->fd;
+}
+
 void dcx_conn_free(dcx_conn *c)
 {
     if (!c)

@@ -9,6 +9,7 @@ from dcxsec._native import ffi, lib
 from dcxsec.aetitle import AEBindings
 from dcxsec.config import SecurityConfig
 from dcxsec.engine import new_error, to_exception
+from dcxsec.pump import free_connection
 from dcxsec.verify import VerificationMethod, normalize_thumbprints
 
 if TYPE_CHECKING:
@@ -170,4 +171,4 @@ class TLSContext:
         if conn == ffi.NULL:
             raise to_exception(err, err.status)
         # The connection points into the context: keep the context alive with it.
-        return ffi.gc(conn, lib.dcx_conn_free), self._ctx
+        return ffi.gc(conn, free_connection), self._ctx

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -20,6 +21,7 @@ from dcxsec._native import ffi, lib
 from dcxsec.certinfo import certificate_dict, subject_text
 from dcxsec.engine import new_error, to_exception
 from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError
+from dcxsec.pump import handshake_pump
 
 if TYPE_CHECKING:
     from dcxsec.context import TLSContext
@@ -75,6 +77,7 @@ class TLSSocket(ssl.SSLSocket):
         self._handshake_done = False
         self._failure: OSError | None = None
         self._early_failure: OSError | None = None
+        self._pump = None  # the engine's handshake thread, while it holds this connection
         self._wrapped_at = time.monotonic()
         self._plain = None  # the engine's plaintext buffer, read here without calling in
         self._record = b""  # ... as a Python buffer; _pos/_end: what is left of it
@@ -91,7 +94,7 @@ class TLSSocket(ssl.SSLSocket):
                 self._peer_address = socket.socket.getpeername(self)
             except OSError:
                 pass
-            self._answer_client_hello()
+            self._start_accepted_handshake()
         return self
 
     # ---- handshake ------------------------------------------------------
@@ -102,10 +105,54 @@ class TLSSocket(ssl.SSLSocket):
             raise ValueError("can't connect in server-side mode")
         if self._conn is not None:
             raise ValueError("attempt to connect already-connected TLSSocket")
-        socket.socket.connect(self, address)
+        target = self._numeric_target(address) if self.do_handshake_on_connect else None
+        if target is None:
+            socket.socket.connect(self, address)
+            self._peer_address = address
+            if self.do_handshake_on_connect:
+                self.do_handshake()
+            return
         self._peer_address = address
-        if self.do_handshake_on_connect:
-            self.do_handshake()
+        with self._lock:
+            self._connect_and_handshake_locked(*target)
+
+    def _numeric_target(self, address: Any) -> tuple[str, int] | None:
+        """(numeric host, port) the engine can connect to itself, or None for
+        addresses left to Python's connect (scoped IPv6, other families)."""
+        if self.family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple):
+            return None
+        if len(address) > 2 and any(address[2:]):
+            return None  # flow info or scope id: Python's connect knows them
+        host, port = address[0], address[1]
+        try:
+            socket.inet_pton(self.family, host)
+        except (OSError, TypeError):
+            # A name: resolved here as Python's connect would, first address first.
+            infos = socket.getaddrinfo(host, port, self.family, socket.SOCK_STREAM)
+            host = infos[0][4][0]
+            if self.family == socket.AF_INET6 and any(infos[0][4][2:]):
+                return None
+        return host, int(port)
+
+    def _connect_and_handshake_locked(self, host: str, port: int) -> None:
+        """TCP connect and handshake in one engine call: the ClientHello leaves
+        the moment the connection is up, without coming back for the GIL."""
+        conn = self._engine_conn()
+        handshake_timeout = self._context.handshake_timeout if self._timeout is None else self._timeout
+        err, connected = new_error(), ffi.new("int *")
+        rc = lib.dcx_conn_connect(conn, host.encode("ascii"), port, self._timeout_ms,
+                                  _milliseconds(handshake_timeout), connected, err)
+        if rc == lib.DCX_OK:
+            self._handshake_finished()
+        elif connected[0]:
+            self._fail_handshake(to_exception(err, rc, during_handshake=True))
+        else:
+            self._conn = None  # not connected: a later connect() starts afresh, as ssl's does
+            if rc == lib.DCX_E_TIMEOUT:
+                raise TimeoutError("timed out")
+            if err.sys_errno:
+                raise OSError(err.sys_errno, os.strerror(err.sys_errno))
+            raise to_exception(err, rc)
 
     def connect_ex(self, address: Any) -> int:
         try:
@@ -132,6 +179,7 @@ class TLSSocket(ssl.SSLSocket):
         if not self.server_side and self._timeout is not None:
             timeout = self._timeout
         timeout_ms, err = _milliseconds(timeout), new_error()
+        self._claim_from_pump()
         rc = lib.dcx_conn_handshake(conn, timeout_ms, err)
         if rc == lib.DCX_E_TIMEOUT and timeout_ms == 0:
             raise ssl.SSLWantReadError("The operation did not complete (the handshake waits for the peer)")
@@ -158,25 +206,53 @@ class TLSSocket(ssl.SSLSocket):
             log.debug("TLS handshake with %s: %s %s", self._peer_text(), self.version(),
                       self.cipher()[0])
 
-    def _answer_client_hello(self) -> None:
-        """Acceptor, in the accept loop: answer a ClientHello that has already
-        arrived, without waiting for anything.
+    def _start_accepted_handshake(self) -> None:
+        """Acceptor, in the accept loop, which must never wait here.
 
-        The requestor then finishes its side while the association's thread
-        starts, instead of after; a silent client costs one read() here.
-        A failure is kept and reported by that thread, as a late one would be.
+        The engine's handshake thread takes the connection and answers the
+        ClientHello the moment it arrives, while the association's threads
+        start; the requestor's handshake is over before they read.  Where
+        there is no such thread, a ClientHello that has already arrived is
+        answered now.  A failure is kept and reported by the association's
+        thread, as a late one would be.
         """
         with self._lock:
             try:
                 conn = self._engine_conn()
             except OSError:
                 return  # the association's thread meets it again and reports it
-            err = new_error()
-            rc = lib.dcx_conn_handshake(conn, 0, err)
-            if rc == lib.DCX_OK:
-                self._handshake_finished()
-            elif rc != lib.DCX_E_TIMEOUT:
-                self._early_failure = to_exception(err, rc, during_handshake=True)
+            pump = handshake_pump()
+            if pump is not None and lib.dcx_pump_add(
+                    pump, conn, _milliseconds(self._context.handshake_timeout), new_error()) == lib.DCX_OK:
+                self._pump = pump
+            else:
+                self._step_handshake_locked()
+
+    def _step_handshake_locked(self) -> None:
+        """One handshake step with what has arrived, never waiting; lock held."""
+        err = new_error()
+        rc = lib.dcx_conn_handshake(self._conn, 0, err)
+        if rc == lib.DCX_OK:
+            self._handshake_finished()
+        elif rc != lib.DCX_E_TIMEOUT:
+            self._early_failure = to_exception(err, rc, during_handshake=True)
+
+    def _claim_from_pump(self) -> None:
+        """Take the connection back from the handshake thread before using it."""
+        pump, self._pump = self._pump, None
+        if pump is not None and self._conn is not None:
+            lib.dcx_pump_claim(pump, self._conn)
+
+    def _collect_from_pump(self) -> None:
+        """The handshake thread is done: take the connection and its outcome."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._pump is not None and self._conn is not None:
+                self._claim_from_pump()
+                self._step_handshake_locked()
+        finally:
+            self._lock.release()
 
     def _fail_handshake(self, exc: OSError) -> None:
         """Record, log (accepting side), close, and raise a failed handshake."""
@@ -187,6 +263,7 @@ class TLSSocket(ssl.SSLSocket):
         level = logging.WARNING if self.server_side or isinstance(
             exc, CertificateVerificationError) else logging.DEBUG
         log.log(level, "TLS handshake with %s failed: %s", self._peer_text(), exc)
+        self._claim_from_pump()
         self._conn = None
         try:
             socket.socket.close(self)
@@ -406,13 +483,17 @@ class TLSSocket(ssl.SSLSocket):
 
     def pending(self) -> int:
         """Decrypted bytes waiting in the engine, which ``select()`` cannot see."""
-        conn = self._conn
         if not self._handshake_done:
+            pump, conn = self._pump, self._conn
+            if pump is not None and conn is not None and lib.dcx_pump_settled(pump, conn):
+                self._collect_from_pump()
             if self._early_failure is not None:
                 return 1  # so that the association's thread reads, and reports it
-            if self.server_side and self._failure is None:
-                self._check_silent_peer()
-            return 0
+            if not self._handshake_done:
+                if self.server_side and self._failure is None:
+                    self._check_silent_peer()
+                return 0
+        conn = self._conn
         if conn is None:
             return 0
         # Read from the engine's own counters: no call into C, so no GIL hand-off
@@ -473,6 +554,7 @@ class TLSSocket(ssl.SSLSocket):
         socket.socket.shutdown(self, how)
 
     def _real_close(self) -> None:
+        self._claim_from_pump()  # before the descriptor goes: the thread polls it
         if self._conn is not None:
             if self._lock.locked():
                 # Another thread is inside the engine: wake it before the fd goes.

@@ -78,7 +78,12 @@ def test_bad_input_waiting_at_accept_is_reported_by_the_first_read(server_ctx, k
             select.select([raw], [], [], 10)
             server = server_ctx.wrap_socket(raw, server_side=True)  # the accept loop: no error here
             try:
-                assert server.pending() == 1  # so that the association's thread reads ...
+                # pending() turns 1 (the engine's handshake thread met the input), so
+                # that the association's reactor, which polls it, reads ...
+                deadline = time.monotonic() + 5
+                while server.pending() == 0 and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                assert server.pending() == 1
                 with pytest.raises(NotTLSError, match=words.split(" on the")[0]):
                     server.recv(6)  # ... and meets the reason there
             finally:

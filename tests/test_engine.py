@@ -248,6 +248,46 @@ def test_acceptor_answers_a_waiting_client_hello_in_wrap_socket(server_ctx, clie
         lst.close()
 
 
+def test_acceptor_finishes_a_later_client_hello_without_the_association_thread(
+        server_ctx, client_ctx):
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    raw_client = socket.create_connection(lst.getsockname())
+    raw, _ = lst.accept()
+    server = server_ctx.wrap_socket(raw, server_side=True)  # before any ClientHello
+    # The ClientHello comes after the accept loop moved on; nothing calls the
+    # server socket, yet the requestor's handshake completes.
+    client = client_ctx.wrap_socket(raw_client, do_handshake_on_connect=False)
+    client.settimeout(10)
+    try:
+        client.do_handshake()
+        assert client.version() == "TLSv1.3"
+        client.sendall(b"A-ASSOCIATE-RQ")
+        assert server.recv(100) == b"A-ASSOCIATE-RQ"
+        assert server.version() == "TLSv1.3"
+    finally:
+        client.close()
+        server.close()
+        lst.close()
+
+
+def test_closing_an_accepted_socket_mid_handshake_lets_its_peer_go(server_ctx):
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    silent = socket.create_connection(lst.getsockname())
+    raw, _ = lst.accept()
+    server = server_ctx.wrap_socket(raw, server_side=True)
+    try:
+        server.close()  # held by the handshake thread: the connection must still close
+        silent.settimeout(5)
+        assert silent.recv(10) == b""
+    finally:
+        silent.close()
+        lst.close()
+
+
 def test_acceptor_leaves_a_silent_client_to_the_association_thread(server_ctx):
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
@@ -263,3 +303,53 @@ def test_acceptor_leaves_a_silent_client_to_the_association_thread(server_ctx):
         server.close()
         silent.close()
         lst.close()
+
+
+def _serve_one_handshake(server_ctx, lst: socket.socket) -> threading.Thread:
+    def serve() -> None:
+        raw, _ = lst.accept()
+        with server_ctx.wrap_socket(raw, server_side=True) as server:
+            server.sendall(server.recv(100))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"),
+                                          (socket.AF_INET, "localhost"),
+                                          (socket.AF_INET6, "::1")])
+def test_connect_handshakes_to_numeric_and_named_addresses(server_ctx, client_ctx, family, host):
+    try:
+        lst = socket.socket(family)
+        lst.bind((host, 0))
+    except OSError as exc:
+        pytest.skip(f"no {host} on this machine: {exc}")
+    lst.listen()
+    serving = _serve_one_handshake(server_ctx, lst)
+    client = client_ctx.wrap_socket(socket.socket(family))
+    try:
+        client.settimeout(10)
+        client.connect((host, lst.getsockname()[1]))
+        assert client.version() == "TLSv1.3"
+        client.sendall(b"echo")
+        assert client.recv(100) == b"echo"
+        assert client.getpeername()[1] == lst.getsockname()[1]
+    finally:
+        client.close()
+        serving.join(5)
+        lst.close()
+
+
+def test_connect_refused_is_connection_refused_error(client_ctx):
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))  # bound, never listening: the connection is refused
+    client = client_ctx.wrap_socket(socket.socket())
+    try:
+        client.settimeout(5)
+        with pytest.raises(ConnectionRefusedError):
+            client.connect(port.getsockname())
+        assert client.connect_ex(port.getsockname()) != 0
+    finally:
+        client.close()
+        port.close()

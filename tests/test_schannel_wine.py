@@ -38,6 +38,7 @@ pytestmark = pytest.mark.skipif(
 CLIENT_CASES = [
     "client.handshake_dcxsec_server",
     "client.handshake_in_steps",
+    "client.connect_in_engine",
     "client.upload_50MB_sha256",
     "client.download_50MB_sha256",
     "client.none_accepts",

@@ -587,6 +587,42 @@ static int case_dcx_handshake(void)
     return out;
 }
 
+/* dcx_conn_connect: TCP connect and handshake in one call, then a refused port. */
+static int case_connect_in_engine(void)
+{
+    dcx_error err;
+    int connected = 0, out = FAIL;
+    dcx_ctx *ctx = make_ctx(&client_dcx, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    sock_t s = socket(AF_INET, SOCK_STREAM, 0);
+    dcx_conn *c = dcx_conn_new(ctx, (dcx_socket)s, 0, "localhost", &err);
+    int rc = c ? dcx_conn_connect(c, "127.0.0.1", dcx_port, TIMEOUT_MS, TIMEOUT_MS, &connected, &err)
+               : err.status;
+    if (rc != DCX_OK || !connected) {
+        say(FAIL, "connect and handshake: %s", err.reason);
+    } else if (ask_peer_sees(c, "client.sha256", &err) == PASS) {
+        int closed_port = 0;
+        sock_t held = tcp_listen(&closed_port); /* a port known to be free ... */
+        close_socket(held);                       /* ... and now refusing */
+        sock_t s2 = socket(AF_INET, SOCK_STREAM, 0);
+        dcx_conn *c2 = dcx_conn_new(ctx, (dcx_socket)s2, 0, "localhost", &err);
+        rc = c2 ? dcx_conn_connect(c2, "127.0.0.1", closed_port, TIMEOUT_MS, TIMEOUT_MS, &connected,
+                                   &err)
+                : err.status;
+        if (rc != DCX_E_SYSCALL || connected || err.sys_errno == 0)
+            say(FAIL, "a refused port gave status %d, connected %d, errno %d: %s", rc, connected,
+                err.sys_errno, err.reason);
+        else
+            out = say(PASS, "%s in one call; a refused port: %s (errno %d)",
+                      version_name(dcx_conn_version(c)), err.reason, err.sys_errno);
+        hang_up(s2, c2);
+    }
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
 static int bulk(int upload)
 {
     static unsigned char buf[MB];
@@ -1411,6 +1447,7 @@ static const struct {
 } cases[] = {
     {"client.handshake_dcxsec_server", case_dcx_handshake},
     {"client.handshake_in_steps", case_handshake_in_steps},
+    {"client.connect_in_engine", case_connect_in_engine},
     {"client.upload_50MB_sha256", case_upload},
     {"client.download_50MB_sha256", case_download},
     {"client.none_accepts", case_none_accepts},

@@ -1,0 +1,51 @@
+"""The engine's handshake thread, shared by every accepting TLSContext.
+
+Accepted connections are handed to it in the accept loop; it answers each
+ClientHello the moment it arrives, in C, without the GIL, while pynetdicom
+starts the association's threads.  The association's thread claims the
+connection back on first use and finishes whatever is left with its own
+deadline, exactly as it would have without the pump.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from dcxsec._native import ffi, lib
+from dcxsec.engine import new_error
+
+_lock = threading.Lock()
+_pump = None        # the running pump, made on first use
+_unavailable = False  # the platform has none: accepted handshakes run on first use
+
+
+def handshake_pump():
+    """The process's pump, started on first use; None where the platform has none."""
+    global _pump, _unavailable
+    if _pump is not None or _unavailable:
+        return _pump
+    with _lock:
+        if _pump is None and not _unavailable:
+            pump = lib.dcx_pump_new(new_error())
+            if pump == ffi.NULL:
+                _unavailable = True
+            else:
+                _pump = pump  # lives as long as the process: connections refer to it
+    return _pump
+
+
+def free_connection(conn) -> None:
+    """Destructor of every engine connection: the pump lets go of it first."""
+    if _pump is not None:
+        lib.dcx_pump_claim(_pump, conn)
+    lib.dcx_conn_free(conn)
+
+
+def _forget_after_fork() -> None:
+    # The child has no handshake thread: it starts its own when it accepts.
+    global _pump
+    _pump = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
