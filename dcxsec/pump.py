@@ -34,15 +34,35 @@ def handshake_pump():
     return _pump
 
 
+def hand_over(conn, timeout_ms: int):
+    """Give an accepted connection's handshake to the pump for at most
+    ``timeout_ms``; the pump, or None if there is none to take it."""
+    pump = handshake_pump()
+    if pump is None or lib.dcx_pump_add(pump, conn, timeout_ms, new_error()) != lib.DCX_OK:
+        return None
+    return pump
+
+
+def settled(pump, conn) -> bool:
+    """Whether the pump is done with ``conn`` (a pump of the parent, after a fork, is)."""
+    return pump is not _pump or bool(lib.dcx_pump_settled(pump, conn))
+
+
+def claim(pump, conn) -> None:
+    """Take ``conn`` back from ``pump`` before using, closing or freeing it."""
+    if pump is _pump and pump is not None:
+        lib.dcx_pump_claim(pump, conn)
+
+
 def free_connection(conn) -> None:
     """Destructor of every engine connection: the pump lets go of it first."""
-    if _pump is not None:
-        lib.dcx_pump_claim(_pump, conn)
+    claim(_pump, conn)
     lib.dcx_conn_free(conn)
 
 
 def _forget_after_fork() -> None:
-    # The child has no handshake thread: it starts its own when it accepts.
+    # The child has no handshake thread (and the parent's lock may have been
+    # held when it forked): it starts its own when it accepts.
     global _pump
     _pump = None
 

@@ -21,7 +21,7 @@ from dcxsec._native import ffi, lib
 from dcxsec.certinfo import certificate_dict, subject_text
 from dcxsec.engine import new_error, to_exception
 from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError
-from dcxsec.pump import handshake_pump
+from dcxsec import pump as handshake_thread
 
 if TYPE_CHECKING:
     from dcxsec.context import TLSContext
@@ -221,11 +221,9 @@ class TLSSocket(ssl.SSLSocket):
                 conn = self._engine_conn()
             except OSError:
                 return  # the association's thread meets it again and reports it
-            pump = handshake_pump()
-            if pump is not None and lib.dcx_pump_add(
-                    pump, conn, _milliseconds(self._context.handshake_timeout), new_error()) == lib.DCX_OK:
-                self._pump = pump
-            else:
+            self._pump = handshake_thread.hand_over(
+                conn, _milliseconds(self._context.handshake_timeout))
+            if self._pump is None:
                 self._step_handshake_locked()
 
     def _step_handshake_locked(self) -> None:
@@ -241,7 +239,7 @@ class TLSSocket(ssl.SSLSocket):
         """Take the connection back from the handshake thread before using it."""
         pump, self._pump = self._pump, None
         if pump is not None and self._conn is not None:
-            lib.dcx_pump_claim(pump, self._conn)
+            handshake_thread.claim(pump, self._conn)
 
     def _collect_from_pump(self) -> None:
         """The handshake thread is done: take the connection and its outcome."""
@@ -485,7 +483,7 @@ class TLSSocket(ssl.SSLSocket):
         """Decrypted bytes waiting in the engine, which ``select()`` cannot see."""
         if not self._handshake_done:
             pump, conn = self._pump, self._conn
-            if pump is not None and conn is not None and lib.dcx_pump_settled(pump, conn):
+            if pump is not None and conn is not None and handshake_thread.settled(pump, conn):
                 self._collect_from_pump()
             if self._early_failure is not None:
                 return 1  # so that the association's thread reads, and reports it
@@ -567,6 +565,13 @@ class TLSSocket(ssl.SSLSocket):
             self._conn = None  # freed once the last thread using it lets go
             self._ready = False
         socket.socket._real_close(self)
+
+    def __del__(self) -> None:
+        # A socket dropped unclosed: the handshake thread lets go of the
+        # descriptor before it is closed (and its number handed out again).
+        if getattr(self, "_pump", None) is not None:
+            self._claim_from_pump()
+        super().__del__()
 
     def unwrap(self) -> socket.socket:
         raise NotImplementedError("dcxsec does not hand a connection back to plaintext")

@@ -353,3 +353,4 @@ def test_connect_refused_is_connection_refused_error(client_ctx):
     finally:
         client.close()
         port.close()
+
