@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -106,6 +107,36 @@ def test_silent_clients_do_not_delay_a_real_association(pki, scp_factory, caplog
     while time.monotonic() < deadline and sum("sent nothing" in r.getMessage() for r in caplog.records) < 20:
         time.sleep(0.05)
     assert sum("sent nothing" in r.getMessage() for r in caplog.records) == 20
+
+
+def test_many_requestors_at_once_all_associate(pki, scp_factory, caplog):
+    """Sixteen requestors at once, with full and resumed handshakes and a
+    plain-TCP peer among them: every association succeeds, the bad peer is
+    named, and no handshake is lost between the threads that share it."""
+    caplog.set_level(logging.WARNING, logger="dcxsec")
+    server, client = contexts(pki, TRUST_CHAIN)
+    scp = scp_factory(server, maximum_associations=32)
+    outcomes: list[bool] = []
+
+    def associate_three_times() -> None:
+        for _ in range(3):
+            assoc = requestor().associate("127.0.0.1", scp.port, tls_args=(client, None))
+            outcomes.append(assoc.is_established and assoc.send_c_echo().Status == 0x0000)
+            if assoc.is_established:
+                assoc.release()
+
+    threads = [threading.Thread(target=associate_three_times) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    with socket.create_connection(("127.0.0.1", scp.port)) as plain:
+        plain.sendall(dicom_wire.associate_rq())
+        plain.settimeout(10)
+        while plain.recv(4096):
+            pass
+    for thread in threads:
+        thread.join(60)
+    assert outcomes == [True] * 48
+    assert any("plain DICOM" in r.getMessage() for r in caplog.records)
 
 
 def test_tcp_nodelay_on_both_sides_of_an_association(pki, scp_factory):
