@@ -22,7 +22,6 @@ typedef enum { WAITING, STEPPING, SETTLED } entry_state;
 
 typedef struct entry {
     dcx_conn *conn;
-    dcx_socket fd;
     int64_t deadline;  /* the pump lets go at this time; the claimant's deadline rules */
     entry_state state;
 } entry;
@@ -69,7 +68,7 @@ static int build_poll_set(dcx_pump *p, struct pollfd *fds, dcx_conn **conns, siz
         }
         if (e->deadline >= 0 && (next < 0 || e->deadline < next))
             next = e->deadline;
-        fds[*n] = (struct pollfd){(int)e->fd, POLLIN, 0};
+        fds[*n] = (struct pollfd){(int)dcx_conn_socket(e->conn), POLLIN, 0};
         conns[*n] = e->conn;
         (*n)++;
     }
@@ -186,7 +185,7 @@ int dcx_pump_add(dcx_pump *p, dcx_conn *c, int timeout_ms, dcx_error *err)
         p->entries = grown;
         p->cap = cap;
     }
-    p->entries[p->count++] = (entry){c, dcx_conn_socket(c), dcx_deadline(timeout_ms), WAITING};
+    p->entries[p->count++] = (entry){c, dcx_deadline(timeout_ms), WAITING};
     pthread_mutex_unlock(&p->lock);
     wake(p);
     return DCX_OK;

@@ -106,13 +106,12 @@ class TLSSocket(ssl.SSLSocket):
         if self._conn is not None:
             raise ValueError("attempt to connect already-connected TLSSocket")
         target = self._numeric_target(address) if self.do_handshake_on_connect else None
+        self._peer_address = address
         if target is None:
             socket.socket.connect(self, address)
-            self._peer_address = address
             if self.do_handshake_on_connect:
                 self.do_handshake()
             return
-        self._peer_address = address
         with self._lock:
             self._connect_and_handshake_locked(*target)
 

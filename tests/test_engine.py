@@ -13,7 +13,7 @@ import pytest
 
 import dcxsec
 from dcxsec import ConfigurationError, TLSContext, TLSError
-from conftest import config_for
+from conftest import config_for, listener
 
 
 def test_handshake_negotiates_tls13_and_reports_the_peer(pki, pair_factory, server_ctx, client_ctx):
@@ -224,9 +224,7 @@ def _accept_when_readable(lst: socket.socket) -> socket.socket:
 
 
 def test_acceptor_answers_a_waiting_client_hello_in_wrap_socket(server_ctx, client_ctx):
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen()
+    lst = listener()
     client = client_ctx.wrap_socket(socket.socket(), do_handshake_on_connect=False)
     client.settimeout(10)
     client.connect(lst.getsockname())
@@ -234,8 +232,8 @@ def test_acceptor_answers_a_waiting_client_hello_in_wrap_socket(server_ctx, clie
     done.start()
     raw = _accept_when_readable(lst)
     server = server_ctx.wrap_socket(raw, server_side=True)  # and nothing more on this side
-    # The requestor finishes while the acceptor has not yet read from its socket:
-    # the accept loop already sent ServerHello .. Finished.
+    # The requestor finishes while the acceptor's own code has not read from its
+    # socket: ServerHello .. Finished came without the association's thread.
     done.join(5)
     try:
         assert not done.is_alive()
@@ -250,9 +248,7 @@ def test_acceptor_answers_a_waiting_client_hello_in_wrap_socket(server_ctx, clie
 
 def test_acceptor_finishes_a_later_client_hello_without_the_association_thread(
         server_ctx, client_ctx):
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen()
+    lst = listener()
     raw_client = socket.create_connection(lst.getsockname())
     raw, _ = lst.accept()
     server = server_ctx.wrap_socket(raw, server_side=True)  # before any ClientHello
@@ -273,9 +269,7 @@ def test_acceptor_finishes_a_later_client_hello_without_the_association_thread(
 
 
 def test_closing_an_accepted_socket_mid_handshake_lets_its_peer_go(server_ctx):
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen()
+    lst = listener()
     silent = socket.create_connection(lst.getsockname())
     raw, _ = lst.accept()
     server = server_ctx.wrap_socket(raw, server_side=True)
@@ -289,9 +283,7 @@ def test_closing_an_accepted_socket_mid_handshake_lets_its_peer_go(server_ctx):
 
 
 def test_acceptor_leaves_a_silent_client_to_the_association_thread(server_ctx):
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen()
+    lst = listener()
     silent = socket.create_connection(lst.getsockname())
     raw, _ = lst.accept()
     started = time.monotonic()
