@@ -149,32 +149,21 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err);
  * or DCX_E_TIMEOUT) from a handshake failure. */
 int dcx_conn_connect(dcx_conn *c, const char *host, int port, int connect_timeout_ms,
                      int handshake_timeout_ms, int *connected, dcx_error *err);
-/* Decrypted plaintext the engine holds for its caller, who may take bytes
- * straight from it between calls on the connection: data[start, end) is
- * valid, and advancing start consumes.  more_records is set when records
- * already read from the socket wait to be decrypted.  Small reads are then
- * answered without calling into the engine at all. */
-#define DCX_PLAINTEXT_CAP 65536 /* data[] holds at most this many bytes */
-
-typedef struct dcx_plaintext {
-    unsigned char *data;
-    size_t start;
-    size_t end;
-    int more_records;
-} dcx_plaintext;
-
-dcx_plaintext *dcx_conn_plaintext(dcx_conn *c);
-/* Decrypt the next records into the (empty) plaintext buffer, waiting for
- * the first if needed; data may move, so take it anew after each fill.
- * Returns the bytes now buffered (>0), DCX_EOF, or a negative status. */
-long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err);
-/* Read into buf: buffered plaintext first, then records, waiting only for the
- * first byte.  Returns bytes read (>0), DCX_EOF, or a negative status. */
+/* Read into buf every record already at hand, as far as len allows, waiting
+ * only for the first byte: one call then takes several small PDUs, and the
+ * caller answers the small reads that follow from buf.  Returns bytes read
+ * (>0), DCX_EOF, or a negative status. */
 long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error *err);
+/* What the engine holds that select() cannot see, readable between calls on
+ * the connection without calling in: data_waiting is set when records read
+ * from the socket, or plaintext from them, wait for the next dcx_conn_read. */
+typedef struct dcx_read_state {
+    int data_waiting;
+} dcx_read_state;
+
+const dcx_read_state *dcx_conn_read_state(const dcx_conn *c);
 /* Writes all of buf; returns len or a negative status. */
 long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err);
-/* Plaintext (and records) waiting in the engine, that select() cannot see. */
-size_t dcx_conn_pending(const dcx_conn *c);
 /* Send close_notify (and wait for the peer's when wait_peer is set). */
 int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err);
 /* The peer's leaf certificate in DER: its length, or 0 if none.  Copies at

@@ -67,8 +67,7 @@ struct dcx_conn {
     char not_after[32];
     char server_name[256];
     char peer_key[320];   /* requesting side: the session cache key, "address:port/name" */
-    dcx_plaintext plain;  /* decrypted records, served to small reads */
-    size_t plain_cap;     /* bytes allocated at plain.data */
+    dcx_read_state read_state;
     struct {              /* records OpenSSL wrote, not yet sent: one send() per flush */
         unsigned char *data;
         size_t len, cap, sent;
@@ -78,8 +77,6 @@ struct dcx_conn {
 };
 
 #define RECORD_MAX 16384              /* plaintext of one TLS record */
-#define PLAINTEXT_SMALL RECORD_MAX    /* the plaintext buffer of a quiet connection */
-#define PLAINTEXT_CAP DCX_PLAINTEXT_CAP /* ... grown to this while records queue up */
 #define READ_AHEAD (4 * (RECORD_MAX + 512)) /* socket bytes OpenSSL takes per read() */
 #define OUT_SLICE (4 * RECORD_MAX)    /* plaintext encrypted between two sends */
 #define RECORD_OVERHEAD 64            /* header, nonce, tag and padding of one record, at most */
@@ -124,7 +121,7 @@ static void out_trim(dcx_conn *c)
  * empty; a connection that has caught up gives it back until more arrives. */
 static void release_read_ahead(dcx_conn *c)
 {
-    if (!c->dead && !c->plain.more_records)
+    if (!c->dead && !c->read_state.data_waiting)
         SSL_free_buffers(c->ssl);
 }
 
@@ -772,7 +769,7 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     }
     dcx_conn *c = calloc(1, sizeof(*c));
     BIO *bio = NULL, *out = NULL;
-    if (!c || !(c->plain.data = malloc(PLAINTEXT_SMALL)) || !(c->ssl = SSL_new(ctx->ssl_ctx)) ||
+    if (!c || !(c->ssl = SSL_new(ctx->ssl_ctx)) ||
         !(bio = BIO_new_socket(fd, BIO_NOCLOSE)) || !(out = BIO_new(out_method))) {
         BIO_free(bio);
         dcx_fail(err, DCX_E_NOMEM, "out of memory");
@@ -783,7 +780,6 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     c->fd = fd;
     c->server_side = server_side;
     c->received_alert = -1;
-    c->plain_cap = PLAINTEXT_SMALL;
     SSL_set_ex_data(c->ssl, conn_index, c);
     BIO_set_callback_arg(bio, (char *)c);
     BIO_set_callback_ex(bio, capture_first_bytes);
@@ -975,7 +971,7 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
     }
     c->handshake_done = 1;
     out_trim(c);
-    c->plain.more_records = SSL_has_pending(c->ssl); /* read ahead past the handshake */
+    c->read_state.data_waiting = SSL_has_pending(c->ssl); /* read ahead past the handshake */
     release_read_ahead(c);
     c->ticket_due = c->server_side && c->ctx->tickets && SSL_version(c->ssl) == TLS1_3_VERSION;
     return DCX_OK;
@@ -1076,77 +1072,31 @@ static long read_some(dcx_conn *c, unsigned char *dst, size_t len, int wait, int
     }
 }
 
-dcx_plaintext *dcx_conn_plaintext(dcx_conn *c)
+const dcx_read_state *dcx_conn_read_state(const dcx_conn *c)
 {
-    return &c->plain;
-}
-
-/* Room for every record already read from the socket: a busy connection's
- * buffer grows to PLAINTEXT_CAP, a quiet one's stays one record. */
-static int plaintext_room(dcx_conn *c)
-{
-    if (c->plain_cap >= PLAINTEXT_CAP)
-        return 1;
-    unsigned char *grown = realloc(c->plain.data, PLAINTEXT_CAP);
-    if (!grown)
-        return 0;
-    c->plain.data = grown;
-    c->plain_cap = PLAINTEXT_CAP;
-    return 1;
-}
-
-long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err)
-{
-    dcx_plaintext *pt = &c->plain;
-    if (pt->end > pt->start)
-        return (long)(pt->end - pt->start);
-    if (c->dead)
-        return failed_before(c, err);
-    pt->start = pt->end = 0;
-    int64_t deadline = dcx_deadline(timeout_ms);
-    long n = read_some(c, pt->data, c->plain_cap, 1, deadline, err);
-    if (n <= 0) {
-        pt->more_records = !c->dead && SSL_has_pending(c->ssl);
-        return n;
-    }
-    pt->end = (size_t)n;
-    /* Decrypt every record the last read() brought in, in this one call: the
-     * caller then answers many small reads without calling in again. */
-    while (SSL_has_pending(c->ssl) && !c->dead && plaintext_room(c) && pt->end < c->plain_cap) {
-        n = read_some(c, pt->data + pt->end, c->plain_cap - pt->end, 0, deadline, err);
-        if (n <= 0)
-            break; /* nothing whole at hand; an EOF or error comes with the next call */
-        pt->end += (size_t)n;
-    }
-    pt->more_records = !c->dead && SSL_has_pending(c->ssl);
-    release_read_ahead(c);
-    return (long)pt->end;
+    return &c->read_state;
 }
 
 long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error *err)
 {
-    dcx_plaintext *pt = &c->plain;
     unsigned char *dst = buf;
     size_t got = 0;
-    if (pt->end > pt->start) {
-        got = pt->end - pt->start < len ? pt->end - pt->start : len;
-        memcpy(dst, pt->data + pt->start, got);
-        pt->start += got;
-    }
-    if (got == 0 && c->dead)
+    if (c->dead)
         return failed_before(c, err);
     int64_t deadline = dcx_deadline(timeout_ms);
     /* Take every record already at hand, but wait only for the first byte. */
     while (got < len && !c->dead) {
         long n = read_some(c, dst + got, len - got, got == 0, deadline, err);
         if (n <= 0) {
-            if (got == 0)
+            if (got == 0) {
+                c->read_state.data_waiting = !c->dead && SSL_has_pending(c->ssl);
                 return n == 0 ? DCX_E_TIMEOUT : n;
+            }
             break; /* what was read goes back now; an EOF or error comes next call */
         }
         got += (size_t)n;
     }
-    pt->more_records = !c->dead && SSL_has_pending(c->ssl);
+    c->read_state.data_waiting = !c->dead && SSL_has_pending(c->ssl);
     release_read_ahead(c);
     return (long)got;
 }
@@ -1183,11 +1133,6 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
     if (ticket) /* OpenSSL set up its read buffer to send the ticket */
         release_read_ahead(c);
     return (long)len;
-}
-
-size_t dcx_conn_pending(const dcx_conn *c)
-{
-    return (c->plain.end - c->plain.start) + (size_t)c->plain.more_records;
 }
 
 int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err)
@@ -1265,7 +1210,6 @@ void dcx_conn_free(dcx_conn *c)
     if (!c)
         return;
     SSL_free(c->ssl);
-    free(c->plain.data);
     free(c->out.data);
     free(c);
 }

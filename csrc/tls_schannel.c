@@ -87,8 +87,12 @@ struct dcx_conn {
     SecPkgContext_StreamSizes sizes;
     unsigned char *in;          /* ciphertext received, not yet decrypted */
     size_t in_len, in_cap;
-    dcx_plaintext pt;           /* one record decrypted, not yet read; the caller may take from it */
+    struct {                    /* one record decrypted, not yet read */
+        unsigned char *data;
+        size_t start, end;
+    } pt;
     size_t plain_cap;
+    dcx_read_state read_state;
     unsigned char *out;         /* one encrypted record being built */
     unsigned char first[DCX_SNIFF_LEN];
     size_t first_len;
@@ -1640,7 +1644,6 @@ static int decrypt_some(dcx_conn *c, int64_t deadline, dcx_error *err)
                     if (rc != DCX_OK)
                         return rc;
                 }
-                c->pt.more_records = c->in_len > 0;
                 if (c->pt.end)
                     return DCX_OK;
                 continue;
@@ -1667,12 +1670,13 @@ static int decrypt_some(dcx_conn *c, int64_t deadline, dcx_error *err)
     }
 }
 
-dcx_plaintext *dcx_conn_plaintext(dcx_conn *c)
+const dcx_read_state *dcx_conn_read_state(const dcx_conn *c)
 {
-    return &c->pt;
+    return &c->read_state;
 }
 
-long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err)
+/* Decrypt the next record into c->pt, unless it holds plaintext already. */
+static long fill(dcx_conn *c, int timeout_ms, dcx_error *err)
 {
     if (c->pt.end > c->pt.start)
         return (long)(c->pt.end - c->pt.start);
@@ -1692,8 +1696,18 @@ long dcx_conn_fill(dcx_conn *c, int timeout_ms, dcx_error *err)
 
 long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error *err)
 {
-    long n = dcx_conn_fill(c, timeout_ms, err);
-    return n > 0 ? (long)take_plain(c, buf, len) : n;
+    long n = fill(c, timeout_ms, err);
+    size_t got = n > 0 ? take_plain(c, buf, len) : 0;
+    /* Then the records already received, without waiting for more; an EOF or
+     * error among them is kept for the next call. */
+    while (n > 0 && got < len && c->in_len && !c->dead) {
+        dcx_error scratch;
+        n = fill(c, 0, &scratch);
+        if (n > 0)
+            got += take_plain(c, (unsigned char *)buf + got, len - got);
+    }
+    c->read_state.data_waiting = c->pt.end > c->pt.start || c->in_len > 0;
+    return got ? (long)got : n;
 }
 
 long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err)
@@ -1735,11 +1749,6 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
         left -= n;
     }
     return (long)len;
-}
-
-size_t dcx_conn_pending(const dcx_conn *c)
-{
-    return (c->pt.end - c->pt.start) + c->in_len;
 }
 
 int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err)

@@ -14,10 +14,12 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from dcxsec import aetitle
 from dcxsec._native import ffi, lib
+from dcxsec._recvbuf import RecvBuffer
 from dcxsec.certinfo import certificate_dict, subject_text
 from dcxsec.engine import new_error, to_exception
 from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dcxsec")
 
 _DIRECT_READ = 16384  # reads this large go straight into the caller's buffer
+_PLAIN_QUIET = 16384  # decrypted bytes held for a quiet connection: one record
+_PLAIN_BUSY = 65536  # ... and for one whose records queue up
 _CLOSE_NOTIFY_MS = 100
 _VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
 
@@ -79,9 +83,12 @@ class TLSSocket(ssl.SSLSocket):
         self._early_failure: OSError | None = None
         self._pump = None  # the engine's handshake thread, while it holds this connection
         self._wrapped_at = time.monotonic()
-        self._plain = None  # the engine's plaintext buffer, read here without calling in
-        self._record = b""  # ... as a Python buffer; _pos/_end: what is left of it
-        self._pos = self._end = 0
+        self._read_state = None  # the engine's flag: records it read wait to be decrypted
+        # Decrypted plaintext, answered by a recv() written in C; it calls the
+        # full recv() below only when nothing is buffered.
+        self._rbuf = RecvBuffer(_PLAIN_QUIET, _refill_for(self))
+        self._rbuf_target = ffi.from_buffer(self._rbuf.storage)
+        self.recv = self._rbuf.recv
         self._peer_der: bytes | None = None
         self._peer_address = None
         self._screened = False  # the A-ASSOCIATE-RQ has been checked against the AE bindings
@@ -193,7 +200,7 @@ class TLSSocket(ssl.SSLSocket):
                 raise OSError(9, "the socket is closed")
             self._conn, self._keep_ctx = self._context._new_connection(
                 socket.socket.fileno(self), self.server_side, self.server_hostname)
-            self._plain = lib.dcx_conn_plaintext(self._conn)
+            self._read_state = lib.dcx_conn_read_state(self._conn)
             socket.socket.setblocking(self, False)  # the engine waits with its own deadlines
         return self._conn
 
@@ -382,19 +389,18 @@ class TLSSocket(ssl.SSLSocket):
         return exc
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        """Up to ``buflen`` bytes of plaintext; ``b""`` when the peer closed."""
+        """Up to ``buflen`` bytes of plaintext; ``b""`` when the peer closed.
+
+        Bytes already decrypted are answered by the C ``recv`` that shadows
+        this method on each socket; this one runs when none are buffered.
+        """
         if flags:
             raise ValueError("non-zero flags not allowed in calls to recv() on TLSSocket")
         if buflen <= 0:
             return b""
         with self._lock:
-            pos, end = self._pos, self._end
-            if pos < end:
-                # pynetdicom's recv(6) and recv(4096) are answered from the decrypted
-                # record in place, without a call into the engine.
-                take = buflen if buflen < end - pos else end - pos
-                self._pos = pos + take
-                return self._record[pos:pos + take]
+            if self._rbuf.unread:
+                return self._rbuf.take(buflen)
             conn = self._conn
             if conn is None or not self._ready:
                 conn = self._ready_conn()
@@ -402,15 +408,13 @@ class TLSSocket(ssl.SSLSocket):
                     return self._take_prefix(buflen)
             if buflen >= _DIRECT_READ:
                 buf = ffi.new("char[]", buflen)
-                n = self._read_direct(conn, buf, buflen)
+                n = lib.dcx_conn_read(conn, buf, buflen, self._timeout_ms, self._err)
                 if n > 0:
                     return ffi.unpack(buf, n)
             else:
                 n = self._fill(conn)
                 if n > 0:
-                    take = buflen if buflen < n else n
-                    self._pos = take
-                    return self._record[0:take]
+                    return self._rbuf.take(buflen)
             if n == lib.DCX_EOF:
                 return b""
             raise self._io_error(self._err, n, reading=True)
@@ -424,50 +428,47 @@ class TLSSocket(ssl.SSLSocket):
         if nbytes == 0:
             return 0
         with self._lock:
-            if self._pos == self._end:
-                conn = self._conn
-                if conn is None or not self._ready:
-                    conn = self._ready_conn()
-                    if self._prefix:
-                        data = self._take_prefix(nbytes)
-                        target[:len(data)] = data
-                        return len(data)
-                if nbytes >= _DIRECT_READ:  # bulk: records go straight into the caller's buffer
-                    n = self._read_direct(conn, ffi.from_buffer(target), nbytes)
-                else:
-                    n = self._fill(conn)
-                if n == lib.DCX_EOF:
-                    return 0
-                if n < 0:
-                    raise self._io_error(self._err, n, reading=True)
-                if nbytes >= _DIRECT_READ:
-                    return n
-            pos = self._pos
-            take = min(nbytes, self._end - pos)
-            target[:take] = self._record[pos:pos + take]
-            self._pos = pos + take
-            return take
-
-    def _hand_back(self) -> None:
-        """Tell the engine the buffered record has been taken (Python took it
-        without calling in); due before every engine read.  Lock held."""
-        self._plain.start = self._plain.end
-        self._pos = self._end = 0
-
-    def _read_direct(self, conn, target, size: int) -> int:
-        """Records straight into ``target``; lock held, buffered record all taken."""
-        self._hand_back()
-        return lib.dcx_conn_read(conn, target, size, self._timeout_ms, self._err)
+            if self._rbuf.unread:
+                return self._rbuf.take_into(target[:nbytes])
+            conn = self._conn
+            if conn is None or not self._ready:
+                conn = self._ready_conn()
+                if self._prefix:
+                    data = self._take_prefix(nbytes)
+                    target[:len(data)] = data
+                    return len(data)
+            if nbytes >= _DIRECT_READ:  # bulk: records go straight into the caller's buffer
+                n = lib.dcx_conn_read(conn, ffi.from_buffer(target), nbytes, self._timeout_ms,
+                                      self._err)
+            else:
+                n = self._fill(conn)
+                if n > 0:
+                    return self._rbuf.take_into(target[:nbytes])
+            if n == lib.DCX_EOF:
+                return 0
+            if n < 0:
+                raise self._io_error(self._err, n, reading=True)
+            return n
 
     def _fill(self, conn) -> int:
-        """Decrypt the records at hand (at least one) into the engine's plaintext
-        buffer; lock held."""
-        self._hand_back()
-        n = lib.dcx_conn_fill(conn, self._timeout_ms, self._err)
-        if n > 0:
-            self._record = ffi.buffer(self._plain.data, n)  # the buffer may have moved
-            self._end = n
-        return n
+        """Decrypt the records at hand (at least one) into the receive buffer;
+        lock held, buffer empty.  When more records wait than a quiet
+        connection's buffer holds, it grows so one call takes them all and
+        the small reads that follow stay in C."""
+        rbuf = self._rbuf
+        rbuf.discard()
+        n = lib.dcx_conn_read(conn, self._rbuf_target, rbuf.size, self._timeout_ms, self._err)
+        if n <= 0:
+            return n
+        rbuf.filled(n)
+        if n == rbuf.size < _PLAIN_BUSY and self._read_state.data_waiting:
+            rbuf.resize(_PLAIN_BUSY)
+            self._rbuf_target = ffi.from_buffer(rbuf.storage)
+            end = rbuf.end
+            more = lib.dcx_conn_read(conn, self._rbuf_target + end, _PLAIN_BUSY - end, 0, self._err)
+            if more > 0:  # else nothing whole at hand: an EOF or error comes next call
+                rbuf.filled(more)
+        return rbuf.unread
 
     def _take_prefix(self, size: int) -> bytes:
         data = bytes(self._prefix[:size])
@@ -495,7 +496,7 @@ class TLSSocket(ssl.SSLSocket):
             return 0
         # Read from the engine's own counters: no call into C, so no GIL hand-off
         # for pynetdicom, which asks this of every idle association 1000 times/s.
-        return len(self._prefix) + (self._end - self._pos) + self._plain.more_records
+        return len(self._prefix) + self._rbuf.unread + self._read_state.data_waiting
 
     # ---- writing ----------------------------------------------------------
 
@@ -563,6 +564,7 @@ class TLSSocket(ssl.SSLSocket):
                 self._send_close_notify()
             self._conn = None  # freed once the last thread using it lets go
             self._ready = False
+        self._rbuf.discard()  # nothing is read from a closed socket
         socket.socket._real_close(self)
 
     def __del__(self) -> None:
@@ -680,3 +682,17 @@ class TLSSocket(ssl.SSLSocket):
     def __repr__(self) -> str:
         state = self.version() or ("failed" if self._failure else "no handshake yet")
         return f"<dcxsec.TLSSocket fd={self.fileno()} {state} peer={self._peer_text()}>"
+
+
+def _refill_for(sock: TLSSocket):
+    """The full ``recv`` of ``sock``, for its receive buffer to call when empty.
+    Holds the socket weakly: the buffer is the socket's own attribute."""
+    ref = weakref.ref(sock)
+
+    def refill(*args: Any) -> bytes:
+        owner = ref()
+        if owner is None:
+            raise OSError(9, "the TLS socket is gone")
+        return TLSSocket.recv(owner, *args)
+
+    return refill

@@ -101,6 +101,17 @@ def test_plaintext_waiting_in_the_engine_is_reported_by_pending(pair_factory, se
     assert pair.server.pending() == 0
 
 
+def test_a_closed_socket_reads_nothing_it_had_decrypted(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    pair.client.sendall(b"A-ASSOCIATE-RQ and more")
+    assert pair.server.recv(1) == b"A"
+    assert pair.server.pending() > 0  # the rest is decrypted, ready for the next recv
+    pair.server.close()
+    with pytest.raises(OSError):
+        pair.server.recv(100)
+    assert pair.server.pending() == 0
+
+
 def test_tcp_nodelay_is_set_on_every_wrapped_socket(pair_factory, server_ctx, client_ctx):
     pair = pair_factory(server_ctx, client_ctx)
     for sock in (pair.client, pair.server):

@@ -378,6 +378,7 @@ static uint64_t get64(const unsigned char *p)
  * 'U' n          : the client sends n bytes; the server answers their SHA-256
  * 'D' n seed     : the server sends n pattern bytes, then their SHA-256
  * 'P'            : the server answers the SHA-256 (hex) of the client's certificate
+ * 'R' k          : the server sends k records of 100 bytes, the i-th all 'a' + i
  * 'Q'            : the server sends close_notify                               */
 
 static void serve_conn(dcx_conn *c)
@@ -413,6 +414,14 @@ static void serve_conn(dcx_conn *c)
             sha256_final(&s, digest);
             if (dcx_conn_write(c, digest, 32, TIMEOUT_MS, &err) < 0)
                 return;
+        } else if (op[0] == 'R') {
+            if (read_exact(c, op + 1, 1, &err) != DCX_OK)
+                return;
+            for (int i = 0; i < op[1]; i++) {
+                memset(buf, 'a' + i, 100);
+                if (dcx_conn_write(c, buf, 100, TIMEOUT_MS, &err) < 0)
+                    return;
+            }
         } else if (op[0] == 'P') {
             unsigned char der[16384], digest[32];
             char text[65];
@@ -617,6 +626,48 @@ static int case_connect_in_engine(void)
             out = say(PASS, "%s in one call; a refused port: %s (errno %d)",
                       version_name(dcx_conn_version(c)), err.reason, err.sys_errno);
         hang_up(s2, c2);
+    }
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
+/* dcx_conn_read takes every record already received in one call, as far as
+ * the buffer allows, and dcx_conn_read_state tells whether any wait. */
+static int case_reads_records_at_hand(void)
+{
+    enum { RECORDS = 8, SIZE = 100, FIRST = 150 };
+    static unsigned char got[RECORDS * SIZE + 1];
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    dcx_ctx *ctx = make_ctx(&client_dcx, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    int out = FAIL;
+    unsigned char op[2] = {'R', RECORDS};
+    if (connect_to(ctx, dcx_port, "localhost", &s, &c, &err) != DCX_OK) {
+        say(FAIL, "handshake: %s", err.reason);
+    } else if (dcx_conn_write(c, op, 2, TIMEOUT_MS, &err) < 0) {
+        say(FAIL, "asking for the records: %s", err.reason);
+    } else {
+        sleep_ms(300); /* all eight records arrive */
+        long first = dcx_conn_read(c, got, FIRST, TIMEOUT_MS, &err);
+        int waiting = dcx_conn_read_state(c)->data_waiting;
+        long rest = first == FIRST ? dcx_conn_read(c, got + FIRST, sizeof(got) - FIRST, TIMEOUT_MS, &err)
+                                   : 0;
+        int left = dcx_conn_read_state(c)->data_waiting, intact = 1;
+        for (int i = 0; i < RECORDS * SIZE; i++)
+            intact &= got[i] == 'a' + i / SIZE;
+        if (first != FIRST || !waiting)
+            say(FAIL, "a read of %d bytes over two records gave %ld, data_waiting %d", FIRST, first,
+                waiting);
+        else if (rest != RECORDS * SIZE - FIRST || left || !intact)
+            say(FAIL, "the next read gave %ld of %d bytes (intact %d), data_waiting %d", rest,
+                RECORDS * SIZE - FIRST, intact, left);
+        else
+            out = say(PASS, "%d records of %d bytes: %ld bytes, then the other %ld in one call",
+                      RECORDS, SIZE, first, rest);
     }
     hang_up(s, c);
     dcx_ctx_free(ctx);
@@ -1448,6 +1499,7 @@ static const struct {
     {"client.handshake_dcxsec_server", case_dcx_handshake},
     {"client.handshake_in_steps", case_handshake_in_steps},
     {"client.connect_in_engine", case_connect_in_engine},
+    {"client.reads_records_at_hand", case_reads_records_at_hand},
     {"client.upload_50MB_sha256", case_upload},
     {"client.download_50MB_sha256", case_download},
     {"client.none_accepts", case_none_accepts},

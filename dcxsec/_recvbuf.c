@@ -1,0 +1,244 @@
+/* dcxsec._recvbuf: a socket's recv() answered in C from plaintext already
+ * decrypted.
+ *
+ * pynetdicom reads each PDU as recv(6) and then recv(4096) calls, five or
+ * more per PDU.  A recv() written in Python costs a microsecond or more per
+ * call before it copies a byte; this one is a builtin method that slices
+ * the buffer, and calls back into Python only when the buffer is empty.
+ *
+ * It knows nothing of TLS: the engine decrypts into `storage` (a bytearray
+ * this object owns, so a close() in another thread frees nothing it reads),
+ * and the Python side says how much it filled.  Every call holds the GIL;
+ * the Python side fills only while the buffer is empty, so a fast-path read
+ * never sees a half-written buffer. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *storage;  /* bytearray: the decrypted bytes */
+    Py_ssize_t pos;     /* storage[pos:end] is unread */
+    Py_ssize_t end;
+    PyObject *refill;   /* refill(*recv_args): the full recv(), when nothing is buffered */
+} RecvBuffer;
+
+static int RecvBuffer_init(RecvBuffer *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"size", "refill", NULL};
+    Py_ssize_t size;
+    PyObject *refill;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nO:RecvBuffer", kwlist, &size, &refill))
+        return -1;
+    if (size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "size must be positive");
+        return -1;
+    }
+    if (!PyCallable_Check(refill)) {
+        PyErr_SetString(PyExc_TypeError, "refill must be callable");
+        return -1;
+    }
+    PyObject *storage = PyByteArray_FromStringAndSize(NULL, size);
+    if (!storage)
+        return -1;
+    Py_XSETREF(self->storage, storage);
+    Py_INCREF(refill);
+    Py_XSETREF(self->refill, refill);
+    self->pos = self->end = 0;
+    return 0;
+}
+
+static int RecvBuffer_traverse(RecvBuffer *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->refill);
+    return 0;
+}
+
+static int RecvBuffer_clear(RecvBuffer *self)
+{
+    Py_CLEAR(self->refill);
+    return 0;
+}
+
+static void RecvBuffer_dealloc(RecvBuffer *self)
+{
+    PyObject_GC_UnTrack(self);
+    RecvBuffer_clear(self);
+    Py_CLEAR(self->storage);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Up to n unread bytes as a new bytes object; the caller checked pos < end. */
+static PyObject *take(RecvBuffer *self, Py_ssize_t n)
+{
+    Py_ssize_t have = self->end - self->pos;
+    if (n > have)
+        n = have;
+    PyObject *out = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self->storage) + self->pos, n);
+    if (out)
+        self->pos += n;
+    return out;
+}
+
+/* recv(buflen=1024, flags=0): buffered bytes if any, else refill(*args). */
+static PyObject *RecvBuffer_recv(RecvBuffer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (self->pos < self->end && nargs == 1 && PyLong_CheckExact(args[0])) {
+        Py_ssize_t n = PyLong_AsSsize_t(args[0]);
+        if (n > 0)
+            return take(self, n);
+        PyErr_Clear(); /* out of range or not positive: the full recv() says why */
+    }
+    return PyObject_Vectorcall(self->refill, args, (size_t)nargs, NULL);
+}
+
+/* filled(n): the engine wrote n more bytes at storage[end:].  Only end moves
+ * here, and only pos in a read, so a read in between cannot misplace them. */
+static PyObject *RecvBuffer_filled(RecvBuffer *self, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || n > PyByteArray_GET_SIZE(self->storage) - self->end) {
+        PyErr_SetString(PyExc_ValueError, "filled beyond the storage");
+        return NULL;
+    }
+    self->end += n;
+    Py_RETURN_NONE;
+}
+
+/* take(n): up to n unread bytes, b"" when none. */
+static PyObject *RecvBuffer_take(RecvBuffer *self, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n <= 0 || self->pos >= self->end)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    return take(self, n);
+}
+
+/* take_into(buffer): copy unread bytes into a writable buffer; returns the count. */
+static PyObject *RecvBuffer_take_into(RecvBuffer *self, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    Py_ssize_t n = self->end - self->pos;
+    if (n > view.len)
+        n = view.len;
+    if (n > 0) {
+        memcpy(view.buf, PyByteArray_AS_STRING(self->storage) + self->pos, (size_t)n);
+        self->pos += n;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(n);
+}
+
+/* resize(size): new storage of that size, the unread bytes moved to its start. */
+static PyObject *RecvBuffer_resize(RecvBuffer *self, PyObject *arg)
+{
+    Py_ssize_t size = PyLong_AsSsize_t(arg);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t unread = self->end - self->pos;
+    if (size <= 0 || size < unread) {
+        PyErr_SetString(PyExc_ValueError, "resize needs room for the unread bytes");
+        return NULL;
+    }
+    PyObject *storage = PyByteArray_FromStringAndSize(NULL, size);
+    if (!storage)
+        return NULL;
+    memcpy(PyByteArray_AS_STRING(storage), PyByteArray_AS_STRING(self->storage) + self->pos,
+           (size_t)unread);
+    Py_SETREF(self->storage, storage);
+    self->pos = 0;
+    self->end = unread;
+    Py_RETURN_NONE;
+}
+
+static PyObject *RecvBuffer_discard(RecvBuffer *self, PyObject *unused)
+{
+    self->pos = self->end = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *RecvBuffer_unread(RecvBuffer *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->end - self->pos);
+}
+
+static PyObject *RecvBuffer_end(RecvBuffer *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->end);
+}
+
+static PyObject *RecvBuffer_size(RecvBuffer *self, void *closure)
+{
+    return PyLong_FromSsize_t(PyByteArray_GET_SIZE(self->storage));
+}
+
+static PyMethodDef RecvBuffer_methods[] = {
+    {"recv", (PyCFunction)(void (*)(void))RecvBuffer_recv, METH_FASTCALL,
+     "recv(buflen=1024, flags=0): buffered bytes, or refill(*args) when none."},
+    {"filled", (PyCFunction)RecvBuffer_filled, METH_O,
+     "filled(n): the engine wrote n more bytes at storage[end:]."},
+    {"take", (PyCFunction)RecvBuffer_take, METH_O, "take(n): up to n unread bytes."},
+    {"take_into", (PyCFunction)RecvBuffer_take_into, METH_O,
+     "take_into(buffer): copy unread bytes into buffer; returns the count."},
+    {"resize", (PyCFunction)RecvBuffer_resize, METH_O,
+     "resize(size): new storage of that size, unread bytes kept at its start."},
+    {"discard", (PyCFunction)RecvBuffer_discard, METH_NOARGS,
+     "discard(): drop unread bytes; the next fill writes at the start."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef RecvBuffer_getset[] = {
+    {"unread", (getter)RecvBuffer_unread, NULL, "bytes buffered and not yet read", NULL},
+    {"size", (getter)RecvBuffer_size, NULL, "size of the storage", NULL},
+    {"end", (getter)RecvBuffer_end, NULL, "where the engine writes next", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef RecvBuffer_members[] = {
+    {"storage", T_OBJECT_EX, offsetof(RecvBuffer, storage), READONLY,
+     "the bytearray the engine decrypts into"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject RecvBufferType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dcxsec._recvbuf.RecvBuffer",
+    .tp_basicsize = sizeof(RecvBuffer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "RecvBuffer(size, refill): decrypted bytes served by a C recv().",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)RecvBuffer_init,
+    .tp_dealloc = (destructor)RecvBuffer_dealloc,
+    .tp_traverse = (traverseproc)RecvBuffer_traverse,
+    .tp_clear = (inquiry)RecvBuffer_clear,
+    .tp_methods = RecvBuffer_methods,
+    .tp_getset = RecvBuffer_getset,
+    .tp_members = RecvBuffer_members,
+};
+
+static struct PyModuleDef recvbuf_module = {
+    PyModuleDef_HEAD_INIT, "dcxsec._recvbuf",
+    "A socket's recv() answered in C from decrypted plaintext.", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__recvbuf(void)
+{
+    if (PyType_Ready(&RecvBufferType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&recvbuf_module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&RecvBufferType);
+    if (PyModule_AddObject(m, "RecvBuffer", (PyObject *)&RecvBufferType) < 0) {
+        Py_DECREF(&RecvBufferType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
