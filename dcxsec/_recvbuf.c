@@ -23,29 +23,33 @@ typedef struct {
     PyObject *refill;   /* refill(*recv_args): the full recv(), when nothing is buffered */
 } RecvBuffer;
 
-static int RecvBuffer_init(RecvBuffer *self, PyObject *args, PyObject *kwds)
+/* Everything is set here, so no method ever meets a half-made object. */
+static PyObject *RecvBuffer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"size", "refill", NULL};
     Py_ssize_t size;
     PyObject *refill;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "nO:RecvBuffer", kwlist, &size, &refill))
-        return -1;
+        return NULL;
     if (size <= 0) {
         PyErr_SetString(PyExc_ValueError, "size must be positive");
-        return -1;
+        return NULL;
     }
     if (!PyCallable_Check(refill)) {
         PyErr_SetString(PyExc_TypeError, "refill must be callable");
-        return -1;
+        return NULL;
     }
-    PyObject *storage = PyByteArray_FromStringAndSize(NULL, size);
-    if (!storage)
-        return -1;
-    Py_XSETREF(self->storage, storage);
+    RecvBuffer *self = (RecvBuffer *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    self->storage = PyByteArray_FromStringAndSize(NULL, size);
+    if (!self->storage) {
+        Py_DECREF(self);
+        return NULL;
+    }
     Py_INCREF(refill);
-    Py_XSETREF(self->refill, refill);
-    self->pos = self->end = 0;
-    return 0;
+    self->refill = refill;
+    return (PyObject *)self;
 }
 
 static int RecvBuffer_traverse(RecvBuffer *self, visitproc visit, void *arg)
@@ -89,6 +93,8 @@ static PyObject *RecvBuffer_recv(RecvBuffer *self, PyObject *const *args, Py_ssi
             return take(self, n);
         PyErr_Clear(); /* out of range or not positive: the full recv() says why */
     }
+    if (!self->refill) /* only after the garbage collector broke a cycle through it */
+        return PyErr_Format(PyExc_OSError, "the receive buffer is released");
     return PyObject_Vectorcall(self->refill, args, (size_t)nargs, NULL);
 }
 
@@ -212,8 +218,7 @@ static PyTypeObject RecvBufferType = {
     .tp_basicsize = sizeof(RecvBuffer),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "RecvBuffer(size, refill): decrypted bytes served by a C recv().",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)RecvBuffer_init,
+    .tp_new = RecvBuffer_new,
     .tp_dealloc = (destructor)RecvBuffer_dealloc,
     .tp_traverse = (traverseproc)RecvBuffer_traverse,
     .tp_clear = (inquiry)RecvBuffer_clear,

@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from dcxsec import aetitle
 from dcxsec._native import ffi, lib
@@ -83,7 +83,7 @@ class TLSSocket(ssl.SSLSocket):
         self._early_failure: OSError | None = None
         self._pump = None  # the engine's handshake thread, while it holds this connection
         self._wrapped_at = time.monotonic()
-        self._read_state = None  # the engine's flag: records it read wait to be decrypted
+        self._read_state = None  # the engine's flag: data it read waits for the next read
         # Decrypted plaintext, answered by a recv() written in C; it calls the
         # full recv() below only when nothing is buffered.
         self._rbuf = RecvBuffer(_PLAIN_QUIET, _refill_for(self))
@@ -684,7 +684,7 @@ class TLSSocket(ssl.SSLSocket):
         return f"<dcxsec.TLSSocket fd={self.fileno()} {state} peer={self._peer_text()}>"
 
 
-def _refill_for(sock: TLSSocket):
+def _refill_for(sock: TLSSocket) -> Callable[..., bytes]:
     """The full ``recv`` of ``sock``, for its receive buffer to call when empty.
     Holds the socket weakly: the buffer is the socket's own attribute."""
     ref = weakref.ref(sock)
