@@ -10,17 +10,20 @@
  * this object owns, so a close() in another thread frees nothing it reads),
  * and the Python side says how much it filled.  Every call holds the GIL;
  * the Python side fills only while the buffer is empty, so a fast-path read
- * never sees a half-written buffer. */
+ * never sees a half-written buffer.  Storage is made when first asked for,
+ * and let go once read when the filler says no more data waits: an idle
+ * connection keeps none. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
 
 typedef struct {
     PyObject_HEAD
-    PyObject *storage;  /* bytearray: the decrypted bytes */
-    Py_ssize_t pos;     /* storage[pos:end] is unread */
+    PyObject *storage;      /* bytearray of `capacity` bytes, or NULL until needed */
+    Py_ssize_t capacity;
+    Py_ssize_t pos;         /* storage[pos:end] is unread */
     Py_ssize_t end;
-    PyObject *refill;   /* refill(*recv_args): the full recv(), when nothing is buffered */
+    int release_when_read;  /* let storage go once pos reaches end */
+    PyObject *refill;       /* refill(*recv_args): the full recv(), when nothing is buffered */
 } RecvBuffer;
 
 /* Everything is set here, so no method ever meets a half-made object. */
@@ -42,11 +45,7 @@ static PyObject *RecvBuffer_new(PyTypeObject *type, PyObject *args, PyObject *kw
     RecvBuffer *self = (RecvBuffer *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
-    self->storage = PyByteArray_FromStringAndSize(NULL, size);
-    if (!self->storage) {
-        Py_DECREF(self);
-        return NULL;
-    }
+    self->capacity = size;
     Py_INCREF(refill);
     self->refill = refill;
     return (PyObject *)self;
@@ -72,6 +71,16 @@ static void RecvBuffer_dealloc(RecvBuffer *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* All read: start again at 0, and give storage back if asked to. */
+static void after_read(RecvBuffer *self)
+{
+    if (self->pos < self->end)
+        return;
+    self->pos = self->end = 0;
+    if (self->release_when_read)
+        Py_CLEAR(self->storage);
+}
+
 /* Up to n unread bytes as a new bytes object; the caller checked pos < end. */
 static PyObject *take(RecvBuffer *self, Py_ssize_t n)
 {
@@ -79,8 +88,10 @@ static PyObject *take(RecvBuffer *self, Py_ssize_t n)
     if (n > have)
         n = have;
     PyObject *out = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self->storage) + self->pos, n);
-    if (out)
+    if (out) {
         self->pos += n;
+        after_read(self);
+    }
     return out;
 }
 
@@ -98,18 +109,24 @@ static PyObject *RecvBuffer_recv(RecvBuffer *self, PyObject *const *args, Py_ssi
     return PyObject_Vectorcall(self->refill, args, (size_t)nargs, NULL);
 }
 
-/* filled(n): the engine wrote n more bytes at storage[end:].  Only end moves
- * here, and only pos in a read, so a read in between cannot misplace them. */
-static PyObject *RecvBuffer_filled(RecvBuffer *self, PyObject *arg)
+/* filled(n, release_when_read): the engine wrote n more bytes at storage[end:]. */
+static PyObject *RecvBuffer_filled(RecvBuffer *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "filled() takes 2 arguments (%zd given)", nargs);
+    Py_ssize_t n = PyLong_AsSsize_t(args[0]);
     if (n == -1 && PyErr_Occurred())
         return NULL;
-    if (n < 0 || n > PyByteArray_GET_SIZE(self->storage) - self->end) {
-        PyErr_SetString(PyExc_ValueError, "filled beyond the storage");
+    int release = PyObject_IsTrue(args[1]);
+    if (release < 0)
         return NULL;
-    }
+    /* Only end moves here, and only pos in a read, so a read in between
+     * cannot misplace the new bytes. */
+    if (!self->storage || n < 0 || n > PyByteArray_GET_SIZE(self->storage) - self->end)
+        return PyErr_Format(PyExc_ValueError, "filled beyond the storage");
     self->end += n;
+    self->release_when_read = release;
+    after_read(self);
     Py_RETURN_NONE;
 }
 
@@ -136,22 +153,24 @@ static PyObject *RecvBuffer_take_into(RecvBuffer *self, PyObject *arg)
     if (n > 0) {
         memcpy(view.buf, PyByteArray_AS_STRING(self->storage) + self->pos, (size_t)n);
         self->pos += n;
+        after_read(self);
     }
     PyBuffer_Release(&view);
     return PyLong_FromSsize_t(n);
 }
 
-/* resize(size): new storage of that size, the unread bytes moved to its start. */
+/* resize(size): storage of that size from now on, unread bytes kept at its start. */
 static PyObject *RecvBuffer_resize(RecvBuffer *self, PyObject *arg)
 {
     Py_ssize_t size = PyLong_AsSsize_t(arg);
     if (size == -1 && PyErr_Occurred())
         return NULL;
     Py_ssize_t unread = self->end - self->pos;
-    if (size <= 0 || size < unread) {
-        PyErr_SetString(PyExc_ValueError, "resize needs room for the unread bytes");
-        return NULL;
-    }
+    if (size <= 0 || size < unread)
+        return PyErr_Format(PyExc_ValueError, "resize needs room for the unread bytes");
+    self->capacity = size;
+    if (!self->storage)
+        Py_RETURN_NONE; /* made at that size when next needed */
     PyObject *storage = PyByteArray_FromStringAndSize(NULL, size);
     if (!storage)
         return NULL;
@@ -169,9 +188,23 @@ static PyObject *RecvBuffer_discard(RecvBuffer *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* The bytearray the engine writes into, made at `size` bytes if there is none. */
+static PyObject *RecvBuffer_storage(RecvBuffer *self, void *closure)
+{
+    if (!self->storage && !(self->storage = PyByteArray_FromStringAndSize(NULL, self->capacity)))
+        return NULL;
+    Py_INCREF(self->storage);
+    return self->storage;
+}
+
 static PyObject *RecvBuffer_unread(RecvBuffer *self, void *closure)
 {
     return PyLong_FromSsize_t(self->end - self->pos);
+}
+
+static PyObject *RecvBuffer_size(RecvBuffer *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->capacity);
 }
 
 static PyObject *RecvBuffer_end(RecvBuffer *self, void *closure)
@@ -179,37 +212,34 @@ static PyObject *RecvBuffer_end(RecvBuffer *self, void *closure)
     return PyLong_FromSsize_t(self->end);
 }
 
-static PyObject *RecvBuffer_size(RecvBuffer *self, void *closure)
+static PyObject *RecvBuffer_held(RecvBuffer *self, void *closure)
 {
-    return PyLong_FromSsize_t(PyByteArray_GET_SIZE(self->storage));
+    return PyBool_FromLong(self->storage != NULL);
 }
 
 static PyMethodDef RecvBuffer_methods[] = {
     {"recv", (PyCFunction)(void (*)(void))RecvBuffer_recv, METH_FASTCALL,
      "recv(buflen=1024, flags=0): buffered bytes, or refill(*args) when none."},
-    {"filled", (PyCFunction)RecvBuffer_filled, METH_O,
-     "filled(n): the engine wrote n more bytes at storage[end:]."},
+    {"filled", (PyCFunction)(void (*)(void))RecvBuffer_filled, METH_FASTCALL,
+     "filled(n, release_when_read): the engine wrote n more bytes at storage[end:]; "
+     "let storage go once they are read if release_when_read."},
     {"take", (PyCFunction)RecvBuffer_take, METH_O, "take(n): up to n unread bytes."},
     {"take_into", (PyCFunction)RecvBuffer_take_into, METH_O,
      "take_into(buffer): copy unread bytes into buffer; returns the count."},
     {"resize", (PyCFunction)RecvBuffer_resize, METH_O,
-     "resize(size): new storage of that size, unread bytes kept at its start."},
+     "resize(size): storage of that size from now on, unread bytes kept."},
     {"discard", (PyCFunction)RecvBuffer_discard, METH_NOARGS,
      "discard(): drop unread bytes; the next fill writes at the start."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef RecvBuffer_getset[] = {
+    {"storage", (getter)RecvBuffer_storage, NULL, "the bytearray the engine decrypts into", NULL},
     {"unread", (getter)RecvBuffer_unread, NULL, "bytes buffered and not yet read", NULL},
     {"size", (getter)RecvBuffer_size, NULL, "size of the storage", NULL},
     {"end", (getter)RecvBuffer_end, NULL, "where the engine writes next", NULL},
+    {"held", (getter)RecvBuffer_held, NULL, "whether storage is allocated now", NULL},
     {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyMemberDef RecvBuffer_members[] = {
-    {"storage", T_OBJECT_EX, offsetof(RecvBuffer, storage), READONLY,
-     "the bytearray the engine decrypts into"},
-    {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject RecvBufferType = {
@@ -224,7 +254,6 @@ static PyTypeObject RecvBufferType = {
     .tp_clear = (inquiry)RecvBuffer_clear,
     .tp_methods = RecvBuffer_methods,
     .tp_getset = RecvBuffer_getset,
-    .tp_members = RecvBuffer_members,
 };
 
 static struct PyModuleDef recvbuf_module = {

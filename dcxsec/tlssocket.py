@@ -87,7 +87,6 @@ class TLSSocket(ssl.SSLSocket):
         # Decrypted plaintext, answered by a recv() written in C; it calls the
         # full recv() below only when nothing is buffered.
         self._rbuf = RecvBuffer(_PLAIN_QUIET, _refill_for(self))
-        self._rbuf_target = ffi.from_buffer(self._rbuf.storage)
         self.recv = self._rbuf.recv
         self._peer_der: bytes | None = None
         self._peer_address = None
@@ -457,17 +456,19 @@ class TLSSocket(ssl.SSLSocket):
         the small reads that follow stay in C."""
         rbuf = self._rbuf
         rbuf.discard()
-        n = lib.dcx_conn_read(conn, self._rbuf_target, rbuf.size, self._timeout_ms, self._err)
+        n = lib.dcx_conn_read(conn, ffi.from_buffer(rbuf.storage), rbuf.size, self._timeout_ms,
+                              self._err)
         if n <= 0:
             return n
-        rbuf.filled(n)
         if n == rbuf.size < _PLAIN_BUSY and self._read_state.data_waiting:
+            rbuf.filled(n, False)
             rbuf.resize(_PLAIN_BUSY)
-            self._rbuf_target = ffi.from_buffer(rbuf.storage)
             end = rbuf.end
-            more = lib.dcx_conn_read(conn, self._rbuf_target + end, _PLAIN_BUSY - end, 0, self._err)
-            if more > 0:  # else nothing whole at hand: an EOF or error comes next call
-                rbuf.filled(more)
+            n = lib.dcx_conn_read(conn, ffi.from_buffer(rbuf.storage) + end, _PLAIN_BUSY - end, 0,
+                                  self._err)
+            n = max(n, 0)  # else nothing whole at hand: an EOF or error comes next call
+        # Caught up: the buffer goes once read, so an idle association keeps none.
+        rbuf.filled(n, not self._read_state.data_waiting)
         return rbuf.unread
 
     def _take_prefix(self, size: int) -> bytes:

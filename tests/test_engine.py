@@ -101,6 +101,18 @@ def test_plaintext_waiting_in_the_engine_is_reported_by_pending(pair_factory, se
     assert pair.server.pending() == 0
 
 
+def test_a_connection_that_has_caught_up_keeps_no_receive_buffer(pair_factory, server_ctx,
+                                                                  client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    pair.client.sendall(b"C-ECHO-RQ")
+    assert pair.server.recv(4) == b"C-EC"
+    assert pair.server._rbuf.held  # the rest is still to be read
+    assert pair.server.recv(100) == b"HO-RQ"
+    assert not pair.server._rbuf.held  # an idle association holds no 16 KiB buffer
+    pair.client.sendall(b"again")
+    assert pair.server.recv(100) == b"again"
+
+
 def test_a_closed_socket_reads_nothing_it_had_decrypted(pair_factory, server_ctx, client_ctx):
     pair = pair_factory(server_ctx, client_ctx)
     pair.client.sendall(b"A-ASSOCIATE-RQ and more")
