@@ -459,13 +459,13 @@ class TLSSocket(ssl.SSLSocket):
         n = lib.dcx_conn_read(conn, ffi.from_buffer(rbuf.storage), rbuf.size, self._timeout_ms,
                               self._err)
         if n <= 0:
+            rbuf.filled(0, True)  # nothing came: keep no buffer while waiting
             return n
         if n == rbuf.size < _PLAIN_BUSY and self._read_state.data_waiting:
             rbuf.filled(n, False)
             rbuf.resize(_PLAIN_BUSY)
-            end = rbuf.end
-            n = lib.dcx_conn_read(conn, ffi.from_buffer(rbuf.storage) + end, _PLAIN_BUSY - end, 0,
-                                  self._err)
+            target, end = ffi.from_buffer(rbuf.storage), rbuf.end  # target holds it meanwhile
+            n = lib.dcx_conn_read(conn, target + end, _PLAIN_BUSY - end, 0, self._err)
             n = max(n, 0)  # else nothing whole at hand: an EOF or error comes next call
         # Caught up: the buffer goes once read, so an idle association keeps none.
         rbuf.filled(n, not self._read_state.data_waiting)
