@@ -152,9 +152,11 @@ class TLSContext:
         """Wrap a TCP socket, as ``ssl.SSLContext.wrap_socket`` does.
 
         The requesting side handshakes in ``connect()``.  The accepting side
-        never waits here (this runs in pynetdicom's accept loop): it answers a
-        ClientHello that has already arrived, and finishes the handshake on
-        first use, in the association's own thread, within the configured
+        never waits here (this runs in pynetdicom's accept loop): it hands the
+        connection to the engine's handshake thread, which answers the
+        ClientHello as it arrives (where there is no such thread, one that has
+        already arrived is answered here); the association's own thread
+        finishes the handshake on first use, within the configured
         ``handshake_timeout``.
         """
         from dcxsec.tlssocket import TLSSocket
