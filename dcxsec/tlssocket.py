@@ -32,7 +32,7 @@ log = logging.getLogger("dcxsec")
 
 _DIRECT_READ = 16384  # reads this large go straight into the caller's buffer
 _PLAIN_QUIET = 16384  # decrypted bytes held for a quiet connection: one record
-_PLAIN_BUSY = 65536  # ... and for one whose records queue up
+_PLAIN_BUSY = 262144  # ... and for one whose records queue up (16 records, 16 PDUs)
 _CLOSE_NOTIFY_MS = 100
 _VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
 
