@@ -153,36 +153,39 @@ def connected_pair(wrap_server: Callable[[socket.socket], socket.socket],
     return client, box["server"]
 
 
-def raw_pair(kind: str, pki: BenchPKI) -> tuple[socket.socket, socket.socket]:
-    """A connected (client, server) pair: dcxsec TLSSocket, ssl.SSLSocket or socket."""
+def raw_server(kind: str, pki: BenchPKI) -> Callable[[socket.socket], socket.socket]:
+    """How the accepting side of ``kind`` wraps an accepted socket, handshake done."""
     if kind == DCXSEC:
-        server_ctx, client_ctx = dcxsec_contexts(pki)
+        server_ctx, _ = dcxsec_contexts(pki)
 
         def wrap(raw: socket.socket) -> socket.socket:
             sock = server_ctx.wrap_socket(raw, server_side=True)
             sock.do_handshake()
             return sock
+        return wrap
+    if kind == SSL:
+        server_ssl, _ = ssl_contexts(pki)
+        return lambda raw: server_ssl.wrap_socket(raw, server_side=True)
+    if kind == TCP:
+        return lambda raw: raw
+    raise ValueError(kind)
+
+
+def raw_client(kind: str, pki: BenchPKI) -> Callable[[tuple], socket.socket]:
+    """How the requesting side of ``kind`` connects, handshake done."""
+    if kind in (DCXSEC, SSL):
+        _, client_ctx = dcxsec_contexts(pki) if kind == DCXSEC else ssl_contexts(pki)
 
         def connect(address: tuple) -> socket.socket:
             sock = client_ctx.wrap_socket(socket.socket())
             sock.connect(address)
             return sock
-    elif kind == SSL:
-        server_ssl, client_ssl = ssl_contexts(pki)
+        return connect
+    if kind == TCP:
+        return socket.create_connection
+    raise ValueError(kind)
 
-        def wrap(raw: socket.socket) -> socket.socket:
-            return server_ssl.wrap_socket(raw, server_side=True)
 
-        def connect(address: tuple) -> socket.socket:
-            sock = client_ssl.wrap_socket(socket.socket())
-            sock.connect(address)
-            return sock
-    elif kind == TCP:
-        def wrap(raw: socket.socket) -> socket.socket:
-            return raw
-
-        def connect(address: tuple) -> socket.socket:
-            return socket.create_connection(address)
-    else:
-        raise ValueError(kind)
-    return connected_pair(wrap, connect)
+def raw_pair(kind: str, pki: BenchPKI) -> tuple[socket.socket, socket.socket]:
+    """A connected (client, server) pair: dcxsec TLSSocket, ssl.SSLSocket or socket."""
+    return connected_pair(raw_server(kind, pki), raw_client(kind, pki))

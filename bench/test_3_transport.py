@@ -10,125 +10,126 @@ and then ``recv(4096)`` until the PDU is whole, extending a bytearray, as
 dcxsec ``TLSSocket`` against ``ssl.SSLSocket`` (same certificates, mutual
 TLS) and a plain socket; the ceiling is one core's AES-256-GCM throughput on
 16 KiB blocks (a full TLS record) from ``openssl speed``.
+
+Each is measured twice.  With the sender a thread of the benchmark's own
+process, both ends share one GIL and take turns on it.  With the sender in a
+process of its own, as a modality is to a gateway, the receiver is measured
+on its own.  The contenders take their rounds in turn (see interleave.py).
 """
 from __future__ import annotations
 
-import os
+import multiprocessing
 import re
 import shutil
-import struct
+import socket
 import subprocess
 import threading
 
 import pytest
 
 from conftest import SIZES
-from contenders import DCXSEC, SSL, TCP, raw_pair
+from contenders import DCXSEC, SSL, TCP, raw_pair, raw_server
+from interleave import Contestant, best_rounds
+from rawio import BULK_CHUNK, PDU, RECEIVERS, SENDERS, peer_sender
 from report import Target
 
-MAX_PDU = 16382
-PDU = struct.pack(">BBI", 0x04, 0, MAX_PDU) + os.urandom(MAX_PDU)
-BULK_CHUNK = 1024 * 1024
 CEILING = "openssl speed"
 KINDS = (DCXSEC, SSL, TCP)
-
-
-def send_pdus(sock, count: int) -> None:
-    """pynetdicom's AssociationSocket.send, once per PDU."""
-    for _ in range(count):
-        total_sent = 0
-        while total_sent < len(PDU):
-            total_sent += sock.send(PDU[total_sent:])
-
-
-def recv_exactly(sock, nr_bytes: int) -> bytearray:
-    """pynetdicom's AssociationSocket.recv: at most 4096 bytes per call."""
-    bytestream = bytearray()
-    nr_read = 0
-    while nr_read < nr_bytes:
-        bufsize = min(4096, nr_bytes - nr_read)
-        bytes_read = sock.recv(bufsize)
-        if not bytes_read:
-            raise ConnectionError(f"peer closed after {nr_read} of {nr_bytes} bytes")
-        bytestream.extend(bytes_read)
-        nr_read += len(bytes_read)
-    return bytestream
-
-
-def read_pdus(sock, count: int) -> int:
-    """pynetdicom's DUL._read_pdu_data, ``count`` times; returns bytes read."""
-    total = 0
-    for _ in range(count):
-        bytestream = bytearray()
-        bytestream.extend(recv_exactly(sock, 6))
-        _, _, length = struct.unpack(">BBL", bytestream)
-        bytestream += recv_exactly(sock, length)
-        total += len(bytestream)
-    return total
-
-
-def send_bulk(sock, total: int) -> None:
-    chunk = memoryview(os.urandom(BULK_CHUNK))
-    for _ in range(total // BULK_CHUNK):
-        sock.sendall(chunk)
-
-
-def read_bulk(sock, total: int) -> int:
-    buffer = bytearray(BULK_CHUNK)
-    view, done = memoryview(buffer), 0
-    while done < total:
-        n = sock.recv_into(view)
-        if n == 0:
-            raise ConnectionError(f"peer closed after {done} of {total} bytes")
-        done += n
-    return done
+PLACEMENTS = ("thread", "process")
+_PEER_WAIT_S = 60
 
 
 class Transfer:
-    """A fresh pair with a sender thread that starts when the clock does."""
+    """A fresh pair; the receiver reads here when the clock starts, the sender
+    is a thread of this process or a process of its own."""
 
-    def __init__(self, kind: str, pki, sender, receiver, amount: int) -> None:
-        self.client, self.server = raw_pair(kind, pki)
-        self.receiver, self.amount, self.go = receiver, amount, threading.Event()
-        self.received = 0
-        self.thread = threading.Thread(target=self._send, args=(sender,), daemon=True)
-        self.thread.start()
+    def __init__(self, kind: str, pki, mode: str, amount: int, placement: str) -> None:
+        self.mode, self.amount, self.received = mode, amount, 0
+        self.peer = self.thread = None
+        if placement == "thread":
+            self.client, self.server = raw_pair(kind, pki)
+            self.go = threading.Event()
+            self.thread = threading.Thread(target=self._send, daemon=True)
+            self.thread.start()
+            return
+        spawn = multiprocessing.get_context("spawn")  # no copy of this process's threads
+        self.control, child_end = spawn.Pipe()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            listener.settimeout(_PEER_WAIT_S)
+            self.peer = spawn.Process(target=peer_sender, daemon=True, args=(
+                kind, pki, listener.getsockname(), mode, amount, child_end))
+            self.peer.start()
+            raw, _ = listener.accept()
+        raw.settimeout(None)
+        self.server = raw_server(kind, pki)(raw)
+        if not self.control.poll(_PEER_WAIT_S) or self.control.recv() != "ready":
+            raise RuntimeError(f"the {kind} sending peer did not connect")
 
-    def _send(self, sender) -> None:
+    def _send(self) -> None:
         self.go.wait()
-        sender(self.client, self.amount)
+        SENDERS[self.mode](self.client, self.amount)
 
     def run(self) -> None:
-        self.go.set()
-        self.received = self.receiver(self.server, self.amount)
-        self.thread.join()
+        if self.thread is not None:
+            self.go.set()
+        else:
+            self.control.send("go")
+        self.received = RECEIVERS[self.mode](self.server, self.amount)
+        if self.thread is not None:
+            self.thread.join()
+        elif self.control.recv() != "done":
+            raise RuntimeError("the sending peer did not finish")
 
     def cipher(self) -> str:
         cipher = getattr(self.server, "cipher", lambda: None)()
         return cipher[0] if cipher else ""
 
     def close(self) -> None:
-        self.client.close()
+        if self.peer is not None:
+            self.control.send("close")
+            self.peer.join(_PEER_WAIT_S)
+        else:
+            self.client.close()
         self.server.close()
 
 
-def measure(benchmark, kind: str, pki, sender, receiver, amount: int, expected: int
-            ) -> tuple[float, str]:
-    """MB/s of one transfer (best round), and the negotiated cipher."""
-    transfers: list[Transfer] = []
+class Rounds:
+    """One contender's rounds: a fresh transfer before each, the last one kept."""
 
-    def setup():
-        if transfers:
-            transfers[-1].close()
-        transfers.append(Transfer(kind, pki, sender, receiver, amount))
-        return (transfers[-1],), {}
+    def __init__(self, kind: str, pki, mode: str, amount: int, placement: str) -> None:
+        self.args = (kind, pki, mode, amount, placement)
+        self.transfer: Transfer | None = None
 
-    benchmark.pedantic(Transfer.run, setup=setup, rounds=SIZES.raw_rounds, iterations=1)
-    last = transfers[-1]
-    cipher = last.cipher()
-    last.close()
-    assert last.received == expected
-    return expected / benchmark.stats.stats.min / 1e6, cipher
+    def prepare(self) -> None:
+        self.finish()
+        self.transfer = Transfer(*self.args)
+
+    def run(self) -> None:
+        self.transfer.run()
+
+    def finish(self) -> tuple[int, str]:
+        """(bytes the last round received, cipher); closes that round's pair."""
+        done, self.transfer = self.transfer, None
+        if done is None:
+            return 0, ""
+        received, cipher = done.received, done.cipher()
+        done.close()
+        return received, cipher
+
+
+def measure(benchmark, pki, mode: str, amount: int, expected: int, placement: str
+            ) -> dict[str, tuple[float, str]]:
+    """MB/s of each contender (best round) and its negotiated cipher; ``amount``
+    is what the sender is given (PDUs or bytes), ``expected`` the bytes."""
+    rounds = {kind: Rounds(kind, pki, mode, amount, placement) for kind in KINDS}
+    best = best_rounds(benchmark, [Contestant(kind, r.run, prepare=r.prepare)
+                                   for kind, r in rounds.items()], DCXSEC, SIZES.raw_rounds)
+    results = {}
+    for kind, r in rounds.items():
+        received, cipher = r.finish()
+        assert received == expected, f"{kind}: {received} of {expected} bytes"
+        results[kind] = (expected / best[kind] / 1e6, cipher)
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -143,25 +144,31 @@ def ceiling(report) -> float:
     return float(match.group(1)) * 1000 / 1e6  # openssl prints 1000s of bytes per second
 
 
-def group_with_ceiling(report, key: str, title: str, targets, ceiling: float) -> None:
-    if key not in report.groups:
-        report.group(key, title, "MB/s", ref=CEILING, targets=targets)
-        report.add(key, CEILING, ceiling, note="1 core, AES-256-GCM, 16 KiB records")
+
+def report_rows(report, key: str, title: str, targets, ceiling: float, results) -> None:
+    report.group(key, title, "MB/s", ref=CEILING, targets=targets)
+    report.add(key, CEILING, ceiling, note="1 core, AES-256-GCM, 16 KiB records")
+    for kind, (rate, cipher) in results.items():
+        report.add(key, kind, rate, note=cipher)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_pynetdicom_read_pattern(benchmark, kind, pki, report, ceiling):
+def sender_text(placement: str) -> str:
+    return "sender a thread alongside" if placement == "thread" else "sender in its own process"
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_pynetdicom_read_pattern(benchmark, placement, pki, report, ceiling):
     count = SIZES.raw_bytes // len(PDU)
-    rate, cipher = measure(benchmark, kind, pki, send_pdus, read_pdus, count, count * len(PDU))
-    group_with_ceiling(report, "3-pattern", "3 raw, pynetdicom pattern (recv 6 + 4096s)",
-                       (Target(SSL, 1.5),), ceiling)
-    report.add("3-pattern", kind, rate, note=cipher)
+    results = measure(benchmark, pki, "pattern", count, count * len(PDU), placement)
+    report_rows(report, f"3-pattern-{placement}",
+                f"3 raw, pynetdicom pattern (recv 6 + 4096s), {sender_text(placement)}",
+                (Target(SSL, 1.5),), ceiling, results)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_bulk(benchmark, kind, pki, report, ceiling):
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_bulk(benchmark, placement, pki, report, ceiling):
     amount = SIZES.raw_bytes // BULK_CHUNK * BULK_CHUNK
-    rate, cipher = measure(benchmark, kind, pki, send_bulk, read_bulk, amount, amount)
-    group_with_ceiling(report, "3-bulk", "3 raw, bulk (sendall 1 MiB / recv_into)",
-                       (Target(SSL, 1.0), Target("ref", 0.5)), ceiling)
-    report.add("3-bulk", kind, rate, note=cipher)
+    results = measure(benchmark, pki, "bulk", amount, amount, placement)
+    report_rows(report, f"3-bulk-{placement}",
+                f"3 raw, bulk (sendall 1 MiB / recv_into), {sender_text(placement)}",
+                (Target(SSL, 1.0), Target("ref", 0.5)), ceiling, results)
