@@ -25,8 +25,8 @@ def test_associations_per_second(benchmark, pki, scp_factory, report):
             assoc = ae.associate("127.0.0.1", scp.port, tls_args=contender.tls_args)
             assert assoc.is_established
             if contender.name in resumed:
-                socket = assoc.dul.socket.socket
-                resumed[contender.name].append(bool(getattr(socket, "session_reused", False)))
+                sock = assoc.dul.socket.socket
+                resumed[contender.name].append(bool(getattr(sock, "session_reused", False)))
             assert assoc.send_c_echo().Status == 0x0000
             assoc.release()
 
