@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,16 @@ def requestor(**kw) -> AE:
 
 
 __all__ = ["config_for", "listener", "free_port", "requestor", "dcxsec"]
+
+
+def wait_for_log(caplog, words: str, timeout: float = 10) -> list[str]:
+    """dcxsec's log messages once one holds ``words`` (or at the timeout).
+
+    The acceptor logs a refusal after its alert has left, so the requestor
+    can see the refusal before the record is written."""
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = [r.getMessage() for r in caplog.records if r.name == "dcxsec"]
+        if any(words in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.02)

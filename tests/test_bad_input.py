@@ -13,7 +13,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 import dicom_wire
-from conftest import free_port, requestor
+from conftest import free_port, requestor, wait_for_log
 from dcxsec import NotTLSError
 
 
@@ -32,15 +32,6 @@ BAD_INPUTS = {
     "random": (lambda: b"\xfe" + os.urandom(200), "data that is not TLS (first bytes: fe"),
     "half-handshake": (lambda: client_hello()[:40], "closed the connection during the handshake"),
 }
-
-
-def wait_for_log(caplog, words: str, timeout: float = 10) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        messages = [r.getMessage() for r in caplog.records if r.name == "dcxsec"]
-        if any(words in m for m in messages) or time.monotonic() > deadline:
-            return messages
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("kind", list(BAD_INPUTS))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import config_for, free_port, requestor
+from conftest import config_for, free_port, requestor, wait_for_log
 from dcxsec import TLSContext, VerificationMethod
 from test_pynetdicom import dataset_bytes
 
@@ -57,11 +57,8 @@ def test_echoscu_with_an_untrusted_certificate_is_refused_and_logged(pki, scp_fa
     scp = scp_factory(server_ctx)
     done = run(["echoscu", *tls_args(pki.untrusted, pki.ca), "127.0.0.1", str(scp.port)])
     assert done.returncode != 0
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not caplog.records:
-        time.sleep(0.05)
-    assert any(pki.untrusted.thumbprint in r.getMessage() and "not trusted" in r.getMessage()
-               for r in caplog.records)
+    messages = wait_for_log(caplog, pki.untrusted.thumbprint)
+    assert any(pki.untrusted.thumbprint in m and "not trusted" in m for m in messages), messages
     assert scp.peer_thumbprints == []
 
 

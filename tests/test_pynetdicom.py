@@ -12,7 +12,7 @@ import pytest
 from pydicom import dcmread
 
 import dicom_wire
-from conftest import config_for, requestor
+from conftest import config_for, requestor, wait_for_log
 from dcxsec import TLSContext, VerificationMethod
 
 TRUST_CHAIN, THUMBPRINT, NONE = (VerificationMethod.TRUST_CHAIN, VerificationMethod.THUMBPRINT,
@@ -165,7 +165,7 @@ def test_refused_requestor_is_logged_and_the_server_goes_on(pki, scp_factory, ca
     intruder = TLSContext(config_for(pki.untrusted, TRUST_CHAIN, [pki.ca.cert_path]))
     assoc = requestor().associate("127.0.0.1", scp.port, tls_args=(intruder, None))
     assert not assoc.is_established
-    messages = [r.getMessage() for r in caplog.records if r.name == "dcxsec"]
+    messages = wait_for_log(caplog, pki.untrusted.thumbprint)
     assert any("127.0.0.1:" in m and pki.untrusted.thumbprint in m and "not trusted" in m
                for m in messages), messages
     assoc = requestor().associate("127.0.0.1", scp.port, tls_args=(client, None))
