@@ -177,9 +177,6 @@ def requestor(**kw) -> AE:
     return ae
 
 
-__all__ = ["config_for", "listener", "free_port", "requestor", "dcxsec"]
-
-
 def wait_for_log(caplog, words: str, timeout: float = 10) -> list[str]:
     """dcxsec's log messages once one holds ``words`` (or at the timeout).
 
@@ -191,3 +188,7 @@ def wait_for_log(caplog, words: str, timeout: float = 10) -> list[str]:
         if any(words in m for m in messages) or time.monotonic() > deadline:
             return messages
         time.sleep(0.02)
+
+
+__all__ = ["config_for", "listener", "free_port", "requestor", "wait_for_log", "dcxsec"]
+
