@@ -41,6 +41,8 @@ _PEER_WAIT_S = 60
 class ThreadSender:
     """The sender as a thread of this process, sharing its GIL."""
 
+    label = "sender a thread alongside"
+
     def __init__(self, kind: str, pki, mode: str, amount: int) -> None:
         self.client, self.server = raw_pair(kind, pki)
         self.started = threading.Event()
@@ -63,6 +65,8 @@ class ThreadSender:
 
 class ProcessSender:
     """The sender in a process of its own, as a modality is to a gateway."""
+
+    label = "sender in its own process"
 
     def __init__(self, kind: str, pki, mode: str, amount: int) -> None:
         spawn = multiprocessing.get_context("spawn")  # no copy of this process's threads
@@ -166,7 +170,6 @@ def ceiling(report) -> float:
     return float(match.group(1)) * 1000 / 1e6  # openssl prints 1000s of bytes per second
 
 
-
 def report_rows(report, key: str, title: str, targets, ceiling: float, results) -> None:
     report.group(key, title, "MB/s", ref=CEILING, targets=targets)
     report.add(key, CEILING, ceiling, note="1 core, AES-256-GCM, 16 KiB records")
@@ -174,23 +177,19 @@ def report_rows(report, key: str, title: str, targets, ceiling: float, results) 
         report.add(key, kind, rate, note=cipher)
 
 
-def sender_text(placement: str) -> str:
-    return "sender a thread alongside" if placement == "thread" else "sender in its own process"
-
-
-@pytest.mark.parametrize("placement", ("thread", "process"))
+@pytest.mark.parametrize("placement", list(SENDER_PLACES))
 def test_pynetdicom_read_pattern(benchmark, placement, pki, report, ceiling):
     count = SIZES.raw_bytes // len(PDU)
     results = measure(benchmark, pki, "pattern", count, count * len(PDU), placement)
     report_rows(report, f"3-pattern-{placement}",
-                f"3 raw, pynetdicom pattern (recv 6 + 4096s), {sender_text(placement)}",
+                f"3 raw, pynetdicom pattern (recv 6 + 4096s), {SENDER_PLACES[placement].label}",
                 (Target(SSL, 1.5),), ceiling, results)
 
 
-@pytest.mark.parametrize("placement", ("thread", "process"))
+@pytest.mark.parametrize("placement", list(SENDER_PLACES))
 def test_bulk(benchmark, placement, pki, report, ceiling):
     amount = SIZES.raw_bytes // BULK_CHUNK * BULK_CHUNK
     results = measure(benchmark, pki, "bulk", amount, amount, placement)
     report_rows(report, f"3-bulk-{placement}",
-                f"3 raw, bulk (sendall 1 MiB / recv_into), {sender_text(placement)}",
+                f"3 raw, bulk (sendall 1 MiB / recv_into), {SENDER_PLACES[placement].label}",
                 (Target(SSL, 1.0), Target("ref", 0.5)), ceiling, results)

@@ -62,9 +62,10 @@ def free_connection(conn) -> None:
 
 def _forget_after_fork() -> None:
     # The child has no handshake thread (and the parent's lock may have been
-    # held when it forked): it starts its own when it accepts.
-    global _pump
+    # held when it forked): it starts its own, under a new lock, when it accepts.
+    global _pump, _lock
     _pump = None
+    _lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

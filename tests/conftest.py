@@ -191,4 +191,3 @@ def wait_for_log(caplog, words: str, timeout: float = 10) -> list[str]:
 
 
 __all__ = ["config_for", "listener", "free_port", "requestor", "wait_for_log", "dcxsec"]
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import select
+import signal
 import socket
 import ssl
 import threading
@@ -368,3 +369,47 @@ def test_connect_refused_is_connection_refused_error(client_ctx):
         client.close()
         port.close()
 
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_a_forked_child_accepts_even_if_the_handshake_thread_was_being_started(server_ctx,
+                                                                              client_ctx):
+    from dcxsec import pump
+
+    lst = listener()
+    pump._lock.acquire()  # as when another thread starts the pump at the moment of fork()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: accept and handshake once, report by exit status
+            code = 1
+            try:
+                raw, _ = lst.accept()
+                with server_ctx.wrap_socket(raw, server_side=True) as server:
+                    server.sendall(server.recv(100))
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        pump._lock.release()
+    client = client_ctx.wrap_socket(socket.socket())
+    try:
+        client.settimeout(10)
+        client.connect(lst.getsockname())
+        client.sendall(b"echo")
+        assert client.recv(100) == b"echo"
+    finally:
+        client.close()
+        lst.close()
+        assert _exit_code_within(pid, 10) == 0
+
+
+def _exit_code_within(pid: int, seconds: float) -> int | None:
+    """The child's exit code, or None (and the child killed) if it is still running."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
