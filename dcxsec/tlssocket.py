@@ -501,29 +501,35 @@ class TLSSocket(ssl.SSLSocket):
 
     # ---- writing ----------------------------------------------------------
 
-    def sendall(self, data: Any, flags: int = 0) -> None:
-        """Send all of ``data``; a PDU leaves in as few records as possible."""
+    def send(self, data: Any, flags: int = 0) -> int:
+        """Send all of ``data`` and return its length; a PDU leaves in as few
+        records, and system calls, as possible.
+
+        pynetdicom calls this once per PDU, so the whole write is done here,
+        in one Python frame.
+        """
         if flags:
-            raise ValueError("non-zero flags not allowed in calls to sendall() on TLSSocket")
+            raise ValueError("non-zero flags not allowed in calls to send() on TLSSocket")
         source = ffi.from_buffer(data)
-        if len(source) == 0:
-            return
+        size = len(source)
+        if size == 0:
+            return 0
         with self._lock:
             conn = self._conn
             if conn is None or not self._ready:
                 conn = self._ready_conn()
                 if not self._screened:
                     self._check_called_ae(data)
-            n = lib.dcx_conn_write(conn, source, len(source), self._timeout_ms, self._err)
+            n = lib.dcx_conn_write(conn, source, size, self._timeout_ms, self._err)
             if n < 0:
                 raise self._io_error(self._err, n, reading=False)
+        return size
 
-    def send(self, data: Any, flags: int = 0) -> int:
-        """Send all of ``data`` and return its length."""
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        """Send all of ``data``."""
         if flags:
-            raise ValueError("non-zero flags not allowed in calls to send() on TLSSocket")
-        self.sendall(data)
-        return memoryview(data).nbytes
+            raise ValueError("non-zero flags not allowed in calls to sendall() on TLSSocket")
+        self.send(data)
 
     def write(self, data: Any) -> int:
         return self.send(data)
