@@ -1,6 +1,7 @@
 """The engine over real loopback sockets: handshake, records, EOF, buffering."""
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 import select
@@ -89,6 +90,24 @@ def test_50_mb_each_way_arrives_intact(pair_factory, server_ctx, client_ctx):
     results["down"] = _drain(pair.client, len(down))
     writer.join()
     assert results == {"up": hashlib.sha256(up).hexdigest(), "down": hashlib.sha256(down).hexdigest()}
+
+
+def test_send_returns_the_bytes_sent_for_any_buffer(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    words = array.array("H", range(1000))  # 2000 bytes in 1000 items
+    assert pair.client.send(memoryview(words)) == 2000
+    assert pair.client.send(b"") == 0
+    assert pair.client.sendall(bytearray(b"tail")) is None
+    assert _read_exactly(pair.server, 2004) == words.tobytes() + b"tail"
+
+
+def _read_exactly(sock, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"the peer closed after {len(data)} of {size} bytes"
+        data += chunk
+    return bytes(data)
 
 
 def test_plaintext_waiting_in_the_engine_is_reported_by_pending(pair_factory, server_ctx, client_ctx):
