@@ -98,16 +98,7 @@ def test_send_returns_the_bytes_sent_for_any_buffer(pair_factory, server_ctx, cl
     assert pair.client.send(memoryview(words)) == 2000
     assert pair.client.send(b"") == 0
     assert pair.client.sendall(bytearray(b"tail")) is None
-    assert _read_exactly(pair.server, 2004) == words.tobytes() + b"tail"
-
-
-def _read_exactly(sock, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, f"the peer closed after {len(data)} of {size} bytes"
-        data += chunk
-    return bytes(data)
+    assert _drain(pair.server, 2004) == hashlib.sha256(words.tobytes() + b"tail").hexdigest()
 
 
 def test_plaintext_waiting_in_the_engine_is_reported_by_pending(pair_factory, server_ctx, client_ctx):
