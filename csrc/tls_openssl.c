@@ -1,13 +1,23 @@
 /*
  * tls_openssl.c - the OpenSSL 3 backend of dcxtls.h (Linux, macOS).
  *
- * One SSL_CTX serves both roles.  Each connection reads and writes its
- * non-blocking socket through a socket BIO and waits with poll(), so every
- * call honours its deadline.  Verification is one certificate-verify
- * callback that applies the configured method and records why it refused.
+ * One SSL_CTX serves both roles.  Each connection reads its non-blocking
+ * socket into a receive buffer and writes through a send buffer, one system
+ * call for many records each way, and waits with poll(), so every call
+ * honours its deadline.  Verification is one certificate-verify callback
+ * that applies the configured method and records why it refused.
+ *
+ * OpenSSL runs the handshake.  On TLS 1.3 the engine then protects the
+ * application records itself (tls13_record.h), from the traffic secrets
+ * OpenSSL derived, so that records go between the caller's buffer and the
+ * socket's buffers without OpenSSL's copies.  It takes each direction over
+ * at a record boundary, once OpenSSL holds nothing of it: the writing side
+ * after the acceptor's session ticket, the reading side at once (acceptor)
+ * or after the first application data, behind the tickets (requestor).
  */
 #include "dcxtls.h"
 #include "dcxtls_common.h"
+#include "tls13_record.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -48,6 +58,15 @@ struct dcx_ctx {
     uint64_t session_clock;
 };
 
+/* Follows a stream of records from a record boundary, to count them and to
+ * know when the next byte starts a new one. */
+typedef struct record_counter {
+    uint64_t records;
+    size_t body_left;       /* bytes of the current record still to come */
+    unsigned char head[5];  /* a header split across calls */
+    size_t head_len;
+} record_counter;
+
 struct dcx_conn {
     dcx_ctx *ctx;
     SSL *ssl;
@@ -68,22 +87,55 @@ struct dcx_conn {
     char server_name[256];
     char peer_key[320];   /* requesting side: the session cache key, "address:port/name" */
     dcx_read_state read_state;
-    struct {              /* records OpenSSL wrote, not yet sent: one send() per flush */
+    struct {              /* records written, not yet sent: one send() per flush */
         unsigned char *data;
         size_t len, cap, sent;
     } out;
+    struct {              /* bytes received, not yet taken by a record layer: one recv() for many */
+        unsigned char *data;
+        size_t start, end, cap;
+        int eof;          /* the peer closed its side */
+        int sys_errno;    /* the socket failed */
+    } in;
+    record_counter taken, written; /* records OpenSSL read and wrote after the handshake */
+    int seen_data;        /* OpenSSL has returned application data */
+    /* The engine's own record layer, one direction at a time (see the top). */
+    unsigned char client_secret[EVP_MAX_MD_SIZE], server_secret[EVP_MAX_MD_SIZE];
+    size_t client_secret_len, server_secret_len;
+    const char *suite;
+    int own_read, own_write;     /* this direction's records are the engine's */
+    int can_own_read, can_own_write;
+    int key_update_due;          /* the peer asked for our KeyUpdate: it leads the next write */
+    tls13_keys rkeys, wkeys;
+    struct {              /* content of a record that did not fit the caller's buffer */
+        unsigned char *data;
+        size_t start, len;
+    } spill;
+    unsigned char *hs;    /* a post-handshake handshake message, until all of it is here */
+    size_t hs_len;
     int fail_status;      /* why the connection died, repeated to later calls */
     dcx_error failure;
 };
 
 #define RECORD_MAX 16384              /* plaintext of one TLS record */
-#define READ_AHEAD (4 * (RECORD_MAX + 512)) /* socket bytes OpenSSL takes per read() */
+#define WIRE_MAX (5 + RECORD_MAX + 2048) /* one record on the wire, at most (TLS 1.2) */
+#define IN_CAP (8 * WIRE_MAX)         /* socket bytes taken per recv(), at most */
 #define OUT_SLICE (4 * RECORD_MAX)    /* plaintext encrypted between two sends */
 #define RECORD_OVERHEAD 64            /* header, nonce, tag and padding of one record, at most */
 #define OUT_KEEP 8192                 /* a larger send buffer is freed after use */
+#define HS_MAX 65536                  /* a post-handshake handshake message, at most */
+/* AES-GCM's safety margin (RFC 8446 section 5.5): fresh keys after 2^24 records. */
+#define KEY_UPDATE_AFTER ((uint64_t)1 << 24)
+
+/* Alerts the engine's record layer sends. */
+#define ALERT_UNEXPECTED_MESSAGE 10
+#define ALERT_BAD_RECORD_MAC 20
+#define ALERT_RECORD_OVERFLOW 22
+#define ALERT_DECODE_ERROR 50
+#define ALERT_INTERNAL_ERROR 80
 
 static int conn_index = -1;
-static BIO_METHOD *out_method;
+static BIO_METHOD *out_method, *in_method;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
 /* ---- outgoing records -------------------------------------------------------
@@ -117,12 +169,61 @@ static void out_trim(dcx_conn *c)
     }
 }
 
-/* OpenSSL keeps its read-ahead buffer (READ_AHEAD bytes) even when it is
- * empty; a connection that has caught up gives it back until more arrives. */
-static void release_read_ahead(dcx_conn *c)
+static size_t in_avail(const dcx_conn *c)
 {
-    if (!c->dead && !c->read_state.data_waiting)
+    return c->in.end - c->in.start;
+}
+
+static void count_records(record_counter *rc, const unsigned char *p, size_t n)
+{
+    while (n) {
+        if (rc->body_left) {
+            size_t k = n < rc->body_left ? n : rc->body_left;
+            rc->body_left -= k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        size_t k = 5 - rc->head_len < n ? 5 - rc->head_len : n;
+        memcpy(rc->head + rc->head_len, p, k);
+        rc->head_len += k;
+        p += k;
+        n -= k;
+        if (rc->head_len == 5) {
+            rc->body_left = (size_t)rc->head[3] << 8 | rc->head[4];
+            rc->head_len = 0;
+            rc->records++;
+        }
+    }
+}
+
+static int at_record_boundary(const record_counter *rc)
+{
+    return rc->body_left == 0 && rc->head_len == 0;
+}
+
+/* Plaintext or records held here that select() cannot see. */
+static int data_waiting(const dcx_conn *c)
+{
+    if (c->dead)
+        return 0;
+    return in_avail(c) > 0 || c->spill.len > 0 || (!c->own_read && SSL_has_pending(c->ssl));
+}
+
+/* A connection that has caught up keeps no receive buffers (OpenSSL's, the
+ * engine's) until more arrives: an idle association costs little. */
+static void release_idle_buffers(dcx_conn *c)
+{
+    if (c->dead || data_waiting(c))
+        return;
+    if (!c->own_read || !c->own_write)
         SSL_free_buffers(c->ssl);
+    free(c->in.data);
+    c->in.data = NULL;
+    c->in.start = c->in.end = c->in.cap = 0;
+    free(c->spill.data);
+    c->spill.data = NULL;
+    c->spill.start = 0;
 }
 
 static int out_write(BIO *bio, const char *data, size_t len, size_t *written)
@@ -132,6 +233,8 @@ static int out_write(BIO *bio, const char *data, size_t len, size_t *written)
         return 0;
     memcpy(c->out.data + c->out.len, data, len);
     c->out.len += len;
+    if (c->handshake_done)
+        count_records(&c->written, (const unsigned char *)data, len);
     *written = len;
     return 1;
 }
@@ -151,10 +254,119 @@ static long out_ctrl(BIO *bio, int cmd, long num, void *ptr)
     }
 }
 
-static int out_create(BIO *bio)
+static int bio_create(BIO *bio)
 {
     BIO_set_init(bio, 1);
     return 1;
+}
+
+/* ---- incoming bytes ---------------------------------------------------------
+ * The engine reads the socket into its receive buffer, as much as it holds
+ * per recv().  OpenSSL takes the handshake from there, and after it whole
+ * records only, so that it never holds half a record when the engine takes
+ * the reading side over. */
+
+/* recv() without waiting, so that `need` bytes can be at hand.  Returns the
+ * bytes added, 0 when none wait, DCX_EOF, or DCX_E_SYSCALL (in.sys_errno). */
+static long in_fill(dcx_conn *c, size_t need)
+{
+    if (c->in.start == c->in.end)
+        c->in.start = c->in.end = 0;
+    if (!c->in.data) {
+        if (!(c->in.data = malloc(IN_CAP))) {
+            c->in.sys_errno = ENOMEM;
+            return DCX_E_SYSCALL;
+        }
+        c->in.cap = IN_CAP;
+    }
+    if (c->in.cap - c->in.start < need || c->in.cap - c->in.end < WIRE_MAX) {
+        /* A partial record moves to the front, once per buffer's worth. */
+        memmove(c->in.data, c->in.data + c->in.start, in_avail(c));
+        c->in.end -= c->in.start;
+        c->in.start = 0;
+    }
+    size_t room = c->in.cap - c->in.end;
+    for (;;) {
+        ssize_t n = recv(c->fd, c->in.data + c->in.end, room, 0);
+        if (n > 0) {
+            if (!c->handshake_done && c->first_len < DCX_SNIFF_LEN) {
+                /* The peer's first bytes, to tell "not TLS" from a TLS failure. */
+                size_t k = DCX_SNIFF_LEN - c->first_len < (size_t)n ? DCX_SNIFF_LEN - c->first_len
+                                                                    : (size_t)n;
+                memcpy(c->first + c->first_len, c->in.data + c->in.end, k);
+                c->first_len += k;
+            }
+            c->in.end += (size_t)n;
+            return n;
+        }
+        if (n == 0) {
+            c->in.eof = 1;
+            return DCX_EOF;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        c->in.sys_errno = errno;
+        return DCX_E_SYSCALL;
+    }
+}
+
+/* The length on the wire of the record that starts the receive buffer, or
+ * TLS13_HEADER while its header is incomplete. */
+static size_t next_record_len(const dcx_conn *c)
+{
+    const unsigned char *p = c->in.data + c->in.start;
+    return in_avail(c) < TLS13_HEADER ? TLS13_HEADER : TLS13_HEADER + ((size_t)p[3] << 8 | p[4]);
+}
+
+static int in_read(BIO *bio, char *dst, size_t want, size_t *got)
+{
+    dcx_conn *c = BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    *got = 0;
+    size_t need = 1;
+    if (c->handshake_done && at_record_boundary(&c->taken)) {
+        need = next_record_len(c);
+        if (need > WIRE_MAX)
+            need = 1; /* an oversized record: OpenSSL refuses it from its header */
+    }
+    while (in_avail(c) < need) {
+        long r = in_fill(c, need);
+        if (r > 0)
+            continue;
+        if (r == 0) {
+            BIO_set_retry_read(bio);
+            return 0;
+        }
+        if (r == DCX_EOF && in_avail(c) > 0)
+            break; /* what there is; OpenSSL then finds the record cut short */
+        errno = r == DCX_EOF ? 0 : c->in.sys_errno;
+        return 0;
+    }
+    size_t n = want < in_avail(c) ? want : in_avail(c);
+    memcpy(dst, c->in.data + c->in.start, n);
+    if (c->handshake_done)
+        count_records(&c->taken, c->in.data + c->in.start, n);
+    c->in.start += n;
+    *got = n;
+    return 1;
+}
+
+static long in_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+    dcx_conn *c = BIO_get_data(bio);
+    (void)num; (void)ptr;
+    switch (cmd) {
+    case BIO_CTRL_EOF:
+        return c && c->in.eof && in_avail(c) == 0;
+    case BIO_CTRL_PENDING:
+        return c ? (long)in_avail(c) : 0;
+    case BIO_CTRL_FLUSH:
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 static void init_library(void)
@@ -164,7 +376,11 @@ static void init_library(void)
     out_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "dcxsec send buffer");
     BIO_meth_set_write_ex(out_method, out_write);
     BIO_meth_set_ctrl(out_method, out_ctrl);
-    BIO_meth_set_create(out_method, out_create);
+    BIO_meth_set_create(out_method, bio_create);
+    in_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "dcxsec receive buffer");
+    BIO_meth_set_read_ex(in_method, in_read);
+    BIO_meth_set_ctrl(in_method, in_ctrl);
+    BIO_meth_set_create(in_method, bio_create);
 }
 
 /* Send what OpenSSL wrote, waiting for room until the deadline. */
@@ -623,6 +839,58 @@ static int recheck_resumed_peer(dcx_conn *c, dcx_error *err)
 
 /* ---- context ----------------------------------------------------------- */
 
+/* TLS 1.3's first application traffic secrets, for the engine's record layer. */
+static void keep_traffic_secret(const SSL *ssl, const char *line)
+{
+    dcx_conn *c = SSL_get_ex_data(ssl, conn_index);
+    unsigned char *secret;
+    size_t *len;
+    if (!c)
+        return;
+    if (strncmp(line, "CLIENT_TRAFFIC_SECRET_0 ", 24) == 0) {
+        secret = c->client_secret;
+        len = &c->client_secret_len;
+    } else if (strncmp(line, "SERVER_TRAFFIC_SECRET_0 ", 24) == 0) {
+        secret = c->server_secret;
+        len = &c->server_secret_len;
+    } else
+        return;
+    const char *hex = strrchr(line, ' ') + 1; /* label, client random, secret */
+    size_t n = strlen(hex) / 2;
+    *len = 0;
+    if (n > EVP_MAX_MD_SIZE)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        int hi = OPENSSL_hexchar2int((unsigned char)hex[2 * i]);
+        int lo = OPENSSL_hexchar2int((unsigned char)hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return;
+        secret[i] = (unsigned char)(hi << 4 | lo);
+    }
+    *len = n;
+}
+
+/* A KeyUpdate that OpenSSL sends or receives moves its keys past the secrets
+ * the engine holds: that direction then stays with OpenSSL. */
+static void watch_key_updates(int write_p, int version, int content_type, const void *buf,
+                              size_t len, SSL *ssl, void *arg)
+{
+    const unsigned char *msg = buf;
+    (void)version; (void)arg;
+    if (content_type != SSL3_RT_HANDSHAKE || len < 5 || msg[0] != SSL3_MT_KEY_UPDATE)
+        return;
+    dcx_conn *c = SSL_get_ex_data(ssl, conn_index);
+    if (!c)
+        return;
+    if (write_p) {
+        c->can_own_write = 0;
+    } else {
+        c->can_own_read = 0;
+        if (msg[4] == SSL_KEY_UPDATE_REQUESTED && c->own_write)
+            c->key_update_due = 1; /* OpenSSL cannot answer on the engine's keys */
+    }
+}
+
 dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
 {
     pthread_once(&init_once, init_library);
@@ -664,9 +932,11 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
     /* Writes go to the send buffer, which never refuses, so no partial-write modes. */
     SSL_CTX_set_mode(s, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_session_id_context(s, (const unsigned char *)"dcxsec", 6);
-    /* Read whatever the socket holds in one system call, not header then body. */
-    SSL_CTX_set_read_ahead(s, 1);
-    SSL_CTX_set_default_read_buffer_len(s, READ_AHEAD); /* given back when empty */
+    /* No read-ahead: the receive buffer already takes what the socket holds in
+     * one recv(), and OpenSSL must take no more than whole records from it. */
+    SSL_CTX_set_read_ahead(s, 0);
+    SSL_CTX_set_keylog_callback(s, keep_traffic_secret);
+    SSL_CTX_set_msg_callback(s, watch_key_updates);
     SSL_CTX_set_session_cache_mode(s, cfg->session_cache ? SSL_SESS_CACHE_BOTH
                                                          : SSL_SESS_CACHE_OFF);
     SSL_CTX_sess_set_new_cb(s, remember_session);
@@ -721,25 +991,338 @@ void dcx_ctx_free(dcx_ctx *ctx)
     free(ctx);
 }
 
-/* ---- connection -------------------------------------------------------- */
+/* ---- the engine's own TLS 1.3 record layer ------------------------------------
+ * Records between the caller's buffer and the socket's buffers, sealed and
+ * opened by tls13_record.c.  OpenSSL keeps the handshake, and the records of
+ * a direction until the engine takes it over (see the top of this file). */
 
-/* Keeps the peer's first bytes, to tell "not TLS" from a TLS failure. */
-static long capture_first_bytes(BIO *bio, int oper, const char *argp, size_t len, int argi,
-                                long argl, int ret, size_t *processed)
+static void remember_failure(dcx_conn *c, int status, const dcx_error *err);
+
+static void forget_secrets(dcx_conn *c)
 {
-    (void)len; (void)argi; (void)argl;
-    if (oper == (BIO_CB_READ | BIO_CB_RETURN) && ret > 0 && processed) {
-        dcx_conn *c = BIO_get_callback_arg(bio) ? (dcx_conn *)BIO_get_callback_arg(bio) : NULL;
-        if (c && c->first_len < DCX_SNIFF_LEN) {
-            size_t n = *processed;
-            if (n > DCX_SNIFF_LEN - c->first_len)
-                n = DCX_SNIFF_LEN - c->first_len;
-            memcpy(c->first + c->first_len, argp, n);
-            c->first_len += n;
-        }
-    }
-    return ret;
+    OPENSSL_cleanse(c->client_secret, sizeof(c->client_secret));
+    OPENSSL_cleanse(c->server_secret, sizeof(c->server_secret));
+    c->client_secret_len = c->server_secret_len = 0;
 }
+
+/* After the handshake: can the engine carry this connection's records? */
+static void prepare_own_records(dcx_conn *c)
+{
+    const SSL_CIPHER *cipher = SSL_get_current_cipher(c->ssl);
+    c->suite = cipher ? SSL_CIPHER_standard_name(cipher) : NULL;
+    int able = SSL_version(c->ssl) == TLS1_3_VERSION && c->client_secret_len &&
+               c->server_secret_len && tls13_suite_supported(c->suite);
+    c->can_own_read = c->can_own_write = able;
+    memset(&c->taken, 0, sizeof(c->taken));
+    memset(&c->written, 0, sizeof(c->written));
+    if (!able)
+        forget_secrets(c);
+}
+
+/* The engine reads from here on, if OpenSSL holds nothing of the stream. */
+static void take_reading_side(dcx_conn *c)
+{
+    if (c->own_read || !c->can_own_read || !at_record_boundary(&c->taken) ||
+        SSL_has_pending(c->ssl))
+        return;
+    unsigned char *secret = c->server_side ? c->client_secret : c->server_secret;
+    size_t *len = c->server_side ? &c->client_secret_len : &c->server_secret_len;
+    c->own_read = tls13_keys_init(&c->rkeys, c->suite, secret, *len, c->taken.records, 0);
+    c->can_own_read = c->own_read;
+    OPENSSL_cleanse(secret, EVP_MAX_MD_SIZE);
+    *len = 0;
+}
+
+/* The engine writes from here on, after the records OpenSSL wrote. */
+static void take_writing_side(dcx_conn *c)
+{
+    if (c->own_write || !c->can_own_write || !at_record_boundary(&c->written))
+        return;
+    unsigned char *secret = c->server_side ? c->server_secret : c->client_secret;
+    size_t *len = c->server_side ? &c->server_secret_len : &c->client_secret_len;
+    c->own_write = tls13_keys_init(&c->wkeys, c->suite, secret, *len, c->written.records, 1);
+    c->can_own_write = c->own_write;
+    OPENSSL_cleanse(secret, EVP_MAX_MD_SIZE);
+    *len = 0;
+}
+
+/* Seal one record of `type` into the send buffer. */
+static int seal_record(dcx_conn *c, unsigned char type, const unsigned char *p, size_t n,
+                       dcx_error *err)
+{
+    if (!out_reserve(c, n + RECORD_OVERHEAD))
+        return dcx_fail(err, DCX_E_NOMEM, "out of memory for the send buffer");
+    size_t sealed = tls13_seal(&c->wkeys, type, p, n, c->out.data + c->out.len);
+    if (!sealed)
+        return dcx_fail(err, DCX_E_PROTOCOL, "TLS error while writing: a record could not be sealed");
+    c->out.len += sealed;
+    return DCX_OK;
+}
+
+/* Our KeyUpdate, then our next keys: asked for by the peer, or due. */
+static int seal_key_update(dcx_conn *c, dcx_error *err)
+{
+    static const unsigned char key_update[5] = {SSL3_MT_KEY_UPDATE, 0, 0, 1,
+                                                SSL_KEY_UPDATE_NOT_REQUESTED};
+    int rc = seal_record(c, TLS13_HANDSHAKE, key_update, sizeof(key_update), err);
+    if (rc != DCX_OK)
+        return rc;
+    c->key_update_due = 0;
+    if (!tls13_keys_update(&c->wkeys))
+        return dcx_fail(err, DCX_E_PROTOCOL, "TLS error while writing: the key update failed");
+    return DCX_OK;
+}
+
+/* A fatal alert on the engine's keys, if the socket takes it at once. */
+static void send_alert(dcx_conn *c, int alert)
+{
+    const unsigned char body[2] = {SSL3_AL_FATAL, (unsigned char)alert};
+    if (c->own_write && c->out.sent == c->out.len &&
+        seal_record(c, TLS13_ALERT, body, sizeof(body), NULL) == DCX_OK)
+        flush_out(c, dcx_deadline(100), NULL);
+}
+
+/* The connection cannot go on: tell the peer why (alert >= 0), keep the reason. */
+static int fatal(dcx_conn *c, int status, int alert, dcx_error *err)
+{
+    if (alert >= 0)
+        send_alert(c, alert);
+    c->dead = 1;
+    remember_failure(c, status, err);
+    return status;
+}
+
+/* Handshake messages after the handshake, from one record.  A KeyUpdate moves
+ * the peer's keys on; a NewSessionTicket this late is let go (the requestor
+ * offers sessions from the tickets that come before the first data). */
+static int take_handshake(dcx_conn *c, const unsigned char *p, size_t n, dcx_error *err)
+{
+    if (c->hs_len + n > HS_MAX)
+        return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent a handshake message of "
+                                 "more than %d bytes after the handshake", HS_MAX),
+                     ALERT_UNEXPECTED_MESSAGE, err);
+    if (!c->hs && !(c->hs = malloc(HS_MAX)))
+        return fatal(c, dcx_fail(err, DCX_E_NOMEM, "out of memory"), ALERT_INTERNAL_ERROR, err);
+    memcpy(c->hs + c->hs_len, p, n);
+    c->hs_len += n;
+    size_t at = 0;
+    while (c->hs_len - at >= 4) {
+        const unsigned char *m = c->hs + at;
+        size_t body = (size_t)m[1] << 16 | (size_t)m[2] << 8 | m[3];
+        if (body > HS_MAX - 4)
+            return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent a handshake message of "
+                                     "%zu bytes after the handshake", body),
+                         ALERT_UNEXPECTED_MESSAGE, err);
+        if (c->hs_len - at < 4 + body)
+            break;
+        if (m[0] == SSL3_MT_KEY_UPDATE) {
+            if (body != 1 || m[4] > SSL_KEY_UPDATE_REQUESTED)
+                return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent a malformed KeyUpdate"),
+                             ALERT_DECODE_ERROR, err);
+            if (at + 5 != c->hs_len) /* new keys start with the next record (RFC 8446 5.1) */
+                return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer's KeyUpdate does not end "
+                                         "its record"), ALERT_UNEXPECTED_MESSAGE, err);
+            if (!tls13_keys_update(&c->rkeys))
+                return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "TLS error while reading: the key "
+                                         "update failed"), ALERT_INTERNAL_ERROR, err);
+            if (m[4] == SSL_KEY_UPDATE_REQUESTED) {
+                if (c->own_write) {
+                    c->key_update_due = 1; /* leads our next write */
+                } else {
+                    SSL_key_update(c->ssl, SSL_KEY_UPDATE_NOT_REQUESTED);
+                    c->can_own_write = 0; /* OpenSSL's keys move on: it keeps writing */
+                }
+            }
+        } else if (!(m[0] == SSL3_MT_NEWSESSION_TICKET && !c->server_side)) {
+            return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent an unexpected handshake "
+                                     "message (type %d) after the handshake", m[0]),
+                         ALERT_UNEXPECTED_MESSAGE, err);
+        }
+        at += 4 + body;
+    }
+    memmove(c->hs, c->hs + at, c->hs_len - at);
+    c->hs_len -= at;
+    if (!c->hs_len) {
+        free(c->hs);
+        c->hs = NULL;
+    }
+    return DCX_OK;
+}
+
+/* The alert the peer sent in a record: close_notify ends the stream. */
+static int take_alert(dcx_conn *c, const unsigned char *p, size_t n, dcx_error *err)
+{
+    if (n != 2)
+        return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent a malformed TLS alert"),
+                     ALERT_DECODE_ERROR, err);
+    if (p[1] == SSL_AD_CLOSE_NOTIFY) {
+        c->eof = 1;
+        return DCX_OK;
+    }
+    if (p[1] == SSL_AD_USER_CANCELLED) /* a close_notify follows */
+        return DCX_OK;
+    c->received_alert = p[1];
+    if (err)
+        err->alert = p[1];
+    const char *advice = dcx_alert_advice(p[1]);
+    return fatal(c, dcx_fail(err, DCX_E_PEER_ALERT,
+                             "the peer ended the connection with TLS alert '%s' (%d)%s%s",
+                             dcx_alert_text(p[1]), p[1], *advice ? ": " : "", advice),
+                 -1, err);
+}
+
+/* Open the whole record at the front of the receive buffer into dst.
+ * Returns the application data put there (what does not fit waits in
+ * spill), 0 for a record without any, or a negative status. */
+static long open_record(dcx_conn *c, unsigned char *dst, size_t room, dcx_error *err)
+{
+    unsigned char *record = c->in.data + c->in.start;
+    size_t body = next_record_len(c) - TLS13_HEADER;
+    if (record[0] != TLS13_APPLICATION_DATA) {
+        if (record[0] == TLS13_ALERT && body == 2) { /* a peer that lost its keys */
+            c->in.start += TLS13_HEADER + body;
+            return take_alert(c, record + TLS13_HEADER, body, err);
+        }
+        return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent an unprotected TLS record "
+                                 "(type %d) after the handshake", record[0]),
+                     ALERT_UNEXPECTED_MESSAGE, err);
+    }
+    if (!c->spill.data && !(c->spill.data = malloc(TLS13_MAX_CIPHER)))
+        return fatal(c, dcx_fail(err, DCX_E_NOMEM, "out of memory"), ALERT_INTERNAL_ERROR, err);
+    long inner = tls13_open(&c->rkeys, record, record + TLS13_HEADER, body, dst, room,
+                            c->spill.data);
+    c->in.start += TLS13_HEADER + body;
+    if (inner < 0)
+        return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "TLS error while reading: bad record mac "
+                                 "(a record was altered on the way, or was not sealed for this "
+                                 "connection)"), ALERT_BAD_RECORD_MAC, err);
+    /* The content type is the last byte that is not zero; zeros after it pad. */
+    size_t first = (size_t)inner < room ? (size_t)inner : room;
+    size_t end = (size_t)inner;
+    unsigned char type = 0;
+    while (end > 0 && !type) {
+        end--;
+        type = end >= first ? c->spill.data[end - first] : dst[end];
+    }
+    if (!type)
+        return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent a TLS record without a "
+                                 "content type"), ALERT_UNEXPECTED_MESSAGE, err);
+    if (end > TLS13_MAX_PLAIN)
+        return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent a TLS record of more than "
+                                 "%d bytes", TLS13_MAX_PLAIN), ALERT_RECORD_OVERFLOW, err);
+    if (type == TLS13_APPLICATION_DATA) {
+        if (end <= first)
+            return (long)end;
+        c->spill.start = 0;
+        c->spill.len = end - first;
+        return (long)first;
+    }
+    const unsigned char *content = dst;
+    if (end > first) { /* gather what is split between dst and spill */
+        memmove(c->spill.data + first, c->spill.data, end - first);
+        memcpy(c->spill.data, dst, first);
+        content = c->spill.data;
+    }
+    int rc;
+    if (type == TLS13_HANDSHAKE && end > 0)
+        rc = take_handshake(c, content, end, err);
+    else if (type == TLS13_ALERT)
+        rc = take_alert(c, content, end, err);
+    else
+        rc = fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent an unexpected TLS record "
+                               "(type %d) after the handshake", type),
+                   ALERT_UNEXPECTED_MESSAGE, err);
+    return rc == DCX_OK ? 0 : rc;
+}
+
+/* Read with the engine's record layer: every whole record at hand is opened
+ * straight into dst, as far as it goes.  Waits (until the deadline) only
+ * when `wait` is set and nothing came yet.  Returns the bytes read, 0 when
+ * nothing is at hand and `wait` is not set, DCX_EOF or a negative status;
+ * a failure after some bytes is kept for the next call. */
+static long own_read(dcx_conn *c, unsigned char *dst, size_t len, int wait, int64_t deadline,
+                     dcx_error *err)
+{
+    size_t got = 0;
+    if (c->spill.len) {
+        got = len < c->spill.len ? len : c->spill.len;
+        memcpy(dst, c->spill.data + c->spill.start, got);
+        c->spill.start += got;
+        c->spill.len -= got;
+    }
+    while (got < len && !c->eof && !c->dead) {
+        size_t need = next_record_len(c);
+        if (need > TLS13_HEADER + TLS13_MAX_CIPHER) {
+            int rc = fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent a TLS record of %zu "
+                                       "bytes, more than TLS 1.3 allows", need - TLS13_HEADER),
+                           ALERT_RECORD_OVERFLOW, err);
+            return got ? (long)got : rc;
+        }
+        if (in_avail(c) < need) {
+            long r = in_fill(c, need);
+            if (r > 0)
+                continue;
+            if (got)
+                break;
+            if (r == 0) {
+                if (!wait)
+                    return 0;
+                int w = dcx_wait(c->fd, 0, deadline, err);
+                if (w != DCX_OK)
+                    return w;
+                continue;
+            }
+            if (r == DCX_EOF && in_avail(c) == 0) {
+                c->eof = 1; /* at a record boundary: DICOM frames its own PDUs */
+                break;
+            }
+            if (r == DCX_EOF)
+                return fatal(c, dcx_fail(err, DCX_E_TRUNCATED, "the peer closed the connection in "
+                                         "the middle of a TLS record (truncated data)"), -1, err);
+            if (err)
+                err->sys_errno = c->in.sys_errno;
+            return fatal(c, dcx_fail(err, DCX_E_SYSCALL, "socket error while reading: %s",
+                                     strerror(c->in.sys_errno)), -1, err);
+        }
+        long n = open_record(c, dst + got, len - got, err);
+        if (n < 0)
+            return got ? (long)got : n;
+        got += (size_t)n;
+    }
+    if (got)
+        return (long)got;
+    return c->eof ? DCX_EOF : 0;
+}
+
+/* Write with the engine's record layer: a slice of records per send(). */
+static long own_write(dcx_conn *c, const unsigned char *p, size_t len, int64_t deadline,
+                      dcx_error *err)
+{
+    size_t done = 0;
+    while (done < len) {
+        size_t slice = len - done < OUT_SLICE ? len - done : OUT_SLICE;
+        if (!out_reserve(c, slice + (slice / RECORD_MAX + 2) * RECORD_OVERHEAD))
+            return dcx_fail(err, DCX_E_NOMEM, "out of memory for the send buffer");
+        for (size_t off = 0; off < slice;) {
+            size_t n = slice - off < RECORD_MAX ? slice - off : RECORD_MAX;
+            int rc = DCX_OK;
+            if (c->key_update_due || c->wkeys.seq >= KEY_UPDATE_AFTER)
+                rc = seal_key_update(c, err);
+            if (rc == DCX_OK)
+                rc = seal_record(c, TLS13_APPLICATION_DATA, p + done + off, n, err);
+            if (rc != DCX_OK)
+                return fatal(c, rc, -1, err);
+            off += n;
+        }
+        done += slice;
+        int w = flush_out(c, deadline, err);
+        if (w != DCX_OK) /* part of a record may have left: the stream is unusable */
+            return fatal(c, w, -1, err);
+    }
+    return (long)len;
+}
+
+/* ---- connection -------------------------------------------------------- */
 
 static void track_alerts(const SSL *ssl, int where, int value)
 {
@@ -770,19 +1353,18 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     dcx_conn *c = calloc(1, sizeof(*c));
     BIO *bio = NULL, *out = NULL;
     if (!c || !(c->ssl = SSL_new(ctx->ssl_ctx)) ||
-        !(bio = BIO_new_socket(fd, BIO_NOCLOSE)) || !(out = BIO_new(out_method))) {
+        !(bio = BIO_new(in_method)) || !(out = BIO_new(out_method))) {
         BIO_free(bio);
         dcx_fail(err, DCX_E_NOMEM, "out of memory");
         goto fail;
     }
+    BIO_set_data(bio, c);
     BIO_set_data(out, c);
     c->ctx = ctx;
     c->fd = fd;
     c->server_side = server_side;
     c->received_alert = -1;
     SSL_set_ex_data(c->ssl, conn_index, c);
-    BIO_set_callback_arg(bio, (char *)c);
-    BIO_set_callback_ex(bio, capture_first_bytes);
     SSL_set_bio(c->ssl, bio, out);
     SSL_set_info_callback(c->ssl, track_alerts);
 
@@ -959,7 +1541,6 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
             return w;
         }
     }
-    BIO_set_callback_ex(SSL_get_rbio(c->ssl), NULL); /* sniffing is for the handshake only */
     if (SSL_session_reused(c->ssl)) {
         int rc = recheck_resumed_peer(c, err);
         if (rc != DCX_OK) {
@@ -971,9 +1552,14 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
     }
     c->handshake_done = 1;
     out_trim(c);
-    c->read_state.data_waiting = SSL_has_pending(c->ssl); /* read ahead past the handshake */
-    release_read_ahead(c);
     c->ticket_due = c->server_side && c->ctx->tickets && SSL_version(c->ssl) == TLS1_3_VERSION;
+    prepare_own_records(c);
+    if (c->server_side) /* no tickets come from a requestor: its records are all data */
+        take_reading_side(c);
+    if (!c->ticket_due)
+        take_writing_side(c);
+    c->read_state.data_waiting = data_waiting(c); /* records that came behind the handshake */
+    release_idle_buffers(c);
     return DCX_OK;
 }
 
@@ -1086,18 +1672,22 @@ long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error
     int64_t deadline = dcx_deadline(timeout_ms);
     /* Take every record already at hand, but wait only for the first byte. */
     while (got < len && !c->dead) {
-        long n = read_some(c, dst + got, len - got, got == 0, deadline, err);
+        long n = c->own_read ? own_read(c, dst + got, len - got, got == 0, deadline, err)
+                             : read_some(c, dst + got, len - got, got == 0, deadline, err);
         if (n <= 0) {
             if (got == 0) {
-                c->read_state.data_waiting = !c->dead && SSL_has_pending(c->ssl);
+                c->read_state.data_waiting = data_waiting(c);
                 return n == 0 ? DCX_E_TIMEOUT : n;
             }
             break; /* what was read goes back now; an EOF or error comes next call */
         }
         got += (size_t)n;
+        if (c->own_read)
+            break; /* it took every record at hand */
+        take_reading_side(c); /* requestor: once the tickets are in, behind the first data */
     }
-    c->read_state.data_waiting = !c->dead && SSL_has_pending(c->ssl);
-    release_read_ahead(c);
+    c->read_state.data_waiting = data_waiting(c);
+    release_idle_buffers(c);
     return (long)got;
 }
 
@@ -1112,6 +1702,20 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
     if (ticket) {
         c->ticket_due = 0;
         SSL_new_session_ticket(c->ssl);
+        if (c->can_own_write) {
+            /* OpenSSL writes the ticket, the engine the data behind it: one send(). */
+            if (SSL_do_handshake(c->ssl) == 1)
+                take_writing_side(c);
+            else
+                ERR_clear_error(); /* the ticket goes with OpenSSL's first record instead */
+        }
+    }
+    if (c->own_write) {
+        long n = own_write(c, p, len, deadline, err);
+        out_trim(c);
+        if (ticket)
+            release_idle_buffers(c);
+        return n;
     }
     size_t first = len < OUT_SLICE ? len : OUT_SLICE;
     /* One allocation for the whole write: records of a slice, with their headers and tags. */
@@ -1131,8 +1735,26 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
     }
     out_trim(c);
     if (ticket) /* OpenSSL set up its read buffer to send the ticket */
-        release_read_ahead(c);
+        release_idle_buffers(c);
     return (long)len;
+}
+
+/* close_notify on the engine's keys; with wait_peer, read until the peer's. */
+static int own_shutdown(dcx_conn *c, int64_t deadline, int wait_peer, dcx_error *err)
+{
+    const unsigned char close_notify[2] = {SSL3_AL_WARNING, SSL_AD_CLOSE_NOTIFY};
+    int w = c->out.sent == c->out.len ? seal_record(c, TLS13_ALERT, close_notify, 2, err)
+                                      : DCX_OK;
+    if (w == DCX_OK)
+        w = flush_out(c, deadline, err);
+    unsigned char sink[4096];
+    while (w == DCX_OK && wait_peer && !c->dead &&
+           (c->own_read ? own_read(c, sink, sizeof(sink), 1, deadline, NULL)
+                        : read_some(c, sink, sizeof(sink), 1, deadline, NULL)) > 0)
+        ;
+    c->dead = 1;
+    ERR_clear_error();
+    return w;
 }
 
 int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err)
@@ -1141,6 +1763,8 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
     if (!c->handshake_done || c->dead)
         return DCX_OK;
     int64_t deadline = dcx_deadline(timeout_ms);
+    if (c->own_write) /* OpenSSL's write keys are behind: it must not write again */
+        return own_shutdown(c, deadline, wait_peer, err);
     for (;;) {
         int r = SSL_shutdown(c->ssl);
         int w = flush_out(c, deadline, err);
@@ -1210,6 +1834,12 @@ void dcx_conn_free(dcx_conn *c)
     if (!c)
         return;
     SSL_free(c->ssl);
+    tls13_keys_clear(&c->rkeys);
+    tls13_keys_clear(&c->wkeys);
+    forget_secrets(c);
     free(c->out.data);
+    free(c->in.data);
+    free(c->spill.data);
+    free(c->hs);
     free(c);
 }
