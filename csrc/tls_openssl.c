@@ -1073,10 +1073,12 @@ static int seal_key_update(dcx_conn *c, dcx_error *err)
     return DCX_OK;
 }
 
-/* A fatal alert on the engine's keys, if the socket takes it at once. */
+/* A fatal alert on the engine's keys, if the socket takes it at once.  An
+ * acceptor that has not written yet takes its writing side over for it. */
 static void send_alert(dcx_conn *c, int alert)
 {
     const unsigned char body[2] = {SSL3_AL_FATAL, (unsigned char)alert};
+    take_writing_side(c);
     if (c->own_write && c->out.sent == c->out.len &&
         seal_record(c, TLS13_ALERT, body, sizeof(body), NULL) == DCX_OK)
         flush_out(c, dcx_deadline(100), NULL);
