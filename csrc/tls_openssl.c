@@ -98,7 +98,6 @@ struct dcx_conn {
         int sys_errno;    /* the socket failed */
     } in;
     record_counter taken, written; /* records OpenSSL read and wrote after the handshake */
-    int seen_data;        /* OpenSSL has returned application data */
     /* The engine's own record layer, one direction at a time (see the top). */
     unsigned char client_secret[EVP_MAX_MD_SIZE], server_secret[EVP_MAX_MD_SIZE];
     size_t client_secret_len, server_secret_len;
@@ -216,8 +215,7 @@ static void release_idle_buffers(dcx_conn *c)
 {
     if (c->dead || data_waiting(c))
         return;
-    if (!c->own_read || !c->own_write)
-        SSL_free_buffers(c->ssl);
+    SSL_free_buffers(c->ssl); /* also those of the handshake, once the engine has the records */
     free(c->in.data);
     c->in.data = NULL;
     c->in.start = c->in.end = c->in.cap = 0;
@@ -1159,6 +1157,7 @@ static int take_alert(dcx_conn *c, const unsigned char *p, size_t n, dcx_error *
                      ALERT_DECODE_ERROR, err);
     if (p[1] == SSL_AD_CLOSE_NOTIFY) {
         c->eof = 1;
+        SSL_set_shutdown(c->ssl, SSL_get_shutdown(c->ssl) | SSL_RECEIVED_SHUTDOWN);
         return DCX_OK;
     }
     if (p[1] == SSL_AD_USER_CANCELLED) /* a close_notify follows */
@@ -1749,6 +1748,10 @@ static int own_shutdown(dcx_conn *c, int64_t deadline, int wait_peer, dcx_error 
                                       : DCX_OK;
     if (w == DCX_OK)
         w = flush_out(c, deadline, err);
+    /* OpenSSL drops a session from the caches when a connection ends without
+     * its close_notify: this one was sent, so the session stays resumable. */
+    if (w == DCX_OK)
+        SSL_set_shutdown(c->ssl, SSL_get_shutdown(c->ssl) | SSL_SENT_SHUTDOWN);
     unsigned char sink[4096];
     while (w == DCX_OK && wait_peer && !c->dead &&
            (c->own_read ? own_read(c, sink, sizeof(sink), 1, deadline, NULL)

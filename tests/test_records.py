@@ -1,6 +1,7 @@
 """TLS 1.3 records after the handshake, which the engine seals and opens itself
 on OpenSSL: key updates from OpenSSL's own peers, each cipher suite, altered
-records, and records TLS forbids.
+records, and records TLS forbids; and TLS 1.2, whose records OpenSSL keeps,
+through the engine's receive buffer.
 
 The peers are ``openssl s_client`` / ``s_server`` (their ``K`` and ``k``
 commands send a KeyUpdate, with or without asking for ours) and dcxsec
@@ -262,7 +263,7 @@ def test_records_tls_forbids_after_the_handshake(pair_factory, server_ctx, clien
     assert reason in str(again.value)
 
 
-def test_tls12_records_stay_with_openssl_and_arrive_whole(pki, pair_factory, server_ctx):
+def test_tls12_records_arrive_whole_through_the_receive_buffer(pki, pair_factory, server_ctx):
     client = TLSContext(config_for(pki.client, trusted=[pki.ca.cert_path],
                                    maximum_version=ssl.TLSVersion.TLSv1_2))
     pair = pair_factory(server_ctx, client)

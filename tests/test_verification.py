@@ -190,6 +190,20 @@ def test_a_repeat_peer_resumes_its_session(pki, pair_factory):
     assert second.client.peer_thumbprint == pki.server.thumbprint
 
 
+@pytest.mark.parametrize("closes_first", ["requestor", "acceptor"])
+def test_a_session_outlives_the_association_that_closed_cleanly(pki, pair_factory, closes_first):
+    server, client = ctx(pki.server, trusted=[pki.ca.cert_path]), ctx(pki.client, trusted=[pki.ca.cert_path])
+    port = listener()
+    first = pair_factory(server, client, listen_on=port)
+    assert_ok(first)
+    ends = [first.client, first.server] if closes_first == "requestor" else [first.server, first.client]
+    for sock in ends:  # close_notify each way: nothing marks the session bad
+        sock.close()
+    second = pair_factory(server, client, listen_on=port)
+    assert_ok(second)
+    assert second.client.session_reused and second.server.session_reused
+
+
 def test_a_resumed_session_still_meets_the_acceptors_thumbprints(pki, pair_factory):
     server = ctx(pki.server, THUMBPRINT, accepted_thumbprints=[pki.client.thumbprint])
     client, port = ctx(pki.client, NONE), listener()
