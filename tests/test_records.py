@@ -4,8 +4,9 @@ records, and records TLS forbids; and TLS 1.2, whose records OpenSSL keeps,
 through the engine's receive buffer.
 
 The peers are ``openssl s_client`` / ``s_server`` (their ``K`` and ``k``
-commands send a KeyUpdate, with or without asking for ours) and dcxsec
-itself, through a relay that can alter or add bytes on the way.  An added
+commands send a KeyUpdate, with or without asking for ours), Python's
+``ssl`` as pynetdicom sets it up, and dcxsec itself, through a relay that
+can alter or add bytes on the way.  An added
 record that does not open is reported in the engine's own words, which
 shows that the engine, not OpenSSL, was reading at that point.
 """
@@ -282,3 +283,59 @@ def test_tls12_records_arrive_whole_through_the_receive_buffer(pki, pair_factory
     assert bytes(got) == data
     pair.server.sendall(b"back")
     assert pair.client.recv(10) == b"back"
+
+
+def _python_ssl(pki, server_side: bool) -> ssl.SSLContext:
+    """Python's ssl, set up as pynetdicom documents it."""
+    if server_side:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_cert_chain(pki.server.cert_path, pki.server.key_path)
+        ctx.load_verify_locations(pki.ca.cert_path)
+    else:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca.cert_path))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(pki.client.cert_path, pki.client.key_path)
+    return ctx
+
+
+@pytest.mark.parametrize("dcxsec_side", ["acceptor", "requestor"])
+def test_python_ssl_peer_both_ways(pki, server_ctx, client_ctx, dcxsec_side):
+    """4 MB each way against Python's ssl, whose acceptor sends two tickets
+    before any data; the reader takes them in 6-byte and 64 KiB reads."""
+    lst = listener()
+    accepted: dict = {}
+
+    def accept() -> None:
+        raw, _ = lst.accept()
+        if dcxsec_side == "acceptor":
+            accepted["sock"] = server_ctx.wrap_socket(raw, server_side=True)
+        else:
+            accepted["sock"] = _python_ssl(pki, True).wrap_socket(raw, server_side=True)
+        accepted["sock"].do_handshake()
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    if dcxsec_side == "acceptor":
+        requestor = _python_ssl(pki, False).wrap_socket(socket.socket())
+    else:
+        requestor = client_ctx.wrap_socket(socket.socket())
+    requestor.connect(lst.getsockname())
+    thread.join(10)
+    acceptor = accepted["sock"]
+    try:
+        assert requestor.version() == acceptor.version() == "TLSv1.3"
+        for writer, reader in ((acceptor, requestor), (requestor, acceptor)):
+            data = os.urandom(4_000_000)
+            sending = threading.Thread(target=writer.sendall, args=(data,))
+            sending.start()
+            got = bytearray()
+            while len(got) < len(data):
+                piece = reader.recv(6 if len(got) % 5 == 0 else 65536)
+                assert piece
+                got += piece
+            sending.join(10)
+            assert bytes(got) == data
+    finally:
+        for sock in (requestor, acceptor, lst):
+            sock.close()
