@@ -1211,6 +1211,9 @@ static long open_record(dcx_conn *c, unsigned char *dst, size_t room, dcx_error 
     if (end > TLS13_MAX_PLAIN)
         return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent a TLS record of more than "
                                  "%d bytes", TLS13_MAX_PLAIN), ALERT_RECORD_OVERFLOW, err);
+    if (type != TLS13_HANDSHAKE && c->hs_len) /* a message split across records must end first */
+        return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer interleaved a record (type %d) "
+                                 "with a handshake message", type), ALERT_UNEXPECTED_MESSAGE, err);
     if (type == TLS13_APPLICATION_DATA) {
         if (end <= first)
             return (long)end;
