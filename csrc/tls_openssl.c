@@ -77,6 +77,7 @@ struct dcx_conn {
     int eof;              /* the peer has closed; reads keep answering DCX_EOF */
     int dead;             /* a fatal error happened; the SSL object is unusable */
     int received_alert;   /* fatal alert from the peer, or -1 */
+    int sent_alert;       /* fatal alert OpenSSL sent (or wanted to), or -1 */
     unsigned char first[DCX_SNIFF_LEN]; /* the peer's first bytes, to recognise non-TLS */
     size_t first_len;
     int verify_reason;    /* set by the verify callback when it refuses */
@@ -227,6 +228,13 @@ static void release_idle_buffers(dcx_conn *c)
 static int out_write(BIO *bio, const char *data, size_t len, size_t *written)
 {
     dcx_conn *c = BIO_get_data(bio);
+    if (c->own_write) {
+        /* OpenSSL's write keys are behind the engine's: what it writes now (an
+         * alert, while it still reads) would reuse a nonce.  The engine sends
+         * that alert itself (read_some). */
+        *written = len;
+        return 1;
+    }
     if (!out_reserve(c, len))
         return 0;
     memcpy(c->out.data + c->out.len, data, len);
@@ -1126,12 +1134,13 @@ static int take_handshake(dcx_conn *c, const unsigned char *p, size_t n, dcx_err
                 return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "TLS error while reading: the key "
                                          "update failed"), ALERT_INTERNAL_ERROR, err);
             if (m[4] == SSL_KEY_UPDATE_REQUESTED) {
-                if (c->own_write) {
+                /* An acceptor that has not written yet takes its writing side
+                 * now (its ticket is let go): OpenSSL cannot answer while it
+                 * does not read. */
+                take_writing_side(c);
+                c->ticket_due = 0;
+                if (c->own_write)
                     c->key_update_due = 1; /* leads our next write */
-                } else {
-                    SSL_key_update(c->ssl, SSL_KEY_UPDATE_NOT_REQUESTED);
-                    c->can_own_write = 0; /* OpenSSL's keys move on: it keeps writing */
-                }
             }
         } else if (!(m[0] == SSL3_MT_NEWSESSION_TICKET && !c->server_side)) {
             return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent an unexpected handshake "
@@ -1179,15 +1188,10 @@ static long open_record(dcx_conn *c, unsigned char *dst, size_t room, dcx_error 
 {
     unsigned char *record = c->in.data + c->in.start;
     size_t body = next_record_len(c) - TLS13_HEADER;
-    if (record[0] != TLS13_APPLICATION_DATA) {
-        if (record[0] == TLS13_ALERT && body == 2) { /* a peer that lost its keys */
-            c->in.start += TLS13_HEADER + body;
-            return take_alert(c, record + TLS13_HEADER, body, err);
-        }
+    if (record[0] != TLS13_APPLICATION_DATA) /* alerts too: one on-path could forge (RFC 8446 6) */
         return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent an unprotected TLS record "
                                  "(type %d) after the handshake", record[0]),
                      ALERT_UNEXPECTED_MESSAGE, err);
-    }
     if (!c->spill.data && !(c->spill.data = malloc(TLS13_MAX_CIPHER)))
         return fatal(c, dcx_fail(err, DCX_E_NOMEM, "out of memory"), ALERT_INTERNAL_ERROR, err);
     long inner = tls13_open(&c->rkeys, record, record + TLS13_HEADER, body, dst, room,
@@ -1197,6 +1201,9 @@ static long open_record(dcx_conn *c, unsigned char *dst, size_t room, dcx_error 
         return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "TLS error while reading: bad record mac "
                                  "(a record was altered on the way, or was not sealed for this "
                                  "connection)"), ALERT_BAD_RECORD_MAC, err);
+    if (inner > TLS13_MAX_PLAIN + 1) /* content, type and padding (RFC 8446 5.4) */
+        return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent a TLS record of more than "
+                                 "%d bytes", TLS13_MAX_PLAIN), ALERT_RECORD_OVERFLOW, err);
     /* The content type is the last byte that is not zero; zeros after it pad. */
     size_t first = (size_t)inner < room ? (size_t)inner : room;
     size_t end = (size_t)inner;
@@ -1266,9 +1273,9 @@ static long own_read(dcx_conn *c, unsigned char *dst, size_t len, int wait, int6
             long r = in_fill(c, need);
             if (r > 0)
                 continue;
-            if (got)
-                break;
             if (r == 0) {
+                if (got)
+                    break;
                 if (!wait)
                     return 0;
                 int w = dcx_wait(c->fd, 0, deadline, err);
@@ -1280,13 +1287,17 @@ static long own_read(dcx_conn *c, unsigned char *dst, size_t len, int wait, int6
                 c->eof = 1; /* at a record boundary: DICOM frames its own PDUs */
                 break;
             }
-            if (r == DCX_EOF)
-                return fatal(c, dcx_fail(err, DCX_E_TRUNCATED, "the peer closed the connection in "
-                                         "the middle of a TLS record (truncated data)"), -1, err);
-            if (err)
-                err->sys_errno = c->in.sys_errno;
-            return fatal(c, dcx_fail(err, DCX_E_SYSCALL, "socket error while reading: %s",
-                                     strerror(c->in.sys_errno)), -1, err);
+            int rc;
+            if (r == DCX_EOF) {
+                rc = fatal(c, dcx_fail(err, DCX_E_TRUNCATED, "the peer closed the connection in "
+                                       "the middle of a TLS record (truncated data)"), -1, err);
+            } else {
+                if (err)
+                    err->sys_errno = c->in.sys_errno;
+                rc = fatal(c, dcx_fail(err, DCX_E_SYSCALL, "socket error while reading: %s",
+                                       strerror(c->in.sys_errno)), -1, err);
+            }
+            return got ? (long)got : rc; /* the failure is kept for the next call */
         }
         long n = open_record(c, dst + got, len - got, err);
         if (n < 0)
@@ -1330,10 +1341,12 @@ static long own_write(dcx_conn *c, const unsigned char *p, size_t len, int64_t d
 
 static void track_alerts(const SSL *ssl, int where, int value)
 {
-    if ((where & SSL_CB_ALERT) && (where & SSL_CB_READ) && ((value >> 8) & 0xff) == SSL3_AL_FATAL) {
+    if ((where & SSL_CB_ALERT) && ((value >> 8) & 0xff) == SSL3_AL_FATAL) {
         dcx_conn *c = SSL_get_ex_data(ssl, conn_index);
-        if (c)
+        if (c && (where & SSL_CB_READ))
             c->received_alert = value & 0xff;
+        else if (c && (where & SSL_CB_WRITE))
+            c->sent_alert = value & 0xff;
     }
 }
 
@@ -1368,6 +1381,7 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     c->fd = fd;
     c->server_side = server_side;
     c->received_alert = -1;
+    c->sent_alert = -1;
     SSL_set_ex_data(c->ssl, conn_index, c);
     SSL_set_bio(c->ssl, bio, out);
     SSL_set_info_callback(c->ssl, track_alerts);
@@ -1631,7 +1645,7 @@ static long read_some(dcx_conn *c, unsigned char *dst, size_t len, int wait, int
         int ok = SSL_read_ex(c->ssl, dst, len, &n);
         if (c->out.len) {
             if (flush_out(c, deadline, NULL) != DCX_OK)
-                ERR_clear_error(); /* a KeyUpdate answer that cannot leave: the next write says why */
+                ERR_clear_error(); /* an alert OpenSSL wrote while reading: the failure says why */
             out_trim(c);
         }
         if (ok == 1)
@@ -1658,6 +1672,8 @@ static long read_some(dcx_conn *c, unsigned char *dst, size_t len, int wait, int
             c->eof = 1;
             return DCX_EOF;
         }
+        if (c->own_write && c->sent_alert >= 0)
+            send_alert(c, c->sent_alert); /* OpenSSL's copy was dropped: see out_write */
         return io_failure(c, e, "reading", err);
     }
 }
@@ -1771,6 +1787,8 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
     if (!c->handshake_done || c->dead)
         return DCX_OK;
     int64_t deadline = dcx_deadline(timeout_ms);
+    if (c->own_read) /* OpenSSL's read keys are behind: it must not read again */
+        take_writing_side(c);
     if (c->own_write) /* OpenSSL's write keys are behind: it must not write again */
         return own_shutdown(c, deadline, wait_peer, err);
     for (;;) {

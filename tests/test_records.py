@@ -16,6 +16,7 @@ import os
 import select
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -251,7 +252,7 @@ def test_an_altered_record_is_refused_and_the_peer_told(server_ctx, client_ctx, 
 
 
 @pytest.mark.parametrize("record, reason", [
-    (b"\x15\x03\x03\x00\x02\x02\x28", "TLS alert 'handshake failure' (40)"),
+    (b"\x15\x03\x03\x00\x02\x02\x28", "unprotected TLS record (type 21)"),  # forged by anyone
     (b"\x16\x03\x03\x00\x04\x01\x00\x00\x00", "unprotected TLS record (type 22)"),
     (b"\x17\x03\x03\x48\x01" + bytes(64), "more than TLS 1.3 allows"),
     (b"\x17\x03\x03\x00\x05" + bytes(5), NOT_SEALED_FOR_US),
@@ -283,6 +284,55 @@ def test_tls12_records_arrive_whole_through_the_receive_buffer(pki, pair_factory
     assert bytes(got) == data
     pair.server.sendall(b"back")
     assert pair.client.recv(10) == b"back"
+
+
+def test_openssl_alerts_on_the_engines_keys_after_the_hand_over(server_ctx, client_ctx):
+    """The requestor writes with the engine's keys from the handshake on, but
+    reads through OpenSSL until the first data.  When OpenSSL refuses a
+    record then, its alert must go out on the engine's keys and sequence:
+    the same key and nonce twice would break AES-GCM."""
+    relay, client, server, lst = _pair_through_relay(server_ctx, client_ctx)
+    try:
+        client.settimeout(10)
+        server.settimeout(10)
+        client.sendall(b"A-ASSOCIATE-RQ")  # record 0 on the engine's keys
+        read_until(server, b"A-ASSOCIATE-RQ")
+        relay.send("to_client", FORGED_RECORD)  # before the acceptor's first write
+        with pytest.raises(TLSError, match="(?i)bad record mac"):
+            client.recv(100)
+        with pytest.raises(TLSError) as told:  # record 1 opens: the alert is the peer's
+            server.recv(100)
+        assert told.value.status == "PEER_ALERT" and told.value.alert == 20
+    finally:
+        for sock in (client, server, lst):
+            sock.close()
+        relay.close()
+
+
+def test_a_reset_after_data_is_reported_after_the_data(pki, server_ctx):
+    lst = listener()
+    requestor = _python_ssl(pki, False).wrap_socket(socket.create_connection(lst.getsockname()),
+                                                     do_handshake_on_connect=False)
+    raw, _ = lst.accept()
+    thread = threading.Thread(target=requestor.do_handshake)
+    thread.start()
+    acceptor = server_ctx.wrap_socket(raw, server_side=True)
+    acceptor.do_handshake()
+    thread.join(10)
+    try:
+        requestor.sendall(b"last words")
+        time.sleep(0.2)
+        requestor.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        requestor.close()  # no close_notify: a TCP reset behind the record
+        time.sleep(0.2)
+        assert acceptor.recv(100) == b"last words"
+        with pytest.raises(ConnectionResetError):
+            acceptor.recv(100)
+        with pytest.raises(ConnectionResetError):  # and it stays so
+            acceptor.recv(100)
+    finally:
+        acceptor.close()
+        lst.close()
 
 
 def _python_ssl(pki, server_side: bool) -> ssl.SSLContext:
