@@ -942,7 +942,6 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
      * one recv(), and OpenSSL must take no more than whole records from it. */
     SSL_CTX_set_read_ahead(s, 0);
     SSL_CTX_set_keylog_callback(s, keep_traffic_secret);
-    SSL_CTX_set_msg_callback(s, watch_key_updates);
     SSL_CTX_set_session_cache_mode(s, cfg->session_cache ? SSL_SESS_CACHE_BOTH
                                                          : SSL_SESS_CACHE_OFF);
     SSL_CTX_sess_set_new_cb(s, remember_session);
@@ -1021,7 +1020,9 @@ static void prepare_own_records(dcx_conn *c)
     c->can_own_read = c->can_own_write = able;
     memset(&c->taken, 0, sizeof(c->taken));
     memset(&c->written, 0, sizeof(c->written));
-    if (!able)
+    if (able) /* only then, and only from now: OpenSSL calls it for every record */
+        SSL_set_msg_callback(c->ssl, watch_key_updates);
+    else
         forget_secrets(c);
 }
 
@@ -1711,32 +1712,11 @@ long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error
     return (long)got;
 }
 
-long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err)
+/* Write with OpenSSL's record layer: a slice of records per send(). */
+static long openssl_write(dcx_conn *c, const unsigned char *p, size_t len, int64_t deadline,
+                          dcx_error *err)
 {
-    if (c->dead)
-        return failed_before(c, err);
-    int64_t deadline = dcx_deadline(timeout_ms);
-    const unsigned char *p = buf;
     size_t done = 0;
-    int ticket = c->ticket_due;
-    if (ticket) {
-        c->ticket_due = 0;
-        SSL_new_session_ticket(c->ssl);
-        if (c->can_own_write) {
-            /* OpenSSL writes the ticket, the engine the data behind it: one send(). */
-            if (SSL_do_handshake(c->ssl) == 1)
-                take_writing_side(c);
-            else
-                ERR_clear_error(); /* the ticket goes with OpenSSL's first record instead */
-        }
-    }
-    if (c->own_write) {
-        long n = own_write(c, p, len, deadline, err);
-        out_trim(c);
-        if (ticket)
-            release_idle_buffers(c);
-        return n;
-    }
     size_t first = len < OUT_SLICE ? len : OUT_SLICE;
     /* One allocation for the whole write: records of a slice, with their headers and tags. */
     if (!out_reserve(c, first + (first / RECORD_MAX + 1) * RECORD_OVERHEAD))
@@ -1753,10 +1733,32 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
             return w;
         }
     }
+    return (long)len;
+}
+
+long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err)
+{
+    if (c->dead)
+        return failed_before(c, err);
+    int64_t deadline = dcx_deadline(timeout_ms);
+    int ticket = c->ticket_due;
+    if (ticket) {
+        c->ticket_due = 0;
+        SSL_new_session_ticket(c->ssl);
+        if (c->can_own_write) {
+            /* OpenSSL writes the ticket, the engine the data behind it: one send(). */
+            if (SSL_do_handshake(c->ssl) == 1)
+                take_writing_side(c);
+            else
+                ERR_clear_error(); /* the ticket goes with OpenSSL's first record instead */
+        }
+    }
+    long n = c->own_write ? own_write(c, buf, len, deadline, err)
+                          : openssl_write(c, buf, len, deadline, err);
     out_trim(c);
     if (ticket) /* OpenSSL set up its read buffer to send the ticket */
         release_idle_buffers(c);
-    return (long)len;
+    return n;
 }
 
 /* close_notify on the engine's keys; with wait_peer, read until the peer's. */

@@ -20,12 +20,13 @@ import struct
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
-from dcxsec import TLSContext, TLSError
+from dcxsec import TLSContext, TLSError, TLSSocket
 from conftest import config_for, free_port, listener
 
 SUITES = ["TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"]
@@ -210,7 +211,9 @@ def test_key_updates_from_s_server_each_suite(pki, client_ctx, suite, tmp_path):
             relay.close()
 
 
-def _pair_through_relay(server_ctx, client_ctx):
+@contextmanager
+def _pair_through_relay(server_ctx, client_ctx) -> Iterator[tuple[Relay, TLSSocket, TLSSocket]]:
+    """(relay, requestor, acceptor), handshaken through a relay; all closed after."""
     lst = listener()
     relay = Relay(lst.getsockname())
     accepted: dict = {}
@@ -225,13 +228,17 @@ def _pair_through_relay(server_ctx, client_ctx):
     client = client_ctx.wrap_socket(socket.socket())
     client.connect(relay.address)
     thread.join(10)
-    return relay, client, accepted["server"], lst
+    try:
+        yield relay, client, accepted["server"]
+    finally:
+        for sock in (client, accepted["server"], lst):
+            sock.close()
+        relay.close()
 
 
 @pytest.mark.parametrize("direction", ["to_server", "to_client"])
 def test_an_altered_record_is_refused_and_the_peer_told(server_ctx, client_ctx, direction):
-    relay, client, server, lst = _pair_through_relay(server_ctx, client_ctx)
-    try:
+    with _pair_through_relay(server_ctx, client_ctx) as (relay, client, server):
         writer, reader = (client, server) if direction == "to_server" else (server, client)
         writer.settimeout(10)
         reader.settimeout(10)
@@ -245,10 +252,6 @@ def test_an_altered_record_is_refused_and_the_peer_told(server_ctx, client_ctx, 
         with pytest.raises(TLSError, match="(?i)bad record mac") as told:
             writer.recv(100)
         assert told.value.status == "PEER_ALERT" and told.value.alert == 20
-    finally:
-        for sock in (client, server, lst):
-            sock.close()
-        relay.close()
 
 
 @pytest.mark.parametrize("record, reason", [
@@ -291,8 +294,7 @@ def test_openssl_alerts_on_the_engines_keys_after_the_hand_over(server_ctx, clie
     reads through OpenSSL until the first data.  When OpenSSL refuses a
     record then, its alert must go out on the engine's keys and sequence:
     the same key and nonce twice would break AES-GCM."""
-    relay, client, server, lst = _pair_through_relay(server_ctx, client_ctx)
-    try:
+    with _pair_through_relay(server_ctx, client_ctx) as (relay, client, server):
         client.settimeout(10)
         server.settimeout(10)
         client.sendall(b"A-ASSOCIATE-RQ")  # record 0 on the engine's keys
@@ -303,10 +305,6 @@ def test_openssl_alerts_on_the_engines_keys_after_the_hand_over(server_ctx, clie
         with pytest.raises(TLSError) as told:  # record 1 opens: the alert is the peer's
             server.recv(100)
         assert told.value.status == "PEER_ALERT" and told.value.alert == 20
-    finally:
-        for sock in (client, server, lst):
-            sock.close()
-        relay.close()
 
 
 def test_a_reset_after_data_is_reported_after_the_data(pki, server_ctx):
