@@ -115,13 +115,15 @@ class StoreSCP:
                  max_associations: int = 10) -> None:
         self.directory = directory
         self.dataset_sizes: list[int] = []  # bytes of each dataset as it arrived
+        self.protocol = ""  # TLS version and suite of the last association, if any
         self.ae = AE("BENCH-SCP")
         self.ae.maximum_pdu_size = max_pdu
         self.ae.maximum_associations = max_associations
         self.ae.network_timeout = self.ae.dimse_timeout = self.ae.acse_timeout = 60
         self.ae.add_supported_context(Verification)
         self.ae.add_supported_context(CTImageStorage)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000),
+                    (evt.EVT_ESTABLISHED, self._on_established)]
         self.server = self.ae.start_server(("127.0.0.1", 0), block=False,
                                            ssl_context=ssl_context, evt_handlers=handlers)
         self.port = self.server.server_address[1]
@@ -132,6 +134,11 @@ class StoreSCP:
             f.write(event.encoded_dataset())  # a Part 10 file, as an archive keeps it
         self.dataset_sizes.append(event.request.DataSet.seek(0, io.SEEK_END))
         return 0x0000
+
+    def _on_established(self, event) -> None:
+        cipher = getattr(event.assoc.dul.socket.socket, "cipher", lambda: None)()
+        if cipher:
+            self.protocol = f"{cipher[1]} {cipher[0]}"
 
     def clear(self) -> None:
         self.dataset_sizes.clear()
@@ -214,6 +221,13 @@ def machine_description() -> str:
         f"- DCMTK: {_command_output(['storescu', '--version'])}",
         f"- sizes: {'BENCH_QUICK (smoke run, noisy)' if QUICK else 'full'}: {SIZES}",
     ])
+
+
+def pytest_configure(config):
+    # pytest-benchmark would turn the collector off for the lead's rounds only.
+    if config.getoption("benchmark_disable_gc", default=False):
+        raise pytest.UsageError("--benchmark-disable-gc is refused here: it would apply to "
+                                "dcxsec's rounds only, and the contenders are timed alike")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -72,10 +72,18 @@ def dcxsec_config(pki: BenchPKI, identity: Identity, **kw: Any) -> SecurityConfi
                           trusted_certificates=[pki.ca.cert_path], use_system_trust=False, **kw)
 
 
-def dcxsec_contexts(pki: BenchPKI, **kw: Any) -> tuple[TLSContext, TLSContext]:
-    """(server, client) dcxsec contexts; ``kw`` goes to both configurations."""
+def dcxsec_contexts(pki: BenchPKI, first_contact: bool = False, **kw: Any
+                    ) -> tuple[TLSContext, TLSContext]:
+    """(server, client) dcxsec contexts; ``kw`` goes to both configurations.
+
+    ``first_contact``: the client keeps no sessions, so each of its
+    connections is a full handshake, as with a peer seen for the first time
+    (and as with ``ssl``, which resumes only when given ``session=``); the
+    server keeps its defaults, tickets and session cache included.
+    """
+    client_kw = dict(kw, session_cache=False) if first_contact else kw
     return (TLSContext(dcxsec_config(pki, pki.server, **kw)),
-            TLSContext(dcxsec_config(pki, pki.client, **kw)))
+            TLSContext(dcxsec_config(pki, pki.client, **client_kw)))
 
 
 # ---- Python's ssl, as pynetdicom's documentation sets it up --------------------

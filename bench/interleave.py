@@ -5,10 +5,11 @@ one after another, the contender that happens to meet a slow phase loses
 its ratio to it; taken in turn, round by round, they all meet the same
 phases, and the best round of each is comparable.
 
-pytest-benchmark times dcxsec's rounds; the other contenders' rounds run in
-its untimed ``setup``, just before each of them, and are timed here with the
-same clock.  Each contender's ``prepare`` (resetting an SCP, making a fresh
-pair) runs untimed before its own round.
+Every contender's round is timed here with the same clock, and the order
+turns every round, so no contender always goes first or last.
+pytest-benchmark also times dcxsec's rounds, for its own table.  Each
+contender's ``prepare`` (resetting an SCP, making a fresh pair) runs untimed
+before its own round.
 """
 from __future__ import annotations
 
@@ -34,27 +35,49 @@ def best_rounds(benchmark, contestants: list[Contestant], lead: str, rounds: int
                 ) -> dict[str, float]:
     """The best (shortest) round of each contestant, in seconds, rounds taken in turn.
 
-    ``lead`` is the contestant pytest-benchmark times; the others go before
-    each of its rounds, in an order that turns by one every round.
+    Every contestant, the lead included, is timed here by the same clock,
+    after its untimed ``prepare``, in an order that turns by one every round.
+    pytest-benchmark times the lead's rounds as well, for its own table: the
+    contestants before the lead run in its untimed setup, those after it in
+    its untimed teardown.
     """
     by_name = {c.name: c for c in contestants}
-    others = [c for c in contestants if c.name != lead]
-    best = {c.name: float("inf") for c in others}
+    order = [by_name[lead]] + [c for c in contestants if c.name != lead]
+    best = {c.name: float("inf") for c in contestants}
+    after_lead: list[Contestant] = []
     turn = 0
 
-    def others_then_prepare_lead() -> tuple[tuple, dict]:
-        nonlocal turn
-        shift = turn % len(others) if others else 0
-        turn += 1
-        for contestant in others[shift:] + others[:shift]:
-            contestant.prepare()
-            start = time.perf_counter()
-            contestant.run()
-            best[contestant.name] = min(best[contestant.name], time.perf_counter() - start)
-        by_name[lead].prepare()
-        return (), {}
+    def timed(contestant: Contestant) -> None:
+        start = time.perf_counter()
+        contestant.run()
+        best[contestant.name] = min(best[contestant.name], time.perf_counter() - start)
 
-    benchmark.pedantic(by_name[lead].run, setup=others_then_prepare_lead, rounds=rounds,
-                       iterations=1)
-    best[lead] = benchmark.stats.stats.min
+    def before_lead() -> None:
+        nonlocal turn, after_lead
+        shift = turn % len(order)
+        turn += 1
+        rotated = order[shift:] + order[:shift]
+        at = rotated.index(by_name[lead])
+        for contestant in rotated[:at]:
+            contestant.prepare()
+            timed(contestant)
+        after_lead = rotated[at + 1:]
+        by_name[lead].prepare()
+
+    def rest_of_round() -> None:
+        for contestant in after_lead:
+            contestant.prepare()
+            timed(contestant)
+
+    def lead_round() -> None:
+        timed(by_name[lead])
+
+    if benchmark.disabled:  # --benchmark-disable: no rounds from pytest-benchmark
+        for _ in range(rounds):
+            before_lead()
+            lead_round()
+            rest_of_round()
+    else:
+        benchmark.pedantic(lead_round, setup=before_lead, teardown=rest_of_round, rounds=rounds,
+                           iterations=1)
     return best

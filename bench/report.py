@@ -68,19 +68,24 @@ class Report:
 
     @staticmethod
     def _verdict(group: Group, contender: str, value: float) -> tuple[str, str]:
+        """(the targets, "yes" or "NO" with each missed ratio to three places,
+        so that a ratio shown rounded to 1.10 reads as the 1.096 it was)."""
         if contender != DCXSEC or not group.targets:
             return "", ""
-        wanted, met = [], []
+        wanted, missed = [], []
         for target in group.targets:
             wanted.append(target.describe(group.unit))
             name = group.ref if target.baseline == "ref" else target.baseline
             if name is None:
-                met.append(value >= target.factor)
+                if value < target.factor:
+                    missed.append(f"{value:.3f} {group.unit}")
             elif name in group.values and group.values[name] > 0:
-                met.append(value / group.values[name] >= target.factor)
+                ratio = value / group.values[name]
+                if ratio < target.factor:
+                    missed.append(f"{ratio:.3f}x {target.baseline}")
             else:
-                met.append(False)
-        return ", ".join(wanted), "yes" if all(met) else "NO"
+                missed.append(f"no {target.baseline} value")
+        return ", ".join(wanted), f"NO: {', '.join(missed)}" if missed else "yes"
 
     def rows(self) -> list[list[str]]:
         rows = []

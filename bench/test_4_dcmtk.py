@@ -11,6 +11,7 @@ This DCMTK build leaves Nagle's algorithm on unless the environment variable
 TCP_NODELAY=1 is set, and then every C-STORE waits for a delayed ACK (about
 40 ms).  storescu always runs with TCP_NODELAY=1, and the reference is
 storescp with it too; storescp as started with no environment is shown as well.
+All four SCPs listen at once and take their rounds in turn (see interleave.py).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import pytest
 
 from conftest import SIZES
 from contenders import DCXSEC, SSL, pynetdicom_contender
+from interleave import Contestant, best_rounds
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None or shutil.which("storescp") is None,
                                 reason="DCMTK is not installed (Debian package dcmtk)")
@@ -87,46 +89,69 @@ def storescu(pki, port: int, files: list[Path]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.fixture(params=[STORESCP, STORESCP_NAGLE, DCXSEC, SSL])
-def scp(request, pki, scp_factory, tmp_path):
-    if request.param in (STORESCP, STORESCP_NAGLE):
-        directory = tmp_path / "storescp"
+SCP_NAMES = (STORESCP, STORESCP_NAGLE, DCXSEC, SSL)
+
+
+@pytest.fixture
+def scps(pki, scp_factory, tmp_path):
+    """Every SCP of the scenario, listening at once, so that they take their rounds in turn."""
+    made = {}
+    for name in (STORESCP, STORESCP_NAGLE):
+        directory = tmp_path / name.replace(" ", "-").strip("()")
         directory.mkdir()
-        dcmtk = DcmtkSCP(pki, directory, nodelay=request.param == STORESCP)
-        yield request.param, dcmtk
-        dcmtk.stop()
-    else:
-        yield request.param, scp_factory(pynetdicom_contender(request.param, pki).server_context,
-                                         max_pdu=MAX_PDU)
+        made[name] = DcmtkSCP(pki, directory, nodelay=name == STORESCP)
+    for name in (DCXSEC, SSL):
+        made[name] = scp_factory(pynetdicom_contender(name, pki).server_context, max_pdu=MAX_PDU)
+    yield made
+    for name in (STORESCP, STORESCP_NAGLE):
+        made[name].stop()
 
 
-def run_storescu_benchmark(benchmark, report, pki, scp, files: list[Path], label: str) -> None:
-    name, server = scp
+class Stores:
+    """One SCP's rounds: ``storescu`` with every file; each round checks the one before."""
 
-    def check_and_clear() -> None:
-        assert file_count(server) in (0, len(files))  # the previous round's files all arrived
+    def __init__(self, pki, server, files: list[Path]) -> None:
+        self.pki, self.server, self.files = pki, server, files
+
+    def prepare(self) -> None:
+        self.check()
+        self.server.clear()
+
+    def run(self) -> None:
+        storescu(self.pki, self.server.port, self.files)
+
+    def check(self) -> None:
+        """The last round's files all arrived (none before the first round)."""
+        assert file_count(self.server) in (0, len(self.files))
+
+
+def run_storescu_benchmark(benchmark, report, pki, scps, files: list[Path], label: str) -> None:
+    stores = {}
+    for name, server in scps.items():
+        storescu(pki, server.port, files[:1])  # warm-up
+        server.clear()
+        stores[name] = Stores(pki, server, files)
+    best = best_rounds(benchmark, [Contestant(name, s.run, prepare=s.prepare)
+                                   for name, s in stores.items()], DCXSEC, SIZES.store_rounds)
+    for name, server in scps.items():
+        assert file_count(server) == len(files), name
         server.clear()
 
-    storescu(pki, server.port, files[:1])  # warm-up
-    server.clear()
-    benchmark.pedantic(lambda: storescu(pki, server.port, files), setup=check_and_clear,
-                       rounds=SIZES.store_rounds, iterations=1)
-    assert file_count(server) == len(files)
-    server.clear()
-
-    rate = sum(p.stat().st_size for p in files) / benchmark.stats.stats.min / 1e6
+    size = sum(p.stat().st_size for p in files)
     key = f"4-{label}"
     report.group(key, f"4 storescu +tls {len(files)} x {label} into ...", "MB/s", ref=STORESCP)
     notes = {STORESCP: "DCMTK storescp +tls, TCP_NODELAY=1",
              STORESCP_NAGLE: "DCMTK storescp +tls, no environment"}
-    report.add(key, name, rate, note=notes.get(name, f"pynetdicom SCP on {name}"))
+    for name in SCP_NAMES:
+        note = notes.get(name) or f"pynetdicom SCP on {name}, {scps[name].protocol}"
+        report.add(key, name, size / best[name] / 1e6, note=note)
 
 
-def test_storescu_small_objects(benchmark, report, pki, scp, small_files):
-    run_storescu_benchmark(benchmark, report, pki, scp, small_files,
+def test_storescu_small_objects(benchmark, report, pki, scps, small_files):
+    run_storescu_benchmark(benchmark, report, pki, scps, small_files,
                            f"{SIZES.small_size // 1024} KiB")
 
 
-def test_storescu_large_objects(benchmark, report, pki, scp, large_files):
-    run_storescu_benchmark(benchmark, report, pki, scp, large_files,
+def test_storescu_large_objects(benchmark, report, pki, scps, large_files):
+    run_storescu_benchmark(benchmark, report, pki, scps, large_files,
                            f"{SIZES.large_size / 1e6:g} MB")

@@ -3,7 +3,10 @@
 The SCP (pynetdicom, in a process of its own: memory_scp.py) is measured once
 after a warm-up association and again with N associations established and
 idle; the clients are plain sockets in this process that send an
-A-ASSOCIATE-RQ, read the A-ASSOCIATE-AC and then say nothing.
+A-ASSOCIATE-RQ, read the A-ASSOCIATE-AC and then say nothing.  Every
+association is a full handshake, a peer's first contact, for dcxsec as for
+``ssl``; dcxsec's SCP keeps each one's session in its cache, as it would for
+that many peers.
 
 Per association, from the difference of the two measurements:
 - RSS: everything, including pynetdicom's two threads per association.
@@ -68,7 +71,7 @@ class MemorySCP:
 def client_factory(kind: str, pki):
     """connect(port) -> a socket with a TLS session (or none) to the SCP."""
     if kind == DCXSEC:
-        _, context = dcxsec_contexts(pki)
+        _, context = dcxsec_contexts(pki, first_contact=True)  # full handshakes, as ssl's
     elif kind == SSL:
         _, context = ssl_contexts(pki)
     else:
