@@ -17,7 +17,8 @@ from dcxsec import SecurityConfig, TLSContext, VerificationMethod
 from dcxsec import pki as certs
 
 DCXSEC, SSL, TCP, TCP_NODELAY = "dcxsec", "ssl", "tcp", "tcp+nodelay"
-PYNETDICOM_CONTENDERS = (DCXSEC, SSL, TCP, TCP_NODELAY)
+SSL_NODELAY = "ssl+nodelay"
+PYNETDICOM_CONTENDERS = (DCXSEC, SSL, SSL_NODELAY, TCP, TCP_NODELAY)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,21 @@ class NoDelay:
                     server_hostname: str | None = None, **_: Any) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
+
+
+class NoDelaySSL:
+    """Python's ``ssl`` as pynetdicom documents it, with Nagle's algorithm off on
+    both sides first: what dcxsec does by itself, so that its gain over
+    ``ssl`` can be told apart from Nagle's share of it."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False,
+                    server_hostname: str | None = None, **kw: Any) -> ssl.SSLSocket:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self.context.wrap_socket(sock, server_side=server_side,
+                                        server_hostname=server_hostname, **kw)
 
 
 # ---- dcxsec -------------------------------------------------------------------
@@ -121,6 +137,8 @@ def pynetdicom_contender(name: str, pki: BenchPKI) -> Contender:
         return Contender(name, *dcxsec_contexts(pki))
     if name == SSL:
         return Contender(name, *ssl_contexts(pki))
+    if name == SSL_NODELAY:
+        return Contender(name, *map(NoDelaySSL, ssl_contexts(pki)))
     if name == TCP:
         return Contender(name, None, None)
     if name == TCP_NODELAY:

@@ -1,7 +1,8 @@
 """Scenario 1: associations per second (associate, C-ECHO, release) on loopback.
 
 Mutual TLS with TRUST_CHAIN for dcxsec; pynetdicom with Python's ssl set up
-as its documentation shows; plain TCP; plain TCP with TCP_NODELAY.  One
+as its documentation shows, and the same with TCP_NODELAY on both sides;
+plain TCP; plain TCP with TCP_NODELAY.  One
 requestor AE repeats associations to the same SCP, so a transport that
 resumes sessions for a repeat peer may do so.  The contenders take their
 rounds in turn (see interleave.py).

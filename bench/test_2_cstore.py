@@ -4,7 +4,7 @@
 with maximum PDU 16382 (pynetdicom's default) and 0 (unlimited) on both AEs.
 The SCU sends the files by path, as a gateway forwarding files would; the SCP
 writes every received dataset to disk.  Throughput counts file bytes.  The
-contenders take their rounds in turn (see interleave.py).
+contenders (those of scenario 1) take their rounds in turn (see interleave.py).
 """
 from __future__ import annotations
 
