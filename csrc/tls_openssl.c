@@ -122,7 +122,6 @@ struct dcx_conn {
 #define IN_CAP (8 * WIRE_MAX)         /* socket bytes taken per recv(), at most */
 #define OUT_SLICE (4 * RECORD_MAX)    /* plaintext encrypted between two sends */
 #define RECORD_OVERHEAD 64            /* header, nonce, tag and padding of one record, at most */
-#define OUT_KEEP 8192                 /* a larger send buffer is freed after use */
 #define HS_MAX 65536                  /* a post-handshake handshake message, at most */
 /* AES-GCM's safety margin (RFC 8446 section 5.5): fresh keys after 2^24 records. */
 #define KEY_UPDATE_AFTER ((uint64_t)1 << 24)
@@ -159,10 +158,11 @@ static int out_reserve(dcx_conn *c, size_t need)
     return 1;
 }
 
-/* An idle connection keeps no large send buffer. */
+/* The send buffer goes once it is sent: an idle connection keeps none, and
+ * a malloc per write is small beside the write's system call. */
 static void out_trim(dcx_conn *c)
 {
-    if (c->out.cap > OUT_KEEP && c->out.len == 0) {
+    if (c->out.data && c->out.len == 0) {
         free(c->out.data);
         c->out.data = NULL;
         c->out.cap = 0;
