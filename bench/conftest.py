@@ -224,10 +224,13 @@ def machine_description() -> str:
 
 
 def pytest_configure(config):
-    # pytest-benchmark would turn the collector off for the lead's rounds only.
-    if config.getoption("benchmark_disable_gc", default=False):
-        raise pytest.UsageError("--benchmark-disable-gc is refused here: it would apply to "
-                                "dcxsec's rounds only, and the contenders are timed alike")
+    # pytest-benchmark applies these to the lead's rounds only (and profiling
+    # adds a round for the others); the contenders are timed alike here.
+    for option, flag in (("benchmark_disable_gc", "--benchmark-disable-gc"),
+                         ("benchmark_cprofile", "--benchmark-cprofile")):
+        if config.getoption(option, default=None):
+            raise pytest.UsageError(f"{flag} is refused here: it would apply to dcxsec's "
+                                    "rounds only, and the contenders are timed alike")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -68,8 +68,8 @@ class Report:
 
     @staticmethod
     def _verdict(group: Group, contender: str, value: float) -> tuple[str, str]:
-        """(the targets, "yes" or "NO" with each missed ratio to three places,
-        so that a ratio shown rounded to 1.10 reads as the 1.096 it was)."""
+        """(the targets, "yes" or "NO" with each missed ratio or value to three
+        places, so that a ratio shown rounded to 1.10 reads as the 1.096 it was)."""
         if contender != DCXSEC or not group.targets:
             return "", ""
         wanted, missed = [], []

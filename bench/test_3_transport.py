@@ -122,10 +122,12 @@ class Transfer:
 
 
 class Rounds:
-    """One contender's rounds: a fresh transfer before each, the last one kept."""
+    """One contender's rounds: a fresh transfer before each, every one checked."""
 
-    def __init__(self, kind: str, pki, mode: str, amount: int, placement: str) -> None:
+    def __init__(self, kind: str, pki, mode: str, amount: int, placement: str,
+                 expected: int) -> None:
         self.args = (kind, pki, mode, amount, placement)
+        self.expected = expected
         self.transfer: Transfer | None = None
 
     def prepare(self) -> None:
@@ -135,14 +137,15 @@ class Rounds:
     def run(self) -> None:
         self.transfer.run()
 
-    def finish(self) -> tuple[int, str]:
-        """(bytes the last round received, cipher); closes that round's pair."""
+    def finish(self) -> str:
+        """Check the round just run, close its pair, and give its cipher."""
         done, self.transfer = self.transfer, None
         if done is None:
-            return 0, ""
+            return ""
         received, cipher = done.received, done.cipher()
         done.close()
-        return received, cipher
+        assert received == self.expected, f"{self.args[0]}: {received} of {self.expected} bytes"
+        return cipher
 
 
 class Ceiling:
@@ -168,16 +171,11 @@ def measure(benchmark, pki, mode: str, amount: int, expected: int, placement: st
     """MB/s of each contender (best round) and its negotiated cipher; ``amount``
     is what the sender is given (PDUs or bytes), ``expected`` the bytes.  The
     ceiling takes a sample in each round."""
-    rounds = {kind: Rounds(kind, pki, mode, amount, placement) for kind in KINDS}
+    rounds = {kind: Rounds(kind, pki, mode, amount, placement, expected) for kind in KINDS}
     contestants = [Contestant(kind, r.run, prepare=r.prepare) for kind, r in rounds.items()]
     best = best_rounds(benchmark, contestants + [Contestant(CEILING, ceiling.sample)], DCXSEC,
                        SIZES.raw_rounds)
-    results = {}
-    for kind, r in rounds.items():
-        received, cipher = r.finish()
-        assert received == expected, f"{kind}: {received} of {expected} bytes"
-        results[kind] = (expected / best[kind] / 1e6, cipher)
-    return results
+    return {kind: (expected / best[kind] / 1e6, r.finish()) for kind, r in rounds.items()}
 
 
 @pytest.fixture

@@ -96,15 +96,18 @@ SCP_NAMES = (STORESCP, STORESCP_NAGLE, DCXSEC, SSL)
 def scps(pki, scp_factory, tmp_path):
     """Every SCP of the scenario, listening at once, so that they take their rounds in turn."""
     made = {}
-    for name in (STORESCP, STORESCP_NAGLE):
-        directory = tmp_path / name.replace(" ", "-").strip("()")
-        directory.mkdir()
-        made[name] = DcmtkSCP(pki, directory, nodelay=name == STORESCP)
-    for name in (DCXSEC, SSL):
-        made[name] = scp_factory(pynetdicom_contender(name, pki).server_context, max_pdu=MAX_PDU)
-    yield made
-    for name in (STORESCP, STORESCP_NAGLE):
-        made[name].stop()
+    try:
+        for name, folder in ((STORESCP, "storescp"), (STORESCP_NAGLE, "storescp-nagle")):
+            (tmp_path / folder).mkdir()
+            made[name] = DcmtkSCP(pki, tmp_path / folder, nodelay=name == STORESCP)
+        for name in (DCXSEC, SSL):
+            made[name] = scp_factory(pynetdicom_contender(name, pki).server_context,
+                                     max_pdu=MAX_PDU)
+        yield made
+    finally:
+        for name in (STORESCP, STORESCP_NAGLE):
+            if name in made:
+                made[name].stop()
 
 
 class Stores:

@@ -112,49 +112,55 @@ def transports(kind: str, pki, variant: Variant):
     return wrap, connect
 
 
-def run_connections(kind: str, pki, variant: Variant, count: int) -> tuple[int, str]:
-    """``count`` connections to a fresh acceptor; (how many resumed, protocol version).
-
-    The first connection has nothing to resume; the other ``count - 1`` could.
-    """
-    wrap, connect = transports(kind, pki, variant)
-    acceptor = Acceptor(wrap, count)
-    session, resumed, version = None, 0, ""
-    for _ in range(count):
-        sock = connect(acceptor.address, session if variant.resume else None)
-        assert sock.recv(1) == b"x"
-        resumed += bool(getattr(sock, "session_reused", False))
-        version = getattr(sock, "version", lambda: "")() or version
-        session = getattr(sock, "session", None)
-        sock.close()
-    acceptor.finish()
-    return resumed, version
-
-
 class Connections:
-    """One contender's rounds of ``count`` connections, and what each round saw."""
+    """One contender's rounds of ``count`` connections to a fresh acceptor.
+
+    Contexts and the acceptor are made untimed, in ``prepare``; each round
+    records (how many resumed, protocol version).  The first connection of a
+    round has nothing to resume; the other ``count - 1`` could.
+    """
 
     def __init__(self, kind: str, pki, variant: Variant, count: int) -> None:
-        self.args = (kind, pki, variant, count)
-        self.outcomes: list[tuple[int, str]] = []  # (resumed, protocol version) per round
+        self.kind, self.pki, self.variant, self.count = kind, pki, variant, count
+        self.outcomes: list[tuple[int, str]] = []
+        self.connect = self.acceptor = None
+
+    def prepare(self) -> None:
+        wrap, self.connect = transports(self.kind, self.pki, self.variant)
+        self.acceptor = Acceptor(wrap, self.count)
 
     def run(self) -> None:
-        self.outcomes.append(run_connections(*self.args))
+        session, resumed, version = None, 0, ""
+        for _ in range(self.count):
+            sock = self.connect(self.acceptor.address, session if self.variant.resume else None)
+            assert sock.recv(1) == b"x"
+            resumed += bool(getattr(sock, "session_reused", False))
+            version = getattr(sock, "version", lambda: "")() or version
+            session = getattr(sock, "session", None)
+            sock.close()
+        self.acceptor.finish()
+        self.outcomes.append((resumed, version))
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.key for v in VARIANTS])
 def test_handshakes_per_second(benchmark, variant, pki, pki_rsa, report):
     keys = pki_rsa if variant.rsa else pki
     count = SIZES.handshakes
+    for kind in (DCXSEC, SSL, TCP):  # warm-up
+        warm_up = Connections(kind, keys, variant, 5)
+        warm_up.prepare()
+        warm_up.run()
     rounds = {kind: Connections(kind, keys, variant, count) for kind in (DCXSEC, SSL, TCP)}
-    for kind in rounds:
-        run_connections(kind, keys, variant, 5)  # warm-up
-    best = best_rounds(benchmark, [Contestant(kind, r.run) for kind, r in rounds.items()],
-                       DCXSEC, SIZES.handshake_rounds)
+    best = best_rounds(benchmark, [Contestant(kind, r.run, prepare=r.prepare)
+                                   for kind, r in rounds.items()], DCXSEC, SIZES.handshake_rounds)
 
     key = f"5-{variant.key}"
     report.group(key, variant.title, "conn/s")
     report.add(key, TCP, count / best[TCP], note="TCP connect, 1 byte, close")
+    share_key = f"{key}-share"
+    if variant.resume:
+        report.group(share_key, variant.title.replace("5 resumed handshake", "5 sessions resumed"),
+                     "%", targets=(Target(None, 100.0),))
     for kind in (DCXSEC, SSL):
         outcomes = rounds[kind].outcomes
         resumed = sum(r for r, _ in outcomes)
@@ -162,8 +168,4 @@ def test_handshakes_per_second(benchmark, variant, pki, pki_rsa, report):
         report.add(key, kind, count / best[kind],
                    note=f"{outcomes[-1][1]}, resumed {resumed}/{total}")
         if variant.resume:
-            share_key = f"{key}-share"
-            report.group(share_key,
-                         variant.title.replace("5 resumed handshake", "5 sessions resumed"), "%",
-                         targets=(Target(None, 100.0),))
             report.add(share_key, kind, 100.0 * resumed / total, note=f"{resumed} of {total}")
