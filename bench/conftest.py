@@ -35,7 +35,7 @@ KiB, MiB = 1024, 1024 * 1024
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much work each scenario does; the full run fits in about 15 minutes on 2 cores."""
+    """How much work each scenario does; the full run takes about 12 minutes on 2 cores."""
 
     associations: int = 40         # scenario 1: associations per round
     association_rounds: int = 5

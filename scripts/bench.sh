@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up dcxsec and runs the benchmark suite (bench/, about 15 minutes on two
+# Sets up dcxsec and runs the benchmark suite (bench/, about 12 minutes on two
 # cores).  The run ends with a table of ratios, also written to
 # .benchmarks/latest-table.md.  BENCH_QUICK=1 makes it a one-minute smoke run.
 set -euo pipefail
