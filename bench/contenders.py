@@ -64,7 +64,7 @@ class NoDelay:
         return sock
 
 
-class NoDelaySSL:
+class NoDelaySSL(NoDelay):
     """Python's ``ssl`` as pynetdicom documents it, with Nagle's algorithm off on
     both sides first: what dcxsec does by itself, so that its gain over
     ``ssl`` can be told apart from Nagle's share of it."""
@@ -74,8 +74,7 @@ class NoDelaySSL:
 
     def wrap_socket(self, sock: socket.socket, server_side: bool = False,
                     server_hostname: str | None = None, **kw: Any) -> ssl.SSLSocket:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return self.context.wrap_socket(sock, server_side=server_side,
+        return self.context.wrap_socket(super().wrap_socket(sock), server_side=server_side,
                                         server_hostname=server_hostname, **kw)
 
 

@@ -1026,18 +1026,26 @@ static void prepare_own_records(dcx_conn *c)
         forget_secrets(c);
 }
 
+/* One direction's keys from its traffic secret (the client's or the
+ * server's), which is then forgotten: it is needed only once. */
+static int keys_from_secret(dcx_conn *c, tls13_keys *k, int client, uint64_t seq, int encrypt)
+{
+    unsigned char *secret = client ? c->client_secret : c->server_secret;
+    size_t *len = client ? &c->client_secret_len : &c->server_secret_len;
+    int ok = tls13_keys_init(k, c->suite, secret, *len, seq, encrypt);
+    OPENSSL_cleanse(secret, EVP_MAX_MD_SIZE);
+    *len = 0;
+    return ok;
+}
+
 /* The engine reads from here on, if OpenSSL holds nothing of the stream. */
 static void take_reading_side(dcx_conn *c)
 {
     if (c->own_read || !c->can_own_read || !at_record_boundary(&c->taken) ||
         SSL_has_pending(c->ssl))
         return;
-    unsigned char *secret = c->server_side ? c->client_secret : c->server_secret;
-    size_t *len = c->server_side ? &c->client_secret_len : &c->server_secret_len;
-    c->own_read = tls13_keys_init(&c->rkeys, c->suite, secret, *len, c->taken.records, 0);
+    c->own_read = keys_from_secret(c, &c->rkeys, c->server_side, c->taken.records, 0);
     c->can_own_read = c->own_read;
-    OPENSSL_cleanse(secret, EVP_MAX_MD_SIZE);
-    *len = 0;
 }
 
 /* The engine writes from here on, after the records OpenSSL wrote. */
@@ -1045,12 +1053,8 @@ static void take_writing_side(dcx_conn *c)
 {
     if (c->own_write || !c->can_own_write || !at_record_boundary(&c->written))
         return;
-    unsigned char *secret = c->server_side ? c->server_secret : c->client_secret;
-    size_t *len = c->server_side ? &c->server_secret_len : &c->client_secret_len;
-    c->own_write = tls13_keys_init(&c->wkeys, c->suite, secret, *len, c->written.records, 1);
+    c->own_write = keys_from_secret(c, &c->wkeys, !c->server_side, c->written.records, 1);
     c->can_own_write = c->own_write;
-    OPENSSL_cleanse(secret, EVP_MAX_MD_SIZE);
-    *len = 0;
 }
 
 /* Seal one record of `type` into the send buffer. */
@@ -1684,6 +1688,14 @@ const dcx_read_state *dcx_conn_read_state(const dcx_conn *c)
     return &c->read_state;
 }
 
+/* Read with whichever record layer has this direction now. */
+static long read_records(dcx_conn *c, unsigned char *dst, size_t len, int wait, int64_t deadline,
+                         dcx_error *err)
+{
+    return c->own_read ? own_read(c, dst, len, wait, deadline, err)
+                       : read_some(c, dst, len, wait, deadline, err);
+}
+
 long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error *err)
 {
     unsigned char *dst = buf;
@@ -1693,8 +1705,7 @@ long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error
     int64_t deadline = dcx_deadline(timeout_ms);
     /* Take every record already at hand, but wait only for the first byte. */
     while (got < len && !c->dead) {
-        long n = c->own_read ? own_read(c, dst + got, len - got, got == 0, deadline, err)
-                             : read_some(c, dst + got, len - got, got == 0, deadline, err);
+        long n = read_records(c, dst + got, len - got, got == 0, deadline, err);
         if (n <= 0) {
             if (got == 0) {
                 c->read_state.data_waiting = data_waiting(c);
@@ -1775,8 +1786,7 @@ static int own_shutdown(dcx_conn *c, int64_t deadline, int wait_peer, dcx_error 
         SSL_set_shutdown(c->ssl, SSL_get_shutdown(c->ssl) | SSL_SENT_SHUTDOWN);
     unsigned char sink[4096];
     while (w == DCX_OK && wait_peer && !c->dead &&
-           (c->own_read ? own_read(c, sink, sizeof(sink), 1, deadline, NULL)
-                        : read_some(c, sink, sizeof(sink), 1, deadline, NULL)) > 0)
+           read_records(c, sink, sizeof(sink), 1, deadline, NULL) > 0)
         ;
     c->dead = 1;
     ERR_clear_error();
