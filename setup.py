@@ -1,8 +1,14 @@
-"""Builds dcxsec's C engine with cffi, and the C recv() that reads its
-plaintext; the metadata is in pyproject.toml."""
+"""Builds dcxsec's C engine with cffi, the C recv() that reads its plaintext,
+and the close that keeps the GIL; the metadata is in pyproject.toml."""
+import sys
+
 from setuptools import Extension, setup
 
 setup(
     cffi_modules=["csrc/build.py:ffibuilder"],
-    ext_modules=[Extension("dcxsec._recvbuf", ["dcxsec/_recvbuf.c"])],
+    ext_modules=[
+        Extension("dcxsec._recvbuf", ["dcxsec/_recvbuf.c"]),
+        Extension("dcxsec._closing", ["dcxsec/_closing.c"],
+                  libraries=["ws2_32"] if sys.platform == "win32" else []),
+    ],
 )

@@ -82,6 +82,19 @@ int dcx_set_nonblocking(dcx_socket fd, dcx_error *err)
     return DCX_OK;
 }
 
+/* One poll of fd: >0 ready (or an error the next I/O call reports), 0 not
+ * within timeout_ms, <0 failed. */
+static int poll_once(dcx_socket fd, int want_write, int timeout_ms)
+{
+#ifdef _WIN32
+    WSAPOLLFD p = {(SOCKET)fd, want_write ? POLLWRNORM : POLLRDNORM, 0};
+    return WSAPoll(&p, 1, timeout_ms);
+#else
+    struct pollfd p = {fd, want_write ? POLLOUT : POLLIN, 0};
+    return poll(&p, 1, timeout_ms);
+#endif
+}
+
 int dcx_wait(dcx_socket fd, int want_write, int64_t deadline, dcx_error *err)
 {
     for (;;) {
@@ -92,13 +105,7 @@ int dcx_wait(dcx_socket fd, int want_write, int64_t deadline, dcx_error *err)
                 return dcx_fail(err, DCX_E_TIMEOUT, "timed out");
             timeout = left > 0x7fffffff ? 0x7fffffff : (int)left;
         }
-#ifdef _WIN32
-        WSAPOLLFD p = {(SOCKET)fd, want_write ? POLLWRNORM : POLLRDNORM, 0};
-        int n = WSAPoll(&p, 1, timeout);
-#else
-        struct pollfd p = {fd, want_write ? POLLOUT : POLLIN, 0};
-        int n = poll(&p, 1, timeout);
-#endif
+        int n = poll_once(fd, want_write, timeout);
         if (n > 0)
             return DCX_OK; /* readable, writable, or an error the next I/O call reports */
         if (n == 0)
@@ -162,6 +169,15 @@ int dcx_conn_connect(dcx_conn *c, const char *host, int port, int connect_timeou
         return rc;
     *connected = 1;
     return dcx_conn_handshake(c, handshake_timeout_ms, err);
+}
+
+int dcx_conn_close_notify_now(dcx_conn *c, dcx_error *err)
+{
+    dcx_error_clear(err);
+    /* a writable socket takes a record of a few dozen bytes whole */
+    if (poll_once(dcx_conn_socket(c), 1, 0) <= 0)
+        return dcx_fail(err, DCX_E_TIMEOUT, "the socket cannot take close_notify without waiting");
+    return dcx_conn_shutdown(c, 0, 0, err);
 }
 
 int dcx_thumbs_set(dcx_thumbs *t, const unsigned char *digests,

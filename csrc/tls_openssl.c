@@ -1780,6 +1780,8 @@ static int own_shutdown(dcx_conn *c, int64_t deadline, int wait_peer, dcx_error 
                                       : DCX_OK;
     if (w == DCX_OK)
         w = flush_out(c, deadline, err);
+    if (w == DCX_E_TIMEOUT)
+        return w; /* the record waits in c->out: a later call sends the rest */
     /* OpenSSL drops a session from the caches when a connection ends without
      * its close_notify: this one was sent, so the session stays resumable. */
     if (w == DCX_OK)

@@ -1,6 +1,7 @@
 """The seam to the C engine: status codes and engine errors as Python exceptions."""
 from __future__ import annotations
 
+from dcxsec import _closing
 from dcxsec._native import ffi, lib
 from dcxsec.errors import (
     CertificateVerificationError,
@@ -36,6 +37,16 @@ _RULES = {
     lib.DCX_VR_PURPOSE: "purpose",
     lib.DCX_VR_OTHER: "other",
 }
+
+
+def address(cdata) -> int:
+    """A C pointer as an integer, the form ``dcxsec._closing`` takes."""
+    return int(ffi.cast("uintptr_t", cdata))
+
+
+# The close path calls these without letting go of the GIL (see _closing.c).
+_closing.bind(*(address(ffi.addressof(lib, name)) for name in
+                ("dcx_conn_close_notify_now", "dcx_pump_claim", "dcx_conn_free")))
 
 
 def new_error():

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import threading
 
+from dcxsec import _closing
 from dcxsec._native import ffi, lib
-from dcxsec.engine import new_error
+from dcxsec.engine import address, new_error
 
 _lock = threading.Lock()
 _pump = None        # the running pump, made on first use
@@ -55,9 +56,11 @@ def claim(pump, conn) -> None:
 
 
 def free_connection(conn) -> None:
-    """Destructor of every engine connection: the pump lets go of it first."""
-    claim(_pump, conn)
-    lib.dcx_conn_free(conn)
+    """Destructor of every engine connection: the pump lets go of it first.
+
+    Both calls keep the GIL: this runs as pynetdicom closes a released
+    association, where giving the GIL up costs the requestor 10 ms."""
+    _closing.free(address(conn), address(_pump) if _pump is not None else 0)
 
 
 def _forget_after_fork() -> None:

@@ -7,6 +7,7 @@ no byte ever leaves or arrives in the clear.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -17,11 +18,11 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
-from dcxsec import aetitle
+from dcxsec import _closing, aetitle
 from dcxsec._native import ffi, lib
 from dcxsec._recvbuf import RecvBuffer
 from dcxsec.certinfo import certificate_dict, subject_text
-from dcxsec.engine import new_error, to_exception
+from dcxsec.engine import address, new_error, to_exception
 from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError
 from dcxsec import pump as handshake_thread
 
@@ -547,19 +548,34 @@ class TLSSocket(ssl.SSLSocket):
 
     # ---- closing ----------------------------------------------------------
 
-    def _send_close_notify(self) -> None:
+    # Closing keeps the GIL wherever nothing waits (see _closing.c): pynetdicom
+    # queues a release confirmation and then closes, and the thread woken by
+    # the confirmation must not run before the state machine is idle.
+
+    def _send_close_notify(self) -> bool:
+        """Whether close_notify was sent now."""
         conn = self._conn
         if conn is None or not self._handshake_done or not self._lock.acquire(blocking=False):
-            return
+            return False
         try:
-            lib.dcx_conn_shutdown(conn, _CLOSE_NOTIFY_MS, 0, new_error())
+            status = _closing.close_notify_now(address(conn))
+            if status == lib.DCX_E_TIMEOUT:
+                status = lib.dcx_conn_shutdown(conn, _CLOSE_NOTIFY_MS, 0, new_error())
+            return status == lib.DCX_OK
         finally:
             self._lock.release()
 
     def shutdown(self, how: int) -> None:
         """Send close_notify, then shut the TCP connection down."""
-        self._send_close_notify()
-        socket.socket.shutdown(self, how)
+        notified = self._send_close_notify()
+        try:
+            _closing.shutdown(self.fileno(), how)
+        except OSError as exc:
+            # A peer that had closed answers close_notify with a reset, which
+            # ends the connection first.  Raising would make pynetdicom skip
+            # close() and leave the descriptor to the garbage collector.
+            if not (notified and exc.errno == errno.ENOTCONN):
+                raise
 
     def _real_close(self) -> None:
         self._claim_from_pump()  # before the descriptor goes: the thread polls it
@@ -575,7 +591,9 @@ class TLSSocket(ssl.SSLSocket):
             self._conn = None  # freed once the last thread using it lets go
             self._ready = False
         self._rbuf.discard()  # nothing is read from a closed socket
-        socket.socket._real_close(self)
+        fd = socket.socket.detach(self)
+        if fd >= 0:
+            _closing.close(fd)
 
     def __del__(self) -> None:
         # A socket dropped unclosed: the handshake thread lets go of the

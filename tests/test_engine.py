@@ -149,6 +149,26 @@ def test_close_notify_reads_as_eof(pair_factory, server_ctx, client_ctx):
     assert pair.server.recv(10) == b""
 
 
+def test_shutdown_after_the_peer_closed_lets_close_run(pair_factory, server_ctx, client_ctx):
+    """close_notify to a peer that had closed comes back as a reset, so the TCP
+    shutdown finds no connection: that must not raise, or pynetdicom (which
+    calls shutdown() and then close()) leaves the socket to the collector."""
+    pair = pair_factory(server_ctx, client_ctx)
+    pair.server.close()
+    pair.client.shutdown(socket.SHUT_RDWR)
+    pair.client.close()
+    assert pair.client.fileno() == -1
+
+
+def test_shutdown_of_a_socket_never_connected_still_raises(client_ctx):
+    sock = client_ctx.wrap_socket(socket.socket())
+    try:
+        with pytest.raises(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
+
+
 def test_tcp_close_at_a_record_boundary_reads_as_eof(pair_factory, server_ctx, client_ctx):
     pair = pair_factory(server_ctx, client_ctx)
     pair.client.sendall(b"last")

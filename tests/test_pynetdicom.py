@@ -158,6 +158,35 @@ def test_tcp_nodelay_on_both_sides_of_an_association(pki, scp_factory):
     assert len(seen) == 2 and all(seen)
 
 
+def test_release_leaves_the_requestor_idle_when_it_wakes(pki, scp_factory, monkeypatch):
+    """pynetdicom queues the A-RELEASE confirmation and then closes the socket.
+    Closing keeps the GIL, so the woken requestor finds its state machine idle
+    (Sta1) instead of sleeping 10 ms in Association.kill(); with a close that
+    gives the GIL up, about half of all releases find it still in Sta7."""
+    from pynetdicom.association import Association
+
+    server, client = contexts(pki, TRUST_CHAIN)
+    scp = scp_factory(server)
+    found = []
+    kill = Association.kill
+
+    def watched_kill(self):
+        if self.is_requestor and threading.current_thread() is threading.main_thread():
+            found.append(self.dul.state_machine.current_state)
+        kill(self)
+
+    monkeypatch.setattr(Association, "kill", watched_kill)
+    ae = requestor()
+    for _ in range(20):
+        assoc = ae.associate("127.0.0.1", scp.port, tls_args=(client, None))
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+        assert assoc.is_released
+    assert len(found) == 20
+    # The OS may still preempt the closing thread for a whole switch interval.
+    assert found.count("Sta1") >= 18, found
+
+
 def test_refused_requestor_is_logged_and_the_server_goes_on(pki, scp_factory, caplog):
     caplog.set_level(logging.WARNING, logger="dcxsec")
     server, client = contexts(pki, TRUST_CHAIN)

@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import pytest
 
 from dcxsec import TLSContext, TLSError, TLSSocket
+from dcxsec._native import ffi, lib
 from conftest import config_for, free_port, listener
 
 SUITES = ["TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"]
@@ -345,6 +346,60 @@ def _python_ssl(pki, server_side: bool) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.load_cert_chain(pki.client.cert_path, pki.client.key_path)
     return ctx
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_close_notify_now_never_waits_and_the_waiting_path_finishes(pki, version):
+    """Behind a full send buffer the GIL-held close_notify gives up at once;
+    dcx_conn_shutdown() then sends it whole once the peer reads, and Python's
+    ssl (ragged EOFs not suppressed) sees a clean close after every byte."""
+    ctx = TLSContext(config_for(pki.client, trusted=[pki.ca.cert_path], maximum_version=version))
+    lst = listener()
+    accepted: dict = {}
+
+    def accept() -> None:
+        raw, _ = lst.accept()
+        accepted["sock"] = _python_ssl(pki, True).wrap_socket(
+            raw, server_side=True, suppress_ragged_eofs=False)
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    client = ctx.wrap_socket(socket.socket())
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+    client.settimeout(10)
+    client.connect(lst.getsockname())
+    thread.join(10)
+    peer = accepted["sock"]
+    try:
+        assert client.version() == {ssl.TLSVersion.TLSv1_3: "TLSv1.3",
+                                    ssl.TLSVersion.TLSv1_2: "TLSv1.2"}[version]
+        sent = 0
+        while select.select([], [client], [], 0)[1]:  # the peer reads nothing yet
+            sent += client.send(b"x" * 4096)
+        assert lib.dcx_conn_close_notify_now(client._conn, ffi.NULL) == lib.DCX_E_TIMEOUT
+
+        got = bytearray()
+        ending: list = []
+
+        def drain() -> None:
+            try:
+                while data := peer.recv(65536):
+                    got.extend(data)
+                ending.append("close_notify")
+            except ssl.SSLEOFError:
+                ending.append("EOF without close_notify")
+
+        reading = threading.Thread(target=drain)
+        reading.start()
+        assert lib.dcx_conn_shutdown(client._conn, 10000, 0, ffi.NULL) == lib.DCX_OK
+        socket.socket.shutdown(client, socket.SHUT_WR)
+        reading.join(10)
+        assert ending == ["close_notify"]
+        assert len(got) == sent
+    finally:
+        client.close()
+        peer.close()
+        lst.close()
 
 
 @pytest.mark.parametrize("dcxsec_side", ["acceptor", "requestor"])

@@ -1,0 +1,165 @@
+/* dcxsec._closing: a connection's last steps (close_notify, the TCP
+ * shutdown, close, and freeing the engine's state), taken without letting go
+ * of the GIL.
+ *
+ * cffi and the socket module give up the GIL around every call.  At an
+ * association's release that hand-off costs 10 ms: pynetdicom queues the
+ * A-RELEASE confirmation and then closes the socket, and a requestor thread
+ * that takes the GIL in between finds the state machine not yet idle and
+ * sleeps in Association.kill().  None of these steps waits (each falls back
+ * to the caller's waiting path when it would), so they keep the GIL.
+ *
+ * The engine is reached through the addresses its cffi module hands over
+ * once, in bind(); connections and the pump are passed as addresses too. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#ifdef _WIN32
+#include <winsock2.h>
+typedef SOCKET fd_type;
+#define CLOSE_SOCKET closesocket
+#define LAST_ERROR() WSAGetLastError()
+#define RESET_ERROR WSAECONNRESET
+#else
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
+typedef int fd_type;
+#define CLOSE_SOCKET close
+#define LAST_ERROR() errno
+#define RESET_ERROR ECONNRESET
+#endif
+
+/* The engine's signatures (dcxtls.h), with its handles as untyped pointers. */
+typedef int (*close_notify_now_fn)(void *conn, void *err);  /* err may be NULL */
+typedef void (*claim_fn)(void *pump, void *conn);
+typedef void (*free_fn)(void *conn);
+
+static close_notify_now_fn close_notify_now_call;
+static claim_fn claim_call;
+static free_fn free_call;
+
+/* An address from Python (an int, 0 for NULL) as a pointer. */
+static int to_pointer(PyObject *o, void **out)
+{
+    *out = PyLong_AsVoidPtr(o);
+    return !(*out == NULL && PyErr_Occurred());
+}
+
+static PyObject *raise_socket_error(int code)
+{
+#ifdef _WIN32
+    return PyErr_SetExcFromWindowsErr(PyExc_OSError, code);
+#else
+    errno = code;
+    return PyErr_SetFromErrno(PyExc_OSError);
+#endif
+}
+
+static int bound(void)
+{
+    if (close_notify_now_call && claim_call && free_call)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "dcxsec._closing.bind() has not been called");
+    return 0;
+}
+
+static PyObject *closing_bind(PyObject *mod, PyObject *args)
+{
+    void *notify, *claim, *release;
+    if (!PyArg_ParseTuple(args, "O&O&O&:bind", to_pointer, &notify,
+                          to_pointer, &claim, to_pointer, &release))
+        return NULL;
+    close_notify_now_call = (close_notify_now_fn)notify;
+    claim_call = (claim_fn)claim;
+    free_call = (free_fn)release;
+    Py_RETURN_NONE;
+}
+
+/* close_notify_now(conn) -> status: the engine's DCX_OK, or DCX_E_TIMEOUT
+ * (nothing sent) when the socket cannot take the record at once. */
+static PyObject *closing_close_notify_now(PyObject *mod, PyObject *arg)
+{
+    void *conn;
+    if (!to_pointer(arg, &conn) || !bound())
+        return NULL;
+    return PyLong_FromLong(close_notify_now_call(conn, NULL));
+}
+
+/* shutdown(fd, how): shutdown(2) never waits. */
+static PyObject *closing_shutdown(PyObject *mod, PyObject *args)
+{
+    long long fd;
+    int how;
+    if (!PyArg_ParseTuple(args, "Li:shutdown", &fd, &how))
+        return NULL;
+    if (shutdown((fd_type)fd, how) != 0)
+        return raise_socket_error(LAST_ERROR());
+    Py_RETURN_NONE;
+}
+
+/* close(fd): close(2), which waits only under SO_LINGER; then the GIL goes. */
+static PyObject *closing_close(PyObject *mod, PyObject *args)
+{
+    long long fd;
+    if (!PyArg_ParseTuple(args, "L:close", &fd))
+        return NULL;
+    struct linger linger = {0, 0};
+#ifdef _WIN32
+    int size = sizeof(linger);
+#else
+    socklen_t size = sizeof(linger);
+#endif
+    int lingers = getsockopt((fd_type)fd, SOL_SOCKET, SO_LINGER, (char *)&linger, &size) == 0 &&
+                  linger.l_onoff;
+    int rc, code = 0;
+    if (lingers) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = CLOSE_SOCKET((fd_type)fd);
+        code = rc ? LAST_ERROR() : 0;
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = CLOSE_SOCKET((fd_type)fd);
+        code = rc ? LAST_ERROR() : 0;
+    }
+    /* as socket.close(): a reset peer is no error at this point */
+    if (rc != 0 && code != RESET_ERROR)
+        return raise_socket_error(code);
+    Py_RETURN_NONE;
+}
+
+/* free(conn, pump): the pump lets go of conn (waiting only for a handshake
+ * step in progress, which never needs the GIL), then the engine frees it. */
+static PyObject *closing_free(PyObject *mod, PyObject *args)
+{
+    void *conn, *pump;
+    if (!PyArg_ParseTuple(args, "O&O&:free", to_pointer, &conn,
+                          to_pointer, &pump) || !bound())
+        return NULL;
+    if (pump)
+        claim_call(pump, conn);
+    free_call(conn);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef closing_methods[] = {
+    {"bind", closing_bind, METH_VARARGS,
+     "bind(close_notify_now, claim, free): the engine functions' addresses."},
+    {"close_notify_now", closing_close_notify_now, METH_O,
+     "close_notify_now(conn): dcx_conn_close_notify_now(), GIL held."},
+    {"shutdown", closing_shutdown, METH_VARARGS, "shutdown(fd, how): shutdown(2), GIL held."},
+    {"close", closing_close, METH_VARARGS, "close(fd): close the socket, GIL held unless it lingers."},
+    {"free", closing_free, METH_VARARGS,
+     "free(conn, pump): dcx_pump_claim() when pump is not 0, then dcx_conn_free(), GIL held."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef closing_module = {
+    PyModuleDef_HEAD_INIT, "dcxsec._closing",
+    "A connection's close and free, without letting go of the GIL.", -1, closing_methods,
+};
+
+PyMODINIT_FUNC PyInit__closing(void)
+{
+    return PyModule_Create(&closing_module);
+}
