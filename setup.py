@@ -8,7 +8,7 @@ setup(
     cffi_modules=["csrc/build.py:ffibuilder"],
     ext_modules=[
         Extension("dcxsec._recvbuf", ["dcxsec/_recvbuf.c"]),
-        Extension("dcxsec._closing", ["dcxsec/_closing.c"],
+        Extension("dcxsec._closing", ["dcxsec/_closing.c"], include_dirs=["csrc"],
                   libraries=["ws2_32"] if sys.platform == "win32" else []),
     ],
 )

@@ -174,7 +174,8 @@ int dcx_conn_connect(dcx_conn *c, const char *host, int port, int connect_timeou
 int dcx_conn_close_notify_now(dcx_conn *c, dcx_error *err)
 {
     dcx_error_clear(err);
-    /* a writable socket takes a record of a few dozen bytes whole */
+    /* a writable socket takes a record of a few dozen bytes whole; a failed
+     * poll leaves the send, and its error, to the waiting path */
     if (poll_once(dcx_conn_socket(c), 1, 0) <= 0)
         return dcx_fail(err, DCX_E_TIMEOUT, "the socket cannot take close_notify without waiting");
     return dcx_conn_shutdown(c, 0, 0, err);

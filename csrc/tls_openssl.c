@@ -76,6 +76,7 @@ struct dcx_conn {
     int ticket_due;       /* acceptor: a TLS 1.3 ticket rides on the first write */
     int eof;              /* the peer has closed; reads keep answering DCX_EOF */
     int dead;             /* a fatal error happened; the SSL object is unusable */
+    int closing;          /* close_notify is queued in out: no data may follow it */
     int received_alert;   /* fatal alert from the peer, or -1 */
     int sent_alert;       /* fatal alert OpenSSL sent (or wanted to), or -1 */
     unsigned char first[DCX_SNIFF_LEN]; /* the peer's first bytes, to recognise non-TLS */
@@ -1749,7 +1750,7 @@ static long openssl_write(dcx_conn *c, const unsigned char *p, size_t len, int64
 
 long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err)
 {
-    if (c->dead)
+    if (c->dead || c->closing)
         return failed_before(c, err);
     int64_t deadline = dcx_deadline(timeout_ms);
     int ticket = c->ticket_due;
@@ -1776,8 +1777,11 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
 static int own_shutdown(dcx_conn *c, int64_t deadline, int wait_peer, dcx_error *err)
 {
     const unsigned char close_notify[2] = {SSL3_AL_WARNING, SSL_AD_CLOSE_NOTIFY};
-    int w = c->out.sent == c->out.len ? seal_record(c, TLS13_ALERT, close_notify, 2, err)
-                                      : DCX_OK;
+    int w = DCX_OK;
+    if (!c->closing) {
+        w = seal_record(c, TLS13_ALERT, close_notify, 2, err);
+        c->closing = w == DCX_OK;
+    }
     if (w == DCX_OK)
         w = flush_out(c, deadline, err);
     if (w == DCX_E_TIMEOUT)
@@ -1805,8 +1809,16 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
         take_writing_side(c);
     if (c->own_write) /* OpenSSL's write keys are behind: it must not write again */
         return own_shutdown(c, deadline, wait_peer, err);
+    if (c->closing && !wait_peer) {
+        /* an earlier call queued close_notify and timed out: only its rest is due */
+        int w = flush_out(c, deadline, err);
+        if (w == DCX_OK)
+            c->dead = 1;
+        return w;
+    }
     for (;;) {
         int r = SSL_shutdown(c->ssl);
+        c->closing = 1;
         int w = flush_out(c, deadline, err);
         if (w != DCX_OK)
             return w;

@@ -94,6 +94,9 @@ struct dcx_conn {
     size_t plain_cap;
     dcx_read_state read_state;
     unsigned char *out;         /* one encrypted record being built */
+    int closing;                /* close_notify was made: no data may follow it */
+    unsigned char *unsent;      /* ... and the part of it the socket did not take in time */
+    size_t unsent_len;
     unsigned char first[DCX_SNIFF_LEN];
     size_t first_len;
     PCCERT_CONTEXT peer;
@@ -1159,6 +1162,23 @@ static int sys_failure(int code, const char *doing, dcx_error *err)
                     n ? text : "unknown error", code);
 }
 
+/* close_notify's rest when the socket would not take it in time, for the
+ * next dcx_conn_shutdown(): a record cut short cannot be made again. */
+static void keep_unsent(dcx_conn *c, const unsigned char *p, size_t len)
+{
+    if (c->unsent && p >= c->unsent && p < c->unsent + c->unsent_len) {
+        memmove(c->unsent, p, len);
+    } else {
+        free(c->unsent);
+        c->unsent = malloc(len);
+        if (!c->unsent)
+            len = 0; /* the rest is lost; the peer sees the stream end without it */
+        else
+            memcpy(c->unsent, p, len);
+    }
+    c->unsent_len = len;
+}
+
 static int send_all(dcx_conn *c, const unsigned char *p, size_t len, int64_t deadline,
                     const char *doing, dcx_error *err)
 {
@@ -1174,6 +1194,8 @@ static int send_all(dcx_conn *c, const unsigned char *p, size_t len, int64_t dea
         if (e != WSAEWOULDBLOCK)
             return sys_failure(e, doing, err);
         int w = dcx_wait(c->fd, 1, deadline, err);
+        if (w == DCX_E_TIMEOUT && c->closing)
+            keep_unsent(c, p, len);
         if (w != DCX_OK)
             return w;
     }
@@ -1712,7 +1734,7 @@ long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error
 
 long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err)
 {
-    if (c->dead || !c->handshake_done)
+    if (c->dead || c->closing || !c->handshake_done)
         return failed_before(c, err);
     dcx_error scratch;
     if (!err)
@@ -1757,19 +1779,29 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
     if (!c->handshake_done || c->dead)
         return DCX_OK;
     int64_t deadline = dcx_deadline(timeout_ms);
-    DWORD type = SCHANNEL_SHUTDOWN;
-    SecBuffer b = {sizeof(type), SECBUFFER_TOKEN, &type};
-    SecBufferDesc d = {SECBUFFER_VERSION, 1, &b};
     int rc = DCX_OK;
-    if (ApplyControlToken(&c->ctxt, &d) == SEC_E_OK) {
-        /* the next handshake call produces the close_notify record */
-        size_t keep = c->in_len;
-        c->in_len = 0;
-        int io_rc;
-        handshake_call(c, deadline, &io_rc, err);
-        c->in_len = keep;
-        if (io_rc == DCX_E_TIMEOUT)
-            rc = io_rc;
+    if (c->unsent_len) { /* an earlier call made close_notify and timed out sending it */
+        rc = send_all(c, c->unsent, c->unsent_len, deadline, "closing", err);
+        if (rc == DCX_E_TIMEOUT && c->unsent_len)
+            return rc;
+        c->unsent_len = 0;
+    } else if (!c->closing) {
+        DWORD type = SCHANNEL_SHUTDOWN;
+        SecBuffer b = {sizeof(type), SECBUFFER_TOKEN, &type};
+        SecBufferDesc d = {SECBUFFER_VERSION, 1, &b};
+        c->closing = 1;
+        if (ApplyControlToken(&c->ctxt, &d) == SEC_E_OK) {
+            /* the next handshake call produces the close_notify record */
+            size_t keep = c->in_len;
+            c->in_len = 0;
+            int io_rc;
+            handshake_call(c, deadline, &io_rc, err);
+            c->in_len = keep;
+            if (io_rc == DCX_E_TIMEOUT && c->unsent_len)
+                return io_rc; /* the rest waits in c->unsent: a later call sends it */
+            if (io_rc == DCX_E_TIMEOUT)
+                rc = io_rc;
+        }
     }
     if (rc == DCX_OK && wait_peer && !c->peer_closed) {
         c->pt.start = c->pt.end = 0;
@@ -1834,5 +1866,6 @@ void dcx_conn_free(dcx_conn *c)
     free(c->in);
     free(c->pt.data);
     free(c->out);
+    free(c->unsent);
     free(c);
 }

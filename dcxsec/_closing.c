@@ -10,9 +10,13 @@
  * to the caller's waiting path when it would), so they keep the GIL.
  *
  * The engine is reached through the addresses its cffi module hands over
- * once, in bind(); connections and the pump are passed as addresses too. */
+ * once, in bind(); connections and the pump are passed as addresses too.
+ * On Windows the close_notify and the free are SChannel calls made in the
+ * process (no I/O but the socket's): they keep the GIL as well. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#include "dcxtls.h"
 
 #ifdef _WIN32
 #include <winsock2.h>
@@ -30,10 +34,10 @@ typedef int fd_type;
 #define RESET_ERROR ECONNRESET
 #endif
 
-/* The engine's signatures (dcxtls.h), with its handles as untyped pointers. */
-typedef int (*close_notify_now_fn)(void *conn, void *err);  /* err may be NULL */
-typedef void (*claim_fn)(void *pump, void *conn);
-typedef void (*free_fn)(void *conn);
+/* The types of dcx_conn_close_notify_now, dcx_pump_claim and dcx_conn_free. */
+typedef int (*close_notify_now_fn)(dcx_conn *c, dcx_error *err);
+typedef void (*claim_fn)(dcx_pump *p, dcx_conn *c);
+typedef void (*free_fn)(dcx_conn *c);
 
 static close_notify_now_fn close_notify_now_call;
 static claim_fn claim_call;
@@ -64,11 +68,12 @@ static int bound(void)
     return 0;
 }
 
-static PyObject *closing_bind(PyObject *mod, PyObject *args)
+static PyObject *closing_bind(PyObject *mod, PyObject *args, PyObject *kwargs)
 {
+    static char *names[] = {"close_notify_now", "claim", "free", NULL};
     void *notify, *claim, *release;
-    if (!PyArg_ParseTuple(args, "O&O&O&:bind", to_pointer, &notify,
-                          to_pointer, &claim, to_pointer, &release))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&:bind", names, to_pointer, &notify,
+                                     to_pointer, &claim, to_pointer, &release))
         return NULL;
     close_notify_now_call = (close_notify_now_fn)notify;
     claim_call = (claim_fn)claim;
@@ -76,22 +81,30 @@ static PyObject *closing_bind(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* close_notify_now(conn) -> status: the engine's DCX_OK, or DCX_E_TIMEOUT
- * (nothing sent) when the socket cannot take the record at once. */
+/* close_notify_now(conn) -> status: the engine's DCX_OK, DCX_E_TIMEOUT when
+ * the socket cannot take the record at once, or a socket error's status. */
 static PyObject *closing_close_notify_now(PyObject *mod, PyObject *arg)
 {
     void *conn;
     if (!to_pointer(arg, &conn) || !bound())
         return NULL;
-    return PyLong_FromLong(close_notify_now_call(conn, NULL));
+    return PyLong_FromLong(close_notify_now_call((dcx_conn *)conn, NULL));
 }
 
-/* shutdown(fd, how): shutdown(2) never waits. */
+/* shutdown(sock, how): shutdown(2), which never waits.  The descriptor is
+ * read here, so no other thread can close it (and have its number reused)
+ * between the read and the call. */
 static PyObject *closing_shutdown(PyObject *mod, PyObject *args)
 {
-    long long fd;
+    PyObject *sock, *fileno;
     int how;
-    if (!PyArg_ParseTuple(args, "Li:shutdown", &fd, &how))
+    if (!PyArg_ParseTuple(args, "Oi:shutdown", &sock, &how))
+        return NULL;
+    if (!(fileno = PyObject_CallMethod(sock, "fileno", NULL)))
+        return NULL;
+    long long fd = PyLong_AsLongLong(fileno);
+    Py_DECREF(fileno);
+    if (fd == -1 && PyErr_Occurred())
         return NULL;
     if (shutdown((fd_type)fd, how) != 0)
         return raise_socket_error(LAST_ERROR());
@@ -137,17 +150,17 @@ static PyObject *closing_free(PyObject *mod, PyObject *args)
                           to_pointer, &pump) || !bound())
         return NULL;
     if (pump)
-        claim_call(pump, conn);
-    free_call(conn);
+        claim_call((dcx_pump *)pump, (dcx_conn *)conn);
+    free_call((dcx_conn *)conn);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef closing_methods[] = {
-    {"bind", closing_bind, METH_VARARGS,
+    {"bind", (PyCFunction)(void (*)(void))closing_bind, METH_VARARGS | METH_KEYWORDS,
      "bind(close_notify_now, claim, free): the engine functions' addresses."},
     {"close_notify_now", closing_close_notify_now, METH_O,
      "close_notify_now(conn): dcx_conn_close_notify_now(), GIL held."},
-    {"shutdown", closing_shutdown, METH_VARARGS, "shutdown(fd, how): shutdown(2), GIL held."},
+    {"shutdown", closing_shutdown, METH_VARARGS, "shutdown(sock, how): shutdown(2), GIL held."},
     {"close", closing_close, METH_VARARGS, "close(fd): close the socket, GIL held unless it lingers."},
     {"free", closing_free, METH_VARARGS,
      "free(conn, pump): dcx_pump_claim() when pump is not 0, then dcx_conn_free(), GIL held."},

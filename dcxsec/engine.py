@@ -45,8 +45,9 @@ def address(cdata) -> int:
 
 
 # The close path calls these without letting go of the GIL (see _closing.c).
-_closing.bind(*(address(ffi.addressof(lib, name)) for name in
-                ("dcx_conn_close_notify_now", "dcx_pump_claim", "dcx_conn_free")))
+_closing.bind(close_notify_now=address(ffi.addressof(lib, "dcx_conn_close_notify_now")),
+              claim=address(ffi.addressof(lib, "dcx_pump_claim")),
+              free=address(ffi.addressof(lib, "dcx_conn_free")))
 
 
 def new_error():

@@ -35,6 +35,7 @@ _DIRECT_READ = 16384  # reads this large go straight into the caller's buffer
 _PLAIN_QUIET = 16384  # decrypted bytes held for a quiet connection: one record
 _PLAIN_BUSY = 262144  # ... and for one whose records queue up (16 records, 16 PDUs)
 _CLOSE_NOTIFY_MS = 100
+_RESET_ERRNOS = (errno.ENOTCONN, errno.ECONNRESET, errno.ECONNABORTED)  # the peer ended it
 _VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
 # Read buffers the engine overwrites: zeroing one first (ffi.new's default) costs
 # 22 us per MiB for nothing.
@@ -552,29 +553,27 @@ class TLSSocket(ssl.SSLSocket):
     # queues a release confirmation and then closes, and the thread woken by
     # the confirmation must not run before the state machine is idle.
 
-    def _send_close_notify(self) -> bool:
-        """Whether close_notify was sent now."""
+    def _send_close_notify(self) -> None:
         conn = self._conn
         if conn is None or not self._handshake_done or not self._lock.acquire(blocking=False):
-            return False
+            return
         try:
-            status = _closing.close_notify_now(address(conn))
-            if status == lib.DCX_E_TIMEOUT:
-                status = lib.dcx_conn_shutdown(conn, _CLOSE_NOTIFY_MS, 0, new_error())
-            return status == lib.DCX_OK
+            if _closing.close_notify_now(address(conn)) == lib.DCX_E_TIMEOUT:
+                lib.dcx_conn_shutdown(conn, _CLOSE_NOTIFY_MS, 0, new_error())
         finally:
             self._lock.release()
 
     def shutdown(self, how: int) -> None:
         """Send close_notify, then shut the TCP connection down."""
-        notified = self._send_close_notify()
+        self._send_close_notify()
         try:
-            _closing.shutdown(self.fileno(), how)
+            _closing.shutdown(self, how)
         except OSError as exc:
-            # A peer that had closed answers close_notify with a reset, which
-            # ends the connection first.  Raising would make pynetdicom skip
-            # close() and leave the descriptor to the garbage collector.
-            if not (notified and exc.errno == errno.ENOTCONN):
+            # A peer that had closed answers close_notify (or had answered
+            # earlier data) with a reset, which ends the connection first: it
+            # is shut down.  Unlike ssl.SSLSocket this does not raise, since
+            # pynetdicom then skips close() and leaves the socket to the collector.
+            if not (self._handshake_done and exc.errno in _RESET_ERRNOS):
                 raise
 
     def _real_close(self) -> None:

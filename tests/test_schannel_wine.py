@@ -39,6 +39,7 @@ CLIENT_CASES = [
     "client.handshake_dcxsec_server",
     "client.handshake_in_steps",
     "client.connect_in_engine",
+    "client.close_notify_behind_full_socket",
     "client.reads_records_at_hand",
     "client.upload_50MB_sha256",
     "client.download_50MB_sha256",

@@ -56,6 +56,7 @@ static void sleep_ms(int ms)
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include <poll.h>
 #include <time.h>
 #include <unistd.h>
 typedef int sock_t;
@@ -347,6 +348,18 @@ static sock_t tcp_listen(int *port)
     return s;
 }
 
+/* Whether a send on s would go through now. */
+static int writable_now(sock_t s)
+{
+#ifdef _WIN32
+    WSAPOLLFD p = {s, POLLWRNORM, 0};
+    return WSAPoll(&p, 1, 0) > 0;
+#else
+    struct pollfd p = {s, POLLOUT, 0};
+    return poll(&p, 1, 0) > 0;
+#endif
+}
+
 static int read_exact(dcx_conn *c, void *buf, size_t len, dcx_error *err)
 {
     unsigned char *p = buf;
@@ -379,7 +392,10 @@ static uint64_t get64(const unsigned char *p)
  * 'D' n seed     : the server sends n pattern bytes, then their SHA-256
  * 'P'            : the server answers the SHA-256 (hex) of the client's certificate
  * 'R' k          : the server sends k records of 100 bytes, the i-th all 'a' + i
- * 'Q'            : the server sends close_notify                               */
+ * 'Q'            : the server sends close_notify
+ * 'H'            : the server reads nothing until DIR/held.go exists, then reads
+ *                  to the client's close_notify and writes "<bytes> close_notify"
+ *                  (or "<bytes> error: <reason>") to DIR/held.txt               */
 
 static void serve_conn(dcx_conn *c)
 {
@@ -422,6 +438,34 @@ static void serve_conn(dcx_conn *c)
                 if (dcx_conn_write(c, buf, 100, TIMEOUT_MS, &err) < 0)
                     return;
             }
+        } else if (op[0] == 'H') {
+            char go[1024];
+            snprintf(go, sizeof(go), "%s/held.go", dir);
+            for (int i = 0; i < TIMEOUT_MS / 10; i++) {
+                FILE *f = fopen(go, "r");
+                if (f) {
+                    fclose(f);
+                    break;
+                }
+                sleep_ms(10);
+            }
+            unsigned long long got = 0;
+            long r;
+            while ((r = dcx_conn_read(c, buf, sizeof(buf), TIMEOUT_MS, &err)) > 0)
+                got += (unsigned long long)r;
+            char path[1024], tmp[1040];
+            snprintf(path, sizeof(path), "%s/held.txt", dir);
+            snprintf(tmp, sizeof(tmp), "%s.part", path);
+            FILE *f = fopen(tmp, "w");
+            if (f) {
+                if (r == DCX_EOF)
+                    fprintf(f, "%llu close_notify\n", got);
+                else
+                    fprintf(f, "%llu error: %s\n", got, err.reason);
+                fclose(f);
+                rename(tmp, path); /* whole, or not there */
+            }
+            return;
         } else if (op[0] == 'P') {
             unsigned char der[16384], digest[32];
             char text[65];
@@ -591,6 +635,70 @@ static int case_dcx_handshake(void)
                       dcx_conn_cipher(c)[0] ? dcx_conn_cipher(c) : "cipher name not reported",
                       dcx_conn_cipher_bits(c));
     }
+    hang_up(s, c);
+    dcx_ctx_free(ctx);
+    return out;
+}
+
+/* close_notify behind a socket the peer does not read: the call that never
+ * waits gives up and leaves the stream whole, and the waiting shutdown sends
+ * it once the peer reads, after every byte of data; no data may follow it.
+ * The socket stays open until the server reports, so the EOF it saw can only
+ * be close_notify. */
+static int case_close_notify_behind_full_socket(void)
+{
+    static unsigned char data[1024];
+    dcx_error err;
+    sock_t s;
+    dcx_conn *c;
+    char path[1024], go[1024], seen[128] = {0}, want[64];
+    dcx_ctx *ctx = make_ctx(&client_dcx, &err);
+    if (!ctx)
+        return say(FAIL, "%s", err.reason);
+    snprintf(path, sizeof(path), "%s/held.txt", dir);
+    snprintf(go, sizeof(go), "%s/held.go", dir);
+    remove(path);
+    remove(go);
+    memset(data, 'h', sizeof(data));
+    unsigned long long sent = 0;
+    int out = FAIL;
+    if (connect_to(ctx, dcx_port, "localhost", &s, &c, &err) != DCX_OK) {
+        say(FAIL, "handshake: %s", err.reason);
+        goto done;
+    }
+    if (dcx_conn_write(c, "H", 1, TIMEOUT_MS, &err) < 0) {
+        say(FAIL, "asking the server to hold: %s", err.reason);
+        goto done;
+    }
+    while (writable_now(s) && sent < 256ull * MB) {
+        if (dcx_conn_write(c, data, sizeof(data), TIMEOUT_MS, &err) < 0) {
+            say(FAIL, "filling the socket: %s", err.reason);
+            goto done;
+        }
+        sent += sizeof(data);
+    }
+    int now = dcx_conn_close_notify_now(c, &err);
+    FILE *f = fopen(go, "w"); /* the server may read now */
+    if (f)
+        fclose(f);
+    int rest = dcx_conn_shutdown(c, TIMEOUT_MS, 0, &err);
+    int refused = dcx_conn_write(c, "x", 1, 0, &err) < 0;
+    if (now != DCX_E_TIMEOUT || rest != DCX_OK || !refused) {
+        say(FAIL, "close_notify_now %d, shutdown %d, data after it %s (expected %d, %d, refused): %s",
+            now, rest, refused ? "refused" : "accepted", DCX_E_TIMEOUT, DCX_OK, err.reason);
+        goto done;
+    }
+    for (int i = 0; i < 100 && !seen[0]; i++) {
+        sleep_ms(100);
+        file_text("held.txt", seen, sizeof(seen));
+    }
+    snprintf(want, sizeof(want), "%llu close_notify", sent);
+    if (strcmp(seen, want) != 0)
+        say(FAIL, "the server saw '%s', expected '%s'", seen[0] ? seen : "nothing", want);
+    else
+        out = say(PASS, "%s: %llu bytes, then close_notify, sent by the waiting path",
+                  version_name(dcx_conn_version(c)), sent);
+done:
     hang_up(s, c);
     dcx_ctx_free(ctx);
     return out;
@@ -1499,6 +1607,7 @@ static const struct {
     {"client.handshake_dcxsec_server", case_dcx_handshake},
     {"client.handshake_in_steps", case_handshake_in_steps},
     {"client.connect_in_engine", case_connect_in_engine},
+    {"client.close_notify_behind_full_socket", case_close_notify_behind_full_socket},
     {"client.reads_records_at_hand", case_reads_records_at_hand},
     {"client.upload_50MB_sha256", case_upload},
     {"client.download_50MB_sha256", case_download},
