@@ -164,12 +164,15 @@ typedef struct dcx_read_state {
 const dcx_read_state *dcx_conn_read_state(const dcx_conn *c);
 /* Writes all of buf; returns len or a negative status. */
 long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err);
-/* Send close_notify (and wait for the peer's when wait_peer is set). */
+/* Send close_notify (and wait for the peer's when wait_peer is set).  No data
+ * may be written after the first call.  DCX_E_TIMEOUT when the record did not
+ * leave in time: the next call sends what is left of it. */
 int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err);
-/* Send close_notify only as far as the socket takes it at once: DCX_OK when
- * it went (or none was due), DCX_E_TIMEOUT when the rest would have to wait,
- * for dcx_conn_shutdown() to finish.  It never blocks, so it can be called
- * holding a lock other threads wait for (Python's GIL). */
+/* close_notify if the socket takes it now: DCX_OK when it went (or none was
+ * due), DCX_E_TIMEOUT when the socket is not writable (nothing is made then)
+ * or the record did not leave whole, for dcx_conn_shutdown() to finish.  It
+ * never blocks, so it can be called holding a lock other threads wait for
+ * (Python's GIL). */
 int dcx_conn_close_notify_now(dcx_conn *c, dcx_error *err);
 /* The peer's leaf certificate in DER: its length, or 0 if none.  Copies at
  * most cap bytes; call with cap 0 to learn the size. */

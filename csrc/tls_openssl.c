@@ -76,7 +76,7 @@ struct dcx_conn {
     int ticket_due;       /* acceptor: a TLS 1.3 ticket rides on the first write */
     int eof;              /* the peer has closed; reads keep answering DCX_EOF */
     int dead;             /* a fatal error happened; the SSL object is unusable */
-    int closing;          /* close_notify is queued in out: no data may follow it */
+    int closing;          /* close_notify was made: no data may follow it */
     int received_alert;   /* fatal alert from the peer, or -1 */
     int sent_alert;       /* fatal alert OpenSSL sent (or wanted to), or -1 */
     unsigned char first[DCX_SNIFF_LEN]; /* the peer's first bytes, to recognise non-TLS */
@@ -1812,7 +1812,7 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
     if (c->closing && !wait_peer) {
         /* an earlier call queued close_notify and timed out: only its rest is due */
         int w = flush_out(c, deadline, err);
-        if (w == DCX_OK)
+        if (w != DCX_E_TIMEOUT)
             c->dead = 1;
         return w;
     }

@@ -95,8 +95,8 @@ struct dcx_conn {
     dcx_read_state read_state;
     unsigned char *out;         /* one encrypted record being built */
     int closing;                /* close_notify was made: no data may follow it */
-    unsigned char *unsent;      /* ... and the part of it the socket did not take in time */
-    size_t unsent_len;
+    int keeping_rest;           /* sending close_notify: a rest cut short goes to out */
+    size_t out_rest;            /* close_notify's rest in out, for the next shutdown call */
     unsigned char first[DCX_SNIFF_LEN];
     size_t first_len;
     PCCERT_CONTEXT peer;
@@ -1162,23 +1162,6 @@ static int sys_failure(int code, const char *doing, dcx_error *err)
                     n ? text : "unknown error", code);
 }
 
-/* close_notify's rest when the socket would not take it in time, for the
- * next dcx_conn_shutdown(): a record cut short cannot be made again. */
-static void keep_unsent(dcx_conn *c, const unsigned char *p, size_t len)
-{
-    if (c->unsent && p >= c->unsent && p < c->unsent + c->unsent_len) {
-        memmove(c->unsent, p, len);
-    } else {
-        free(c->unsent);
-        c->unsent = malloc(len);
-        if (!c->unsent)
-            len = 0; /* the rest is lost; the peer sees the stream end without it */
-        else
-            memcpy(c->unsent, p, len);
-    }
-    c->unsent_len = len;
-}
-
 static int send_all(dcx_conn *c, const unsigned char *p, size_t len, int64_t deadline,
                     const char *doing, dcx_error *err)
 {
@@ -1194,8 +1177,12 @@ static int send_all(dcx_conn *c, const unsigned char *p, size_t len, int64_t dea
         if (e != WSAEWOULDBLOCK)
             return sys_failure(e, doing, err);
         int w = dcx_wait(c->fd, 1, deadline, err);
-        if (w == DCX_E_TIMEOUT && c->closing)
-            keep_unsent(c, p, len);
+        if (w == DCX_E_TIMEOUT && c->keeping_rest) {
+            /* a record cut short cannot be made again: its rest goes next call
+             * (out holds a whole record, and no data is sent after closing) */
+            memmove(c->out, p, len);
+            c->out_rest = len;
+        }
         if (w != DCX_OK)
             return w;
     }
@@ -1780,11 +1767,11 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
         return DCX_OK;
     int64_t deadline = dcx_deadline(timeout_ms);
     int rc = DCX_OK;
-    if (c->unsent_len) { /* an earlier call made close_notify and timed out sending it */
-        rc = send_all(c, c->unsent, c->unsent_len, deadline, "closing", err);
-        if (rc == DCX_E_TIMEOUT && c->unsent_len)
-            return rc;
-        c->unsent_len = 0;
+    c->keeping_rest = 1;
+    if (c->out_rest) { /* an earlier call made close_notify and ran out of time sending it */
+        size_t rest = c->out_rest;
+        c->out_rest = 0;
+        rc = send_all(c, c->out, rest, deadline, "closing", err);
     } else if (!c->closing) {
         DWORD type = SCHANNEL_SHUTDOWN;
         SecBuffer b = {sizeof(type), SECBUFFER_TOKEN, &type};
@@ -1794,16 +1781,15 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
             /* the next handshake call produces the close_notify record */
             size_t keep = c->in_len;
             c->in_len = 0;
-            int io_rc;
-            handshake_call(c, deadline, &io_rc, err);
+            handshake_call(c, deadline, &rc, err);
             c->in_len = keep;
-            if (io_rc == DCX_E_TIMEOUT && c->unsent_len)
-                return io_rc; /* the rest waits in c->unsent: a later call sends it */
-            if (io_rc == DCX_E_TIMEOUT)
-                rc = io_rc;
         }
     }
-    if (rc == DCX_OK && wait_peer && !c->peer_closed) {
+    c->keeping_rest = 0;
+    if (rc == DCX_E_TIMEOUT)
+        return rc; /* the rest of the record waits in out: a later call sends it */
+    rc = DCX_OK;   /* or the peer is gone: nothing more to say to it */
+    if (wait_peer && !c->peer_closed) {
         c->pt.start = c->pt.end = 0;
         while (!c->peer_closed) {
             int r = decrypt_some(c, deadline, NULL);
@@ -1866,6 +1852,5 @@ void dcx_conn_free(dcx_conn *c)
     free(c->in);
     free(c->pt.data);
     free(c->out);
-    free(c->unsent);
     free(c);
 }

@@ -34,7 +34,8 @@ typedef int fd_type;
 #define RESET_ERROR ECONNRESET
 #endif
 
-/* The types of dcx_conn_close_notify_now, dcx_pump_claim and dcx_conn_free. */
+/* The engine lives in the cffi module, which cannot be linked against: its
+ * functions come as addresses, called through these types. */
 typedef int (*close_notify_now_fn)(dcx_conn *c, dcx_error *err);
 typedef void (*claim_fn)(dcx_pump *p, dcx_conn *c);
 typedef void (*free_fn)(dcx_conn *c);
@@ -111,7 +112,8 @@ static PyObject *closing_shutdown(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* close(fd): close(2), which waits only under SO_LINGER; then the GIL goes. */
+/* close(fd): close(2), which can wait only under SO_LINGER: then, and only
+ * then, the GIL is let go around it. */
 static PyObject *closing_close(PyObject *mod, PyObject *args)
 {
     long long fd;

@@ -8,6 +8,7 @@ import select
 import signal
 import socket
 import ssl
+import struct
 import threading
 import time
 
@@ -150,11 +151,14 @@ def test_close_notify_reads_as_eof(pair_factory, server_ctx, client_ctx):
 
 
 def test_shutdown_after_the_peer_closed_lets_close_run(pair_factory, server_ctx, client_ctx):
-    """close_notify to a peer that had closed comes back as a reset, so the TCP
-    shutdown finds no connection: that must not raise, or pynetdicom (which
-    calls shutdown() and then close()) leaves the socket to the collector."""
+    """A peer that reset the connection (or answers close_notify with a reset)
+    leaves the TCP shutdown no connection: that must not raise, or pynetdicom
+    (which calls shutdown() and then close()) leaves the socket to the collector."""
     pair = pair_factory(server_ctx, client_ctx)
+    # The peer ends the connection with a reset, so that it is gone for certain.
+    pair.server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     pair.server.close()
+    assert select.select([pair.client], [], [], 10)[0]  # the reset has arrived
     pair.client.shutdown(socket.SHUT_RDWR)
     pair.client.close()
     assert pair.client.fileno() == -1
