@@ -28,6 +28,8 @@ from contenders import DCXSEC, SSL, TCP, dcxsec_contexts, ssl_contexts
 from interleave import Contestant, best_rounds
 from report import Target
 
+KINDS = (DCXSEC, SSL, TCP)
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -146,11 +148,11 @@ class Connections:
 def test_handshakes_per_second(benchmark, variant, pki, pki_rsa, report):
     keys = pki_rsa if variant.rsa else pki
     count = SIZES.handshakes
-    for kind in (DCXSEC, SSL, TCP):  # warm-up
+    for kind in KINDS:  # warm-up
         warm_up = Connections(kind, keys, variant, 5)
         warm_up.prepare()
         warm_up.run()
-    rounds = {kind: Connections(kind, keys, variant, count) for kind in (DCXSEC, SSL, TCP)}
+    rounds = {kind: Connections(kind, keys, variant, count) for kind in KINDS}
     best = best_rounds(benchmark, [Contestant(kind, r.run, prepare=r.prepare)
                                    for kind, r in rounds.items()], DCXSEC, SIZES.handshake_rounds)
 

@@ -1816,9 +1816,9 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
             c->dead = 1;
         return w;
     }
+    c->closing = 1; /* the first SSL_shutdown() below queues close_notify */
     for (;;) {
         int r = SSL_shutdown(c->ssl);
-        c->closing = 1;
         int w = flush_out(c, deadline, err);
         if (w != DCX_OK)
             return w;
