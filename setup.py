@@ -1,5 +1,5 @@
 """Builds dcxsec's C engine with cffi, the C recv() that reads its plaintext,
-and the close that keeps the GIL; the metadata is in pyproject.toml."""
+and the engine calls that keep the GIL; the metadata is in pyproject.toml."""
 import sys
 
 from setuptools import Extension, setup
@@ -8,7 +8,7 @@ setup(
     cffi_modules=["csrc/build.py:ffibuilder"],
     ext_modules=[
         Extension("dcxsec._recvbuf", ["dcxsec/_recvbuf.c"]),
-        Extension("dcxsec._closing", ["dcxsec/_closing.c"], include_dirs=["csrc"],
+        Extension("dcxsec._keepgil", ["dcxsec/_keepgil.c"], include_dirs=["csrc"],
                   libraries=["ws2_32"] if sys.platform == "win32" else []),
     ],
 )

@@ -42,11 +42,12 @@ def cdef_from_header(path: str, defined: set) -> str:
 
 def backend_sources():
     """The TLS backend (with its record layer, on OpenSSL), the system-store
-    backend and the handshake pump of this platform, and their libraries."""
+    backend, the handshake pump and the sender of this platform, and their
+    libraries."""
     if sys.platform == "win32":
-        return (["tls_schannel.c", "store_crypt32.c", "pump_none.c"],
+        return (["tls_schannel.c", "store_crypt32.c", "pump_none.c", "sender_none.c"],
                 ["secur32", "crypt32", "ws2_32", "ncrypt"])
-    return (["tls_openssl.c", "tls13_record.c", "store_none.c", "pump_posix.c"],
+    return (["tls_openssl.c", "tls13_record.c", "store_none.c", "pump_posix.c", "sender_posix.c"],
             ["ssl", "crypto", "pthread"])
 
 

@@ -174,6 +174,17 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
  * never blocks, so it can be called holding a lock other threads wait for
  * (Python's GIL). */
 int dcx_conn_close_notify_now(dcx_conn *c, dcx_error *err);
+/* 1 when the connection may be written in one thread while it is read in
+ * another (a sender may write it), 0 not yet (ask again after the first
+ * write and read), -1 never (the caller writes in its own thread). */
+int dcx_conn_duplex(const dcx_conn *c);
+/* Never waits: the rest of records made earlier, then up to one slice of buf
+ * (64 KiB) as records, sent as far as the socket takes them; the rest of
+ * those records waits for the next call.  Returns the bytes of buf taken, 0
+ * while the socket is still busy with earlier records, or a negative status. */
+long dcx_conn_write_some(dcx_conn *c, const void *buf, size_t len, dcx_error *err);
+/* Bytes of records made and not yet sent. */
+size_t dcx_conn_unsent(dcx_conn *c);
 /* The peer's leaf certificate in DER: its length, or 0 if none.  Copies at
  * most cap bytes; call with cap 0 to learn the size. */
 size_t dcx_conn_peer_cert(dcx_conn *c, unsigned char *buf, size_t cap);
@@ -207,6 +218,37 @@ int dcx_pump_settled(dcx_pump *p, const dcx_conn *c);
 void dcx_pump_claim(dcx_pump *p, dcx_conn *c);
 /* Stop the thread; connections still held are let go, not freed. */
 void dcx_pump_free(dcx_pump *p);
+
+/* ---- writes behind the caller -------------------------------------------
+ * A sender is one engine thread per connection that seals and sends what the
+ * caller queued, so that the caller's thread only copies the bytes: a
+ * thread that holds Python's GIL queues a PDU and goes on, without letting
+ * the GIL go and waiting for it to come back.  The queue keeps the order of
+ * the bytes; the caller sends nothing else on the connection (no
+ * dcx_conn_write, no dcx_conn_shutdown) until dcx_sender_flush() says all
+ * of it left, and reads as before, in its own thread. */
+typedef struct dcx_sender dcx_sender;
+
+/* A sender for c, which must be duplex, queueing at most `capacity` bytes;
+ * NULL when there is none (err: DCX_E_UNSUPPORTED where the platform has
+ * no sender threads). */
+dcx_sender *dcx_sender_new(dcx_conn *c, size_t capacity, dcx_error *err);
+/* Queue buf, waiting up to timeout_ms for room while the queue is full.
+ * Returns the bytes queued: len, or fewer when the time ran out after some
+ * (0 with timeout_ms 0 and no room); DCX_E_TIMEOUT when none could be; or
+ * the failure that ended the sender (the connection's, or DCX_E_CLOSED). */
+long dcx_sender_queue(dcx_sender *s, const void *buf, size_t len, int timeout_ms, dcx_error *err);
+/* Wait until everything queued has gone into the socket: DCX_OK, DCX_E_TIMEOUT
+ * (nothing is lost; call again), or the failure that ended the sender. */
+int dcx_sender_flush(dcx_sender *s, int timeout_ms, dcx_error *err);
+/* Bytes queued or sealed and not yet sent. */
+size_t dcx_sender_pending(dcx_sender *s);
+/* Stop the thread at once, before the socket is closed: what was not sent
+ * is dropped, and calls waiting in dcx_sender_queue/flush return
+ * DCX_E_CLOSED.  Never waits on the network. */
+void dcx_sender_stop(dcx_sender *s);
+/* Stop, then free; no other call on s may be in progress. */
+void dcx_sender_free(dcx_sender *s);
 
 #ifdef __cplusplus
 }

@@ -75,7 +75,7 @@ struct dcx_conn {
     int handshake_done;
     int ticket_due;       /* acceptor: a TLS 1.3 ticket rides on the first write */
     int eof;              /* the peer has closed; reads keep answering DCX_EOF */
-    int dead;             /* a fatal error happened; the SSL object is unusable */
+    _Atomic int dead;     /* a fatal error happened; the SSL object is unusable */
     int closing;          /* close_notify was made: no data may follow it */
     int received_alert;   /* fatal alert from the peer, or -1 */
     int sent_alert;       /* fatal alert OpenSSL sent (or wanted to), or -1 */
@@ -106,7 +106,7 @@ struct dcx_conn {
     const char *suite;
     int own_read, own_write;     /* this direction's records are the engine's */
     int can_own_read, can_own_write;
-    int key_update_due;          /* the peer asked for our KeyUpdate: it leads the next write */
+    _Atomic int key_update_due;  /* the peer asked for our KeyUpdate: it leads the next write */
     tls13_keys rkeys, wkeys;
     struct {              /* content of a record that did not fit the caller's buffer */
         unsigned char *data;
@@ -116,6 +116,12 @@ struct dcx_conn {
     size_t hs_len;
     int fail_status;      /* why the connection died, repeated to later calls */
     dcx_error failure;
+    /* With a sender (dcxtls.h), records are written in its thread while the
+     * caller reads in its own: `writing` guards the write side (out, wkeys,
+     * closing), `failing` the failure kept for later calls; the reader's
+     * only word to the writer is key_update_due.  Only the engine's own
+     * record layer writes that way (dcx_conn_duplex). */
+    pthread_mutex_t writing, failing;
 };
 
 #define RECORD_MAX 16384              /* plaintext of one TLS record */
@@ -1090,10 +1096,13 @@ static int seal_key_update(dcx_conn *c, dcx_error *err)
 static void send_alert(dcx_conn *c, int alert)
 {
     const unsigned char body[2] = {SSL3_AL_FATAL, (unsigned char)alert};
+    if (pthread_mutex_trylock(&c->writing) != 0)
+        return; /* a sender is writing: the alert is a courtesy, the failure is kept anyway */
     take_writing_side(c);
     if (c->own_write && c->out.sent == c->out.len &&
         seal_record(c, TLS13_ALERT, body, sizeof(body), NULL) == DCX_OK)
         flush_out(c, dcx_deadline(100), NULL);
+    pthread_mutex_unlock(&c->writing);
 }
 
 /* The connection cannot go on: tell the peer why (alert >= 0), keep the reason. */
@@ -1146,7 +1155,7 @@ static int take_handshake(dcx_conn *c, const unsigned char *p, size_t n, dcx_err
                 take_writing_side(c);
                 c->ticket_due = 0;
                 if (c->own_write)
-                    c->key_update_due = 1; /* leads our next write */
+                    c->key_update_due = 1; /* leads our next write, perhaps a sender's */
             }
         } else if (!(m[0] == SSL3_MT_NEWSESSION_TICKET && !c->server_side)) {
             return fatal(c, dcx_fail(err, DCX_E_PROTOCOL, "the peer sent an unexpected handshake "
@@ -1374,6 +1383,10 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
         return NULL;
     }
     dcx_conn *c = calloc(1, sizeof(*c));
+    if (c) {
+        pthread_mutex_init(&c->writing, NULL);
+        pthread_mutex_init(&c->failing, NULL);
+    }
     BIO *bio = NULL, *out = NULL;
     if (!c || !(c->ssl = SSL_new(ctx->ssl_ctx)) ||
         !(bio = BIO_new(in_method)) || !(out = BIO_new(out_method))) {
@@ -1589,21 +1602,25 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
 
 static void remember_failure(dcx_conn *c, int status, const dcx_error *err)
 {
+    pthread_mutex_lock(&c->failing);
     c->fail_status = status;
     if (err)
         c->failure = *err;
     else
         dcx_fail(&c->failure, status, "the connection failed earlier");
+    pthread_mutex_unlock(&c->failing);
 }
 
 /* A call on a dead connection repeats why it died. */
 static int failed_before(dcx_conn *c, dcx_error *err)
 {
-    if (c->fail_status) {
-        if (err)
-            *err = c->failure;
-        return c->fail_status;
-    }
+    pthread_mutex_lock(&c->failing);
+    int status = c->fail_status;
+    if (status && err)
+        *err = c->failure;
+    pthread_mutex_unlock(&c->failing);
+    if (status)
+        return status;
     return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
 }
 
@@ -1649,7 +1666,7 @@ static long read_some(dcx_conn *c, unsigned char *dst, size_t len, int wait, int
         if (c->eof)
             return DCX_EOF;
         int ok = SSL_read_ex(c->ssl, dst, len, &n);
-        if (c->out.len) {
+        if (!c->own_write && c->out.len) { /* else c->out is the engine's, perhaps a sender's */
             if (flush_out(c, deadline, NULL) != DCX_OK)
                 ERR_clear_error(); /* an alert OpenSSL wrote while reading: the failure says why */
             out_trim(c);
@@ -1765,11 +1782,87 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
                 ERR_clear_error(); /* the ticket goes with OpenSSL's first record instead */
         }
     }
+    pthread_mutex_lock(&c->writing);
     long n = c->own_write ? own_write(c, buf, len, deadline, err)
                           : openssl_write(c, buf, len, deadline, err);
     out_trim(c);
+    pthread_mutex_unlock(&c->writing);
     if (ticket) /* OpenSSL set up its read buffer to send the ticket */
         release_idle_buffers(c);
+    return n;
+}
+
+/* ---- writing from a sender's thread --------------------------------------
+ * Only the engine's own record layer: OpenSSL's SSL object must not be
+ * written in one thread while it is read in another. */
+
+int dcx_conn_duplex(const dcx_conn *c)
+{
+    if (!c->handshake_done)
+        return 0;
+    if (c->dead || c->closing)
+        return -1;
+    if (c->own_write)
+        return 1; /* OpenSSL, if it still reads, drops what it would write (out_write) */
+    return c->ticket_due && c->can_own_write ? 0 : -1; /* an acceptor's first write decides */
+}
+
+/* Write lock held.  Sends the rest of earlier records, then seals one slice. */
+static long own_write_some(dcx_conn *c, const unsigned char *p, size_t len, dcx_error *err)
+{
+    int w = flush_out(c, dcx_deadline(0), err);
+    if (w == DCX_E_TIMEOUT)
+        return 0; /* the socket is still busy with earlier records */
+    if (w != DCX_OK)
+        return fatal(c, w, -1, err);
+    size_t slice = len < OUT_SLICE ? len : OUT_SLICE;
+    if (slice == 0) {
+        out_trim(c);
+        return 0;
+    }
+    if (!out_reserve(c, slice + (slice / RECORD_MAX + 2) * RECORD_OVERHEAD))
+        return fatal(c, dcx_fail(err, DCX_E_NOMEM, "out of memory for the send buffer"), -1, err);
+    for (size_t off = 0; off < slice;) {
+        size_t n = slice - off < RECORD_MAX ? slice - off : RECORD_MAX;
+        int rc = DCX_OK;
+        if (c->key_update_due || c->wkeys.seq >= KEY_UPDATE_AFTER)
+            rc = seal_key_update(c, err);
+        if (rc == DCX_OK)
+            rc = seal_record(c, TLS13_APPLICATION_DATA, p + off, n, err);
+        if (rc != DCX_OK)
+            return fatal(c, rc, -1, err);
+        off += n;
+    }
+    w = flush_out(c, dcx_deadline(0), err);
+    if (w != DCX_OK && w != DCX_E_TIMEOUT) /* what the socket did not take waits in c->out */
+        return fatal(c, w, -1, err);
+    out_trim(c);
+    return (long)slice;
+}
+
+long dcx_conn_write_some(dcx_conn *c, const void *buf, size_t len, dcx_error *err)
+{
+    dcx_error_clear(err);
+    if (c->dead)
+        return failed_before(c, err);
+    pthread_mutex_lock(&c->writing);
+    long n;
+    if (c->closing)
+        n = dcx_fail(err, DCX_E_CLOSED, "the connection is being closed: no data may follow");
+    else if (!c->own_write)
+        n = dcx_fail(err, DCX_E_UNSUPPORTED, "this connection's records are OpenSSL's: "
+                     "write them with dcx_conn_write()");
+    else
+        n = own_write_some(c, buf, len, err);
+    pthread_mutex_unlock(&c->writing);
+    return n;
+}
+
+size_t dcx_conn_unsent(dcx_conn *c)
+{
+    pthread_mutex_lock(&c->writing);
+    size_t n = c->out.len - c->out.sent;
+    pthread_mutex_unlock(&c->writing);
     return n;
 }
 
@@ -1799,12 +1892,21 @@ static int own_shutdown(dcx_conn *c, int64_t deadline, int wait_peer, dcx_error 
     return w;
 }
 
+static int shutdown_locked(dcx_conn *c, int64_t deadline, int wait_peer, dcx_error *err);
+
 int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err)
 {
     dcx_error_clear(err);
     if (!c->handshake_done || c->dead)
         return DCX_OK;
-    int64_t deadline = dcx_deadline(timeout_ms);
+    pthread_mutex_lock(&c->writing);
+    int rc = shutdown_locked(c, dcx_deadline(timeout_ms), wait_peer, err);
+    pthread_mutex_unlock(&c->writing);
+    return rc;
+}
+
+static int shutdown_locked(dcx_conn *c, int64_t deadline, int wait_peer, dcx_error *err)
+{
     if (c->own_read) /* OpenSSL's read keys are behind: it must not read again */
         take_writing_side(c);
     if (c->own_write) /* OpenSSL's write keys are behind: it must not write again */
@@ -1893,5 +1995,7 @@ void dcx_conn_free(dcx_conn *c)
     free(c->in.data);
     free(c->spill.data);
     free(c->hs);
+    pthread_mutex_destroy(&c->writing);
+    pthread_mutex_destroy(&c->failing);
     free(c);
 }

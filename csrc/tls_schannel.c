@@ -1806,6 +1806,29 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
     return rc;
 }
 
+/* SChannel's context is written and read from the caller's thread only. */
+int dcx_conn_duplex(const dcx_conn *c)
+{
+    (void)c;
+    return -1;
+}
+
+long dcx_conn_write_some(dcx_conn *c, const void *buf, size_t len, dcx_error *err)
+{
+    (void)c;
+    (void)buf;
+    (void)len;
+    dcx_error_clear(err);
+    return dcx_fail(err, DCX_E_UNSUPPORTED, "SChannel connections are written with "
+                    "dcx_conn_write(), from one thread");
+}
+
+size_t dcx_conn_unsent(dcx_conn *c)
+{
+    (void)c;
+    return 0;
+}
+
 size_t dcx_conn_peer_cert(dcx_conn *c, unsigned char *buf, size_t cap)
 {
     if (!c->peer)

@@ -1,7 +1,7 @@
 """The seam to the C engine: status codes and engine errors as Python exceptions."""
 from __future__ import annotations
 
-from dcxsec import _closing
+from dcxsec import _keepgil
 from dcxsec._native import ffi, lib
 from dcxsec.errors import (
     CertificateVerificationError,
@@ -40,14 +40,20 @@ _RULES = {
 
 
 def address(cdata) -> int:
-    """A C pointer as an integer, the form ``dcxsec._closing`` takes."""
+    """A C pointer as an integer, the form ``dcxsec._keepgil`` takes."""
     return int(ffi.cast("uintptr_t", cdata))
 
 
-# The close path calls these without letting go of the GIL (see _closing.c).
-_closing.bind(close_notify_now=address(ffi.addressof(lib, "dcx_conn_close_notify_now")),
-              claim=address(ffi.addressof(lib, "dcx_pump_claim")),
-              free=address(ffi.addressof(lib, "dcx_conn_free")))
+def _engine(name: str) -> int:
+    return address(ffi.addressof(lib, name))
+
+
+# The close path and queued sends call these without letting go of the GIL (see _keepgil.c).
+_keepgil.bind(close_notify_now=_engine("dcx_conn_close_notify_now"),
+              claim=_engine("dcx_pump_claim"), free=_engine("dcx_conn_free"),
+              sender_queue=_engine("dcx_sender_queue"),
+              sender_pending=_engine("dcx_sender_pending"),
+              sender_stop=_engine("dcx_sender_stop"), sender_free=_engine("dcx_sender_free"))
 
 
 def new_error():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 
-from dcxsec import _closing
+from dcxsec import _keepgil
 from dcxsec._native import ffi, lib
 from dcxsec.engine import address, new_error
 
@@ -60,7 +60,7 @@ def free_connection(conn) -> None:
 
     Both calls keep the GIL: this runs as pynetdicom closes a released
     association, where giving the GIL up costs the requestor 10 ms."""
-    _closing.free(address(conn), address(_pump) if _pump is not None else 0)
+    _keepgil.free(address(conn), address(_pump) if _pump is not None else 0)
 
 
 def _forget_after_fork() -> None:

@@ -18,12 +18,13 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
-from dcxsec import _closing, aetitle
+from dcxsec import _keepgil, aetitle
 from dcxsec._native import ffi, lib
 from dcxsec._recvbuf import RecvBuffer
 from dcxsec.certinfo import certificate_dict, subject_text
 from dcxsec.engine import address, new_error, to_exception
 from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError
+from dcxsec.sender import Sender
 from dcxsec import pump as handshake_thread
 
 if TYPE_CHECKING:
@@ -35,6 +36,11 @@ _DIRECT_READ = 16384  # reads this large go straight into the caller's buffer
 _PLAIN_QUIET = 16384  # decrypted bytes held for a quiet connection: one record
 _PLAIN_BUSY = 262144  # ... and for one whose records queue up (16 records, 16 PDUs)
 _CLOSE_NOTIFY_MS = 100
+# Writes of a data PDU's size are queued for the sender.  Smaller ones go at
+# once, after the queue (a release must not leave close_notify waiting), and
+# so do larger ones: the engine seals them from the caller's buffer, and one
+# hand-off of the GIL per 128 KiB costs nothing.
+_BEHIND_MIN, _BEHIND_MAX = 4096, 131072
 _RESET_ERRNOS = (errno.ENOTCONN, errno.ECONNRESET, errno.ECONNABORTED)  # the peer ended it
 _VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
 # Read buffers the engine overwrites: zeroing one first (ffi.new's default) costs
@@ -87,6 +93,8 @@ class TLSSocket(ssl.SSLSocket):
         self._failure: OSError | None = None
         self._early_failure: OSError | None = None
         self._pump = None  # the engine's handshake thread, while it holds this connection
+        self._sender: Sender | None = None  # seals and sends large writes in its own thread
+        self._behind = True  # the connection may yet get a sender
         self._wrapped_at = time.monotonic()
         self._read_state = None  # the engine's flag: data it read waits for the next read
         # Decrypted plaintext, answered by a recv() written in C; it calls the
@@ -525,16 +533,42 @@ class TLSSocket(ssl.SSLSocket):
                 conn = self._ready_conn()
                 if not self._screened:
                     self._check_called_ae(data)
+            if _BEHIND_MIN <= size <= _BEHIND_MAX and self._behind:
+                sender = self._sender or self._start_sender(conn)
+                if sender is not None:
+                    n = sender.queue(data, self._timeout_ms, self._err)
+                    if n <= 0:
+                        raise self._io_error(self._err, n or lib.DCX_E_TIMEOUT, reading=False)
+                    return n  # all of it, or what was queued before the timeout
+            if self._sender is not None:
+                self._flush_sender()  # what was queued leaves first
             n = lib.dcx_conn_write(conn, source, size, self._timeout_ms, self._err)
             if n < 0:
                 raise self._io_error(self._err, n, reading=False)
         return size
 
+    def _start_sender(self, conn) -> Sender | None:
+        """A sender for this connection once the engine can write it from
+        another thread (after its first write and read); lock held."""
+        duplex = lib.dcx_conn_duplex(conn)
+        if duplex == 1:
+            self._sender = Sender.start(conn, self._err)
+        self._behind = duplex == 0 or self._sender is not None
+        return self._sender
+
+    def _flush_sender(self) -> None:
+        rc = self._sender.flush(self._timeout_ms, self._err)
+        if rc < 0:
+            raise self._io_error(self._err, rc, reading=False)
+
     def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data``."""
         if flags:
             raise ValueError("non-zero flags not allowed in calls to sendall() on TLSSocket")
-        self.send(data)
+        size = len(memoryview(data).cast("B"))
+        sent = self.send(data)
+        if sent < size:
+            raise TimeoutError(f"The write operation timed out after {sent} of {size} bytes")
 
     def write(self, data: Any) -> int:
         return self.send(data)
@@ -549,7 +583,7 @@ class TLSSocket(ssl.SSLSocket):
 
     # ---- closing ----------------------------------------------------------
 
-    # Closing keeps the GIL wherever nothing waits (see _closing.c): pynetdicom
+    # Closing keeps the GIL wherever nothing waits (see _keepgil.c): pynetdicom
     # queues a release confirmation and then closes, and the thread woken by
     # the confirmation must not run before the state machine is idle.
 
@@ -558,7 +592,13 @@ class TLSSocket(ssl.SSLSocket):
         if conn is None or not self._handshake_done or not self._lock.acquire(blocking=False):
             return
         try:
-            if _closing.close_notify_now(address(conn)) == lib.DCX_E_TIMEOUT:
+            sender = self._sender
+            if sender is not None and sender.pending:
+                # Queued data goes first, in the time close_notify is given.
+                sender.flush(_CLOSE_NOTIFY_MS, new_error())
+                sender.stop()
+                lib.dcx_conn_shutdown(conn, _CLOSE_NOTIFY_MS, 0, new_error())
+            elif _keepgil.close_notify_now(address(conn)) == lib.DCX_E_TIMEOUT:
                 lib.dcx_conn_shutdown(conn, _CLOSE_NOTIFY_MS, 0, new_error())
         finally:
             self._lock.release()
@@ -567,7 +607,7 @@ class TLSSocket(ssl.SSLSocket):
         """Send close_notify, then shut the TCP connection down."""
         self._send_close_notify()
         try:
-            _closing.shutdown(self, how)
+            _keepgil.shutdown(self, how)
         except OSError as exc:
             # A peer that had closed answers close_notify (or had answered
             # earlier data) with a reset, which ends the connection first: it
@@ -589,16 +629,25 @@ class TLSSocket(ssl.SSLSocket):
                 self._send_close_notify()
             self._conn = None  # freed once the last thread using it lets go
             self._ready = False
+        self._stop_sender()  # before the descriptor goes: the thread writes to it
         self._rbuf.discard()  # nothing is read from a closed socket
         fd = socket.socket.detach(self)
         if fd >= 0:
-            _closing.close(fd)
+            _keepgil.close(fd)
+
+    def _stop_sender(self) -> None:
+        sender, self._sender = self._sender, None
+        self._behind = False
+        if sender is not None:
+            sender.stop()  # a send() waiting for room in another thread returns an error
 
     def __del__(self) -> None:
-        # A socket dropped unclosed: the handshake thread lets go of the
-        # descriptor before it is closed (and its number handed out again).
+        # A socket dropped unclosed: the handshake thread and the sender let
+        # go of the descriptor before it is closed (and its number handed out again).
         if getattr(self, "_pump", None) is not None:
             self._claim_from_pump()
+        if getattr(self, "_sender", None) is not None:
+            self._stop_sender()
         super().__del__()
 
     def unwrap(self) -> socket.socket:

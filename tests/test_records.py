@@ -365,8 +365,10 @@ def test_close_notify_behind_a_full_socket_is_finished_by_a_later_shutdown(
         client.send(b"hello")
         assert server.recv(5) == b"hello"
         sent = 0
-        while select.select([], [client], [], 0)[1]:  # the server reads nothing yet
-            sent += client.send(b"x" * 4096)
+        # The server reads nothing yet.  Writes this small go out at once, not
+        # through the sender, so the socket fills up here.
+        while select.select([], [client], [], 0)[1]:
+            sent += client.send(b"x" * 2048)
         # A send buffer smaller than what the socket holds takes nothing more.
         client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
         conn = client._conn
