@@ -1,0 +1,220 @@
+"""Writes behind the caller: a PDU-sized send() is queued for an engine thread
+of the connection's own, which seals and sends it while the caller goes on
+(``dcx_sender`` in ``csrc/dcxtls.h``).
+
+Real handshakes on real sockets: what arrives is compared byte for byte, in
+order with the small writes and the close_notify that go out at once, across
+a KeyUpdate the peer asks for, and when the peer stops reading or resets.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+import threading
+
+import pytest
+
+from dcxsec import TLSContext, TLSError
+from dcxsec._native import lib
+from conftest import config_for, free_port
+from test_records import OpenSSLTool, read_until
+
+PDU = 16388  # a P-DATA-TF PDU at pynetdicom's default maximum length
+QUEUE = 262144  # dcxsec.sender.QUEUE_BYTES
+
+
+def read_exactly(sock, size: int) -> bytes:
+    got = bytearray()
+    while len(got) < size:
+        piece = sock.recv(min(65536, size - len(got)))
+        assert piece, f"EOF after {len(got)} of {size} bytes"
+        got += piece
+    return bytes(got)
+
+
+def socketpair_tls(server_ctx, client_ctx) -> tuple:
+    """(requestor, acceptor) over a socketpair, whose buffers are small and
+    exact: with the acceptor not reading, the socket soon takes no more."""
+    a, b = socket.socketpair()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    server = server_ctx.wrap_socket(a, server_side=True)
+    client = client_ctx.wrap_socket(b)
+    client.do_handshake()
+    client.send(b"hello")  # the acceptor's first write carries its ticket: then it may queue too
+    assert server.recv(5) == b"hello"
+    return client, server
+
+
+def reader(sock, size: int, into: dict) -> threading.Thread:
+    def run() -> None:
+        try:
+            into["data"] = read_exactly(sock, size)
+            into["after"] = sock.recv(1)  # b"" at close_notify
+        except OSError as exc:
+            into["error"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_pdus_and_small_writes_arrive_in_order(pair_factory, server_ctx, client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    pieces = [os.urandom(PDU if i % 4 else 7 + i) for i in range(400)]  # PDUs between small ones
+    expected = b"".join(pieces)
+    got: dict = {}
+    thread = reader(pair.server, len(expected), got)
+    for piece in pieces:
+        assert pair.client.send(piece) == len(piece)
+    assert pair.client._sender is not None  # the PDUs went behind
+    pair.client.close()
+    thread.join(30)
+    assert got.get("data") == expected
+    assert got.get("after") == b""  # close_notify came behind every byte
+
+
+def test_send_returns_before_the_socket_takes_the_pdus(server_ctx, client_ctx):
+    """Eight PDUs with the peer reading nothing: a send that sealed and sent
+    them itself would wait (here: time out), the queue takes them at once."""
+    client, server = socketpair_tls(server_ctx, client_ctx)
+    try:
+        client.settimeout(0.5)
+        pdus = [os.urandom(PDU) for _ in range(8)]
+        for pdu in pdus:
+            assert client.send(pdu) == PDU
+        assert client._sender.pending > 64 * 1024  # most of it is still queued
+        assert read_exactly(server, 8 * PDU) == b"".join(pdus)
+        client.send(b"small")  # goes after the queue
+        assert read_exactly(server, 5) == b"small"
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_peer_that_reads_nothing_times_the_sender_out(server_ctx, client_ctx):
+    """With the queue full, send() waits for room as long as the socket's
+    timeout and then says so; close() stops the sender while it waits on
+    the socket.  The peer reads what left whole, then hears that the rest
+    was cut off."""
+    client, server = socketpair_tls(server_ctx, client_ctx)
+    sent = bytearray()
+    try:
+        client.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            while len(sent) < 2 * QUEUE:  # the last send may queue part of its PDU
+                pdu = os.urandom(PDU)
+                sent += pdu[:client.send(pdu)]
+        closing = threading.Thread(target=client.close)
+        closing.start()
+        closing.join(10)
+        assert not closing.is_alive(), "close() waited on a sender blocked on a full socket"
+        got = bytearray()
+        with pytest.raises(TLSError, match="truncated"):  # a record was cut: data was lost
+            while piece := server.recv(65536):
+                got += piece
+        assert len(got) < len(sent) and bytes(got) == bytes(sent[:len(got)])
+    finally:
+        client.close()
+        server.close()
+
+
+def test_close_sends_the_queue_then_close_notify(server_ctx, client_ctx):
+    client, server = socketpair_tls(server_ctx, client_ctx)
+    try:
+        data = os.urandom(6 * PDU)
+        got: dict = {}
+        thread = reader(server, len(data), got)
+        for at in range(0, len(data), PDU):
+            client.send(data[at:at + PDU])
+        client.close()  # at once: most of the PDUs are still queued
+        thread.join(10)
+        assert got.get("data") == data
+        assert got.get("after") == b""
+    finally:
+        server.close()
+
+
+def test_a_reset_peer_fails_the_sender_with_the_socket_error(pair_factory, server_ctx,
+                                                             client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    client, server = pair.client, pair.server
+    client.send(os.urandom(PDU))
+    assert len(read_exactly(server, PDU)) == PDU
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.close()  # close_notify, then a TCP reset
+    with pytest.raises(OSError) as failure:
+        for _ in range(200):  # the sender meets the reset within a few PDUs
+            client.send(os.urandom(PDU))
+    assert "sending" in str(failure.value) or isinstance(failure.value, ConnectionError)
+    with pytest.raises(OSError):  # and it stays failed
+        client.send(os.urandom(PDU))
+    client.close()
+
+
+def test_echo_through_both_senders_while_each_side_reads(pair_factory, server_ctx, client_ctx):
+    """Each side's sender writes while that side's own thread reads: the
+    acceptor echoes every PDU as it arrives."""
+    pair = pair_factory(server_ctx, client_ctx)
+    pdus = [os.urandom(PDU) for _ in range(300)]
+
+    def echo() -> None:
+        for _ in pdus:
+            pair.server.send(read_exactly(pair.server, PDU))
+
+    echoing = threading.Thread(target=echo, daemon=True)
+    echoing.start()
+    back = bytearray()
+    for i, pdu in enumerate(pdus):
+        pair.client.send(pdu)
+        if i >= 4:  # a few PDUs in flight each way
+            back += read_exactly(pair.client, PDU)
+    back += read_exactly(pair.client, len(pdus) * PDU - len(back))
+    echoing.join(30)
+    assert bytes(back) == b"".join(pdus)
+    assert pair.client._sender is not None and pair.server._sender is not None
+
+
+def test_tls12_writes_in_the_callers_thread(pki, pair_factory, server_ctx):
+    """OpenSSL keeps TLS 1.2's records, and must not be written in one thread
+    while it is read in another: no sender, and the PDUs arrive all the same."""
+    client_ctx = TLSContext(config_for(pki.client, trusted=[pki.ca.cert_path],
+                                       maximum_version=ssl.TLSVersion.TLSv1_2))
+    pair = pair_factory(server_ctx, client_ctx)
+    data = os.urandom(20 * PDU)
+    got: dict = {}
+    thread = reader(pair.server, len(data), got)
+    for at in range(0, len(data), PDU):
+        pair.client.send(data[at:at + PDU])
+    assert pair.client.version() == "TLSv1.2"
+    assert pair.client._sender is None and lib.dcx_conn_duplex(pair.client._conn) == -1
+    pair.client.close()
+    thread.join(10)
+    assert got.get("data") == data
+
+
+def test_the_sender_answers_a_key_update_that_s_server_asks_for(pki, client_ctx, tmp_path):
+    port = free_port()
+    tool = OpenSSLTool(["s_server", "-accept", f"127.0.0.1:{port}", "-tls1_3",
+                        "-cert", str(pki.server.cert_path), "-key", str(pki.server.key_path)],
+                       tmp_path / "messages")
+    client = None
+    try:
+        tool.wait_for(b"ACCEPT")
+        client = client_ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+        tool.type("first")
+        read_until(client, b"first\n")
+        text = os.urandom(PDU // 2).hex().encode()  # s_server prints what it reads
+        client.send(b"one:" + text)
+        assert client._sender is not None
+        tool.wait_for(text[-64:])
+        tool.type("K")  # a KeyUpdate that asks for ours
+        tool.type("second")
+        read_until(client, b"second\n")
+        client.send(b"two:" + text[::-1])  # behind our KeyUpdate, sealed by the sender
+        tool.wait_for(text[::-1][-64:])
+        assert tool.key_updates_received() == 1
+    finally:
+        tool.stop()
+        if client is not None:
+            client.close()
