@@ -93,7 +93,9 @@ static void *run(void *arg)
         s->head = (s->head + (size_t)took) % s->cap;
         s->count -= (size_t)took;
         s->unsent = unsent;
-        if (took > 0 || (s->count == 0 && unsent == 0))
+        /* Callers waiting for room hear of it once half the queue is free, so
+         * that a full queue costs them one wake-up per half, not per slice. */
+        if ((took > 0 && s->count <= s->cap / 2) || (s->count == 0 && unsent == 0))
             pthread_cond_broadcast(&s->moved);
         if (took == 0 && unsent) {
             pthread_mutex_unlock(&s->lock);
