@@ -7,6 +7,9 @@
  * the thread waits in poll() on the socket and on a wake-up pipe, so that a
  * stop reaches it at once, before the caller closes the descriptor.
  */
+#ifdef __linux__
+#define _GNU_SOURCE /* pipe2 */
+#endif
 #include "dcxtls.h"
 #include "dcxtls_common.h"
 
@@ -144,6 +147,28 @@ static int wait_moved(dcx_sender *s, int64_t deadline)
     return 1;
 }
 
+/* A non-blocking pipe that no exec'd child inherits, not even one forked meanwhile. */
+static int make_pipe(int fds[2])
+{
+#ifdef __linux__
+    return pipe2(fds, O_CLOEXEC | O_NONBLOCK);
+#else
+    if (pipe(fds) != 0)
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+        fcntl(fds[i], F_SETFD, FD_CLOEXEC);
+    }
+    return 0;
+#endif
+}
+
+/* In a forked child the thread is not there, and its lock may be held for good. */
+static int foreign(const dcx_sender *s)
+{
+    return s->owner != getpid();
+}
+
 dcx_sender *dcx_sender_new(dcx_conn *c, size_t capacity, dcx_error *err)
 {
     dcx_error_clear(err);
@@ -161,16 +186,12 @@ dcx_sender *dcx_sender_new(dcx_conn *c, size_t capacity, dcx_error *err)
     s->conn = c;
     s->cap = capacity;
     s->owner = getpid();
-    if (pipe(s->wake) != 0) {
+    if (make_pipe(s->wake) != 0) {
         if (err)
             err->sys_errno = errno;
         dcx_fail(err, DCX_E_SYSCALL, "cannot make the sender's wake-up pipe: %s", strerror(errno));
         free(s);
         return NULL;
-    }
-    for (int i = 0; i < 2; i++) {
-        fcntl(s->wake[i], F_SETFL, fcntl(s->wake[i], F_GETFL) | O_NONBLOCK);
-        fcntl(s->wake[i], F_SETFD, FD_CLOEXEC);
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->work, NULL);
@@ -204,6 +225,8 @@ static int failed(dcx_sender *s, dcx_error *err)
 long dcx_sender_queue(dcx_sender *s, const void *buf, size_t len, int timeout_ms, dcx_error *err)
 {
     dcx_error_clear(err);
+    if (foreign(s))
+        return dcx_fail(err, DCX_E_CLOSED, "this connection's sender belongs to the parent process");
     int64_t deadline = dcx_deadline(timeout_ms);
     const unsigned char *p = buf;
     size_t done = 0;
@@ -241,6 +264,8 @@ long dcx_sender_queue(dcx_sender *s, const void *buf, size_t len, int timeout_ms
 int dcx_sender_flush(dcx_sender *s, int timeout_ms, dcx_error *err)
 {
     dcx_error_clear(err);
+    if (foreign(s))
+        return dcx_fail(err, DCX_E_CLOSED, "this connection's sender belongs to the parent process");
     int64_t deadline = dcx_deadline(timeout_ms);
     pthread_mutex_lock(&s->lock);
     int rc = DCX_OK;
@@ -258,6 +283,8 @@ int dcx_sender_flush(dcx_sender *s, int timeout_ms, dcx_error *err)
 
 size_t dcx_sender_pending(dcx_sender *s)
 {
+    if (foreign(s))
+        return 0;
     pthread_mutex_lock(&s->lock);
     size_t n = s->count + s->unsent;
     pthread_mutex_unlock(&s->lock);
@@ -266,8 +293,8 @@ size_t dcx_sender_pending(dcx_sender *s)
 
 void dcx_sender_stop(dcx_sender *s)
 {
-    if (!s || s->stopped || s->owner != getpid())
-        return; /* in a forked child the thread is not there, and its lock may be held */
+    if (!s || s->stopped || foreign(s))
+        return;
     dcx_error why;
     dcx_error_clear(&why);
     dcx_fail(&why, DCX_E_CLOSED, "the connection was closed");
@@ -282,8 +309,8 @@ void dcx_sender_stop(dcx_sender *s)
 
 void dcx_sender_free(dcx_sender *s)
 {
-    if (!s || s->owner != getpid())
-        return; /* a forked child leaves it: its lock may be held by a thread it does not have */
+    if (!s || foreign(s))
+        return; /* a forked child leaves it to the parent */
     dcx_sender_stop(s);
     close(s->wake[0]);
     close(s->wake[1]);

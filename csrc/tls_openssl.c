@@ -24,6 +24,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,8 +261,8 @@ static long out_ctrl(BIO *bio, int cmd, long num, void *ptr)
     case BIO_CTRL_FLUSH:
         return 1; /* the engine flushes, with its deadline, after each OpenSSL call */
     case BIO_CTRL_WPENDING:
-    case BIO_CTRL_PENDING:
-        return c ? (long)(c->out.len - c->out.sent) : 0;
+    case BIO_CTRL_PENDING: /* with the engine's records, OpenSSL writes nothing (out_write) */
+        return c && !c->own_write ? (long)(c->out.len - c->out.sent) : 0;
     default:
         return 0;
     }
@@ -1009,6 +1010,7 @@ void dcx_ctx_free(dcx_ctx *ctx)
  * a direction until the engine takes it over (see the top of this file). */
 
 static void remember_failure(dcx_conn *c, int status, const dcx_error *err);
+static int failed_before(dcx_conn *c, dcx_error *err);
 
 static void forget_secrets(dcx_conn *c)
 {
@@ -1085,7 +1087,6 @@ static int seal_key_update(dcx_conn *c, dcx_error *err)
     int rc = seal_record(c, TLS13_HANDSHAKE, key_update, sizeof(key_update), err);
     if (rc != DCX_OK)
         return rc;
-    c->key_update_due = 0;
     if (!tls13_keys_update(&c->wkeys))
         return dcx_fail(err, DCX_E_PROTOCOL, "TLS error while writing: the key update failed");
     return DCX_OK;
@@ -1110,8 +1111,8 @@ static int fatal(dcx_conn *c, int status, int alert, dcx_error *err)
 {
     if (alert >= 0)
         send_alert(c, alert);
+    remember_failure(c, status, err); /* before `dead`: a thread that sees it finds why */
     c->dead = 1;
-    remember_failure(c, status, err);
     return status;
 }
 
@@ -1321,7 +1322,9 @@ static long own_read(dcx_conn *c, unsigned char *dst, size_t len, int wait, int6
     }
     if (got)
         return (long)got;
-    return c->eof ? DCX_EOF : 0;
+    if (c->eof)
+        return DCX_EOF;
+    return c->dead ? failed_before(c, err) : 0; /* perhaps a sender's failure meanwhile */
 }
 
 /* Write with the engine's record layer: a slice of records per send(). */
@@ -1336,7 +1339,7 @@ static long own_write(dcx_conn *c, const unsigned char *p, size_t len, int64_t d
         for (size_t off = 0; off < slice;) {
             size_t n = slice - off < RECORD_MAX ? slice - off : RECORD_MAX;
             int rc = DCX_OK;
-            if (c->key_update_due || c->wkeys.seq >= KEY_UPDATE_AFTER)
+            if (atomic_exchange(&c->key_update_due, 0) || c->wkeys.seq >= KEY_UPDATE_AFTER)
                 rc = seal_key_update(c, err);
             if (rc == DCX_OK)
                 rc = seal_record(c, TLS13_APPLICATION_DATA, p + done + off, n, err);
@@ -1520,7 +1523,6 @@ static int wait_for(dcx_conn *c, int ssl_error, int64_t deadline, dcx_error *err
 
 static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err);
 static void remember_failure(dcx_conn *c, int status, const dcx_error *err);
-static int failed_before(dcx_conn *c, dcx_error *err);
 
 int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
 {
@@ -1603,11 +1605,13 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
 static void remember_failure(dcx_conn *c, int status, const dcx_error *err)
 {
     pthread_mutex_lock(&c->failing);
-    c->fail_status = status;
-    if (err)
-        c->failure = *err;
-    else
-        dcx_fail(&c->failure, status, "the connection failed earlier");
+    if (!c->fail_status) { /* the first failure is why; a sender's EPIPE behind it is not */
+        c->fail_status = status;
+        if (err)
+            c->failure = *err;
+        else
+            dcx_fail(&c->failure, status, "the connection failed earlier");
+    }
     pthread_mutex_unlock(&c->failing);
 }
 
@@ -1630,7 +1634,6 @@ static int io_failure(dcx_conn *c, int ssl_error, const char *doing, dcx_error *
     unsigned long e = ERR_peek_error();
     int sys = dcx_socket_errno();
     int rc;
-    c->dead = 1;
     if (err)
         err->alert = c->received_alert;
     if (c->received_alert >= 0) {
@@ -1653,6 +1656,7 @@ static int io_failure(dcx_conn *c, int ssl_error, const char *doing, dcx_error *
     }
     ERR_clear_error();
     remember_failure(c, rc, err);
+    c->dead = 1;
     return rc;
 }
 
@@ -1736,6 +1740,8 @@ long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error
             break; /* it took every record at hand */
         take_reading_side(c); /* requestor: once the tickets are in, behind the first data */
     }
+    if (!got) /* a sender's failure came between the check above and the loop */
+        return failed_before(c, err);
     c->read_state.data_waiting = data_waiting(c);
     release_idle_buffers(c);
     return (long)got;
@@ -1825,7 +1831,7 @@ static long own_write_some(dcx_conn *c, const unsigned char *p, size_t len, dcx_
     for (size_t off = 0; off < slice;) {
         size_t n = slice - off < RECORD_MAX ? slice - off : RECORD_MAX;
         int rc = DCX_OK;
-        if (c->key_update_due || c->wkeys.seq >= KEY_UPDATE_AFTER)
+        if (atomic_exchange(&c->key_update_due, 0) || c->wkeys.seq >= KEY_UPDATE_AFTER)
             rc = seal_key_update(c, err);
         if (rc == DCX_OK)
             rc = seal_record(c, TLS13_APPLICATION_DATA, p + off, n, err);
@@ -1847,7 +1853,9 @@ long dcx_conn_write_some(dcx_conn *c, const void *buf, size_t len, dcx_error *er
         return failed_before(c, err);
     pthread_mutex_lock(&c->writing);
     long n;
-    if (c->closing)
+    if (c->dead) /* our own fatal alert may have gone out meanwhile: nothing follows it */
+        n = failed_before(c, err);
+    else if (c->closing)
         n = dcx_fail(err, DCX_E_CLOSED, "the connection is being closed: no data may follow");
     else if (!c->own_write)
         n = dcx_fail(err, DCX_E_UNSUPPORTED, "this connection's records are OpenSSL's: "

@@ -203,7 +203,9 @@ static PyObject *keepgil_sender_queue(PyObject *mod, PyObject *args)
         more = queue_call((dcx_sender *)sender, (const char *)data.buf + n,
                           (size_t)(data.len - n), timeout_ms, (dcx_error *)err);
         Py_END_ALLOW_THREADS
-        n = more < 0 ? (n ? n : more) : n + more;
+        /* A failure dropped the queue, with what went in above; a timeout
+         * after some is a short count, as a socket's send() gives. */
+        n = more == DCX_E_TIMEOUT ? (n ? n : more) : more < 0 ? more : n + more;
     }
     PyBuffer_Release(&data);
     return PyLong_FromLong(n);

@@ -51,7 +51,8 @@ class Sender:
 
     def stop(self) -> None:
         """End the thread now; what was not sent is dropped."""
-        _keepgil.sender_stop(address(self._ptr))
+        if self._ptr is not None:
+            _keepgil.sender_stop(address(self._ptr))
 
     def __del__(self) -> None:
         ptr, self._ptr = getattr(self, "_ptr", None), None

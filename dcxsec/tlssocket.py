@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import threading
 import time
 import weakref
@@ -36,6 +37,7 @@ _DIRECT_READ = 16384  # reads this large go straight into the caller's buffer
 _PLAIN_QUIET = 16384  # decrypted bytes held for a quiet connection: one record
 _PLAIN_BUSY = 262144  # ... and for one whose records queue up (16 records, 16 PDUs)
 _CLOSE_NOTIFY_MS = 100
+_CLOSE_FLUSH_S = 10.0  # what a close gives queued PDUs to leave, unless the socket's timeout says
 # Writes of a data PDU's size are queued for the sender.  Smaller ones go at
 # once, after the queue (a release must not leave close_notify waiting), and
 # so do larger ones: the engine seals them from the caller's buffer, and one
@@ -96,6 +98,8 @@ class TLSSocket(ssl.SSLSocket):
         self._sender: Sender | None = None  # seals and sends large writes in its own thread
         self._behind = True  # the connection may yet get a sender
         self._wrapped_at = time.monotonic()
+        self._pid = os.getpid()  # a forked child must not write this connection (its nonces)
+        self._aborted = False  # queued data was dropped: the close resets, no close_notify
         self._read_state = None  # the engine's flag: data it read waits for the next read
         # Decrypted plaintext, answered by a recv() written in C; it calls the
         # full recv() below only when nothing is buffered.
@@ -588,24 +592,43 @@ class TLSSocket(ssl.SSLSocket):
     # the confirmation must not run before the state machine is idle.
 
     def _send_close_notify(self) -> None:
+        self._finish_sender()
         conn = self._conn
-        if conn is None or not self._handshake_done or not self._lock.acquire(blocking=False):
+        if (conn is None or not self._handshake_done or self._aborted
+                or os.getpid() != self._pid or not self._lock.acquire(blocking=False)):
             return
         try:
-            sender = self._sender
-            if sender is not None and sender.pending:
-                # Queued data goes first, in the time close_notify is given.
-                sender.flush(_CLOSE_NOTIFY_MS, new_error())
-                sender.stop()
-                lib.dcx_conn_shutdown(conn, _CLOSE_NOTIFY_MS, 0, new_error())
-            elif _keepgil.close_notify_now(address(conn)) == lib.DCX_E_TIMEOUT:
+            if _keepgil.close_notify_now(address(conn)) == lib.DCX_E_TIMEOUT:
                 lib.dcx_conn_shutdown(conn, _CLOSE_NOTIFY_MS, 0, new_error())
         finally:
             self._lock.release()
 
+    def _finish_sender(self) -> None:
+        """What was queued leaves, then the sender stops: no data after this.
+        It needs no lock, so a thread blocked in recv() does not hold it up.
+        If the peer does not take the queue in time, the connection is
+        aborted: the peer must not read a clean close_notify after a gap."""
+        sender, self._sender, self._behind = self._sender, None, False
+        if sender is None or os.getpid() != self._pid:
+            return
+        lost = 0
+        if sender.pending:  # the waiting path lets the GIL go; an idle sender keeps it
+            wait = _CLOSE_FLUSH_S if self._timeout is None else self._timeout
+            if sender.flush(_milliseconds(wait), new_error()) != lib.DCX_OK:
+                lost = sender.pending
+        sender.stop()
+        if lost:
+            self._aborted = True
+            log.warning("connection with %s aborted: %d bytes queued were not sent in %.1f s "
+                        "(the peer stopped reading)", self._peer_text(), lost, wait)
+            socket.socket.setsockopt(self, socket.SOL_SOCKET, socket.SO_LINGER,
+                                     struct.pack("ii", 1, 0))  # close() resets
+
     def shutdown(self, how: int) -> None:
         """Send close_notify, then shut the TCP connection down."""
         self._send_close_notify()
+        if self._aborted:
+            return  # no FIN after a gap: the close that follows resets the connection
         try:
             _keepgil.shutdown(self, how)
         except OSError as exc:
@@ -621,6 +644,7 @@ class TLSSocket(ssl.SSLSocket):
         if self._conn is not None:
             if self._lock.locked():
                 # Another thread is inside the engine: wake it before the fd goes.
+                self._finish_sender()
                 try:
                     socket.socket.shutdown(self, socket.SHUT_RDWR)
                 except OSError:
@@ -640,6 +664,15 @@ class TLSSocket(ssl.SSLSocket):
         self._behind = False
         if sender is not None:
             sender.stop()  # a send() waiting for room in another thread returns an error
+
+    def detach(self) -> int:
+        """The descriptor, no longer this socket's.  What was queued is sent
+        first; the TLS connection ends there, without close_notify."""
+        self._finish_sender()
+        self._claim_from_pump()
+        self._conn = None
+        self._ready = False
+        return socket.socket.detach(self)
 
     def __del__(self) -> None:
         # A socket dropped unclosed: the handshake thread and the sender let

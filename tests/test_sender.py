@@ -13,6 +13,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 
 import pytest
 
@@ -47,11 +48,12 @@ def socketpair_tls(server_ctx, client_ctx) -> tuple:
     return client, server
 
 
-def reader(sock, size: int, into: dict) -> threading.Thread:
+def reader(sock, size: int, into: dict, then_end: bool = True) -> threading.Thread:
     def run() -> None:
         try:
             into["data"] = read_exactly(sock, size)
-            into["after"] = sock.recv(1)  # b"" at close_notify
+            if then_end:
+                into["after"] = sock.recv(1)  # b"" at close_notify
         except OSError as exc:
             into["error"] = exc
     thread = threading.Thread(target=run, daemon=True)
@@ -218,3 +220,115 @@ def test_the_sender_answers_a_key_update_that_s_server_asks_for(pki, client_ctx,
         tool.stop()
         if client is not None:
             client.close()
+
+
+def test_close_waits_for_a_slow_reader_then_sends_close_notify(pair_factory, server_ctx,
+                                                                client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    data = os.urandom(12 * PDU)
+    got = bytearray()
+    ending: list = []
+
+    def read_slowly() -> None:
+        try:
+            while piece := pair.server.recv(4096):
+                got.extend(piece)
+                time.sleep(0.005)  # about 1 MB/s: the queue takes longer than a close_notify
+            ending.append("close_notify")
+        except OSError as exc:
+            ending.append(repr(exc))
+
+    thread = threading.Thread(target=read_slowly, daemon=True)
+    thread.start()
+    for at in range(0, len(data), PDU):
+        pair.client.send(data[at:at + PDU])
+    pair.client.close()
+    thread.join(30)
+    assert bytes(got) == data
+    assert ending == ["close_notify"]
+
+
+def test_close_from_another_thread_sends_the_queue_first(server_ctx, client_ctx):
+    """A thread waits in recv(), holding the socket's lock, when another
+    closes it with PDUs still queued: they leave before the connection is shut."""
+    client, server = socketpair_tls(server_ctx, client_ctx)
+    try:
+        waiting = threading.Thread(target=lambda: pytest.raises(OSError, client.recv, 100),
+                                   daemon=True)
+        data = os.urandom(8 * PDU)
+        for at in range(0, len(data), PDU):
+            client.send(data[at:at + PDU])
+        waiting.start()
+        time.sleep(0.1)  # recv() is waiting; the acceptor has read nothing yet
+        closing = threading.Thread(target=client.close, daemon=True)
+        closing.start()
+        assert read_exactly(server, len(data)) == data
+        closing.join(10)
+        waiting.join(10)
+    finally:
+        server.close()
+
+
+def test_a_reset_while_the_sender_writes_reaches_the_reader_as_a_reset(pair_factory, server_ctx,
+                                                                      client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    client, server = pair.client, pair.server
+    client.send(os.urandom(PDU))
+    read_exactly(server, PDU)
+    outcome: list = []
+
+    def wait_for_reply() -> None:
+        try:
+            outcome.append(client.recv(100))
+        except OSError as exc:
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=wait_for_reply, daemon=True)
+    waiting.start()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    socket.socket.close(server)  # a TCP reset, no close_notify
+    with pytest.raises(OSError) as failure:
+        for _ in range(100):  # each partly queued while the sender meets the reset
+            client.sendall(os.urandom(100000))
+    waiting.join(10)
+    assert not isinstance(failure.value, TimeoutError)
+    assert len(outcome) == 1 and isinstance(outcome[0], (OSError, bytes))
+    assert not isinstance(outcome[0], TimeoutError)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_a_forked_child_closing_the_socket_leaves_the_parents_stream_alone(pair_factory,
+                                                                          server_ctx,
+                                                                          client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    first = os.urandom(4 * PDU)
+    for at in range(0, len(first), PDU):
+        pair.client.send(first[at:at + PDU])
+    pid = os.fork()
+    if pid == 0:  # the child: close its copy, and go
+        try:
+            pair.client.close()
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 10
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        assert time.monotonic() < deadline, "the child hung closing its copy of the socket"
+        time.sleep(0.01)
+    second = os.urandom(4 * PDU)
+    for at in range(0, len(second), PDU):
+        pair.client.send(second[at:at + PDU])
+    assert read_exactly(pair.server, len(first) + len(second)) == first + second
+
+
+def test_detach_sends_the_queue_then_hands_the_descriptor_over(pair_factory, server_ctx,
+                                                               client_ctx):
+    pair = pair_factory(server_ctx, client_ctx)
+    data = os.urandom(6 * PDU)
+    got: dict = {}
+    thread = reader(pair.server, len(data), got, then_end=False)
+    for at in range(0, len(data), PDU):
+        pair.client.send(data[at:at + PDU])
+    fd = pair.client.detach()
+    thread.join(10)
+    assert got.get("data") == data
+    os.close(fd)
