@@ -241,13 +241,16 @@ long dcx_sender_queue(dcx_sender *s, const void *buf, size_t len, int timeout_ms
 /* Wait until everything queued has gone into the socket: DCX_OK, DCX_E_TIMEOUT
  * (nothing is lost; call again), or the failure that ended the sender. */
 int dcx_sender_flush(dcx_sender *s, int timeout_ms, dcx_error *err);
-/* Bytes queued or sealed and not yet sent. */
+/* Bytes queued or sealed and not yet sent; 0 once the sender has ended
+ * (what it dropped then is not counted: dcx_sender_flush() tells). */
 size_t dcx_sender_pending(dcx_sender *s);
 /* Stop the thread at once, before the socket is closed: what was not sent
  * is dropped, and calls waiting in dcx_sender_queue/flush return
  * DCX_E_CLOSED.  Never waits on the network. */
 void dcx_sender_stop(dcx_sender *s);
-/* Stop, then free; no other call on s may be in progress. */
+/* Stop, then free; no other call on s may be in progress.  In a forked
+ * child, where the thread is not, a sender does nothing: queue and flush
+ * answer DCX_E_CLOSED, pending 0, and stop and free leave it be. */
 void dcx_sender_free(dcx_sender *s);
 
 #ifdef __cplusplus

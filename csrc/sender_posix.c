@@ -33,6 +33,7 @@ struct dcx_sender {
     pthread_cond_t moved;  /* to callers: room made, all sent, or the sender ended */
     unsigned char *ring;   /* made on the first queued byte */
     size_t cap, head, count;
+    size_t want;           /* room a caller waits for, at most cap / 2 */
     size_t unsent;         /* bytes of records sealed but not yet in the socket */
     int status;            /* DCX_OK while it runs, else why it ended */
     dcx_error failure;
@@ -96,9 +97,9 @@ static void *run(void *arg)
         s->head = (s->head + (size_t)took) % s->cap;
         s->count -= (size_t)took;
         s->unsent = unsent;
-        /* Callers waiting for room hear of it once half the queue is free, so
-         * that a full queue costs them one wake-up per half, not per slice. */
-        if ((took > 0 && s->count <= s->cap / 2) || (s->count == 0 && unsent == 0))
+        /* A caller waiting for room hears of it once what it needs is free,
+         * or half the queue: one wake-up per half a queue, not per slice. */
+        if ((took > 0 && s->cap - s->count >= s->want) || (s->count == 0 && unsent == 0))
             pthread_cond_broadcast(&s->moved);
         if (took == 0 && unsent) {
             pthread_mutex_unlock(&s->lock);
@@ -147,7 +148,8 @@ static int wait_moved(dcx_sender *s, int64_t deadline)
     return 1;
 }
 
-/* A non-blocking pipe that no exec'd child inherits, not even one forked meanwhile. */
+/* A non-blocking pipe that no exec'd child inherits (on Linux, not even one
+ * forked by another thread meanwhile). */
 static int make_pipe(int fds[2])
 {
 #ifdef __linux__
@@ -238,7 +240,10 @@ long dcx_sender_queue(dcx_sender *s, const void *buf, size_t len, int timeout_ms
     while (done < len && s->status == DCX_OK) {
         size_t room = s->cap - s->count;
         if (room == 0) {
-            if (!wait_moved(s, deadline))
+            s->want = len - done < s->cap / 2 ? len - done : s->cap / 2;
+            int waited = wait_moved(s, deadline);
+            s->want = 0;
+            if (!waited)
                 break;
             continue;
         }

@@ -1109,10 +1109,10 @@ static void send_alert(dcx_conn *c, int alert)
 /* The connection cannot go on: tell the peer why (alert >= 0), keep the reason. */
 static int fatal(dcx_conn *c, int status, int alert, dcx_error *err)
 {
+    remember_failure(c, status, err); /* before `dead`: a thread that sees it finds why */
+    c->dead = 1; /* before the alert: a sender seals nothing behind it */
     if (alert >= 0)
         send_alert(c, alert);
-    remember_failure(c, status, err); /* before `dead`: a thread that sees it finds why */
-    c->dead = 1;
     return status;
 }
 
@@ -1699,9 +1699,10 @@ static long read_some(dcx_conn *c, unsigned char *dst, size_t len, int wait, int
             c->eof = 1;
             return DCX_EOF;
         }
+        int rc = io_failure(c, e, "reading", err); /* dead first: a sender seals nothing after */
         if (c->own_write && c->sent_alert >= 0)
             send_alert(c, c->sent_alert); /* OpenSSL's copy was dropped: see out_write */
-        return io_failure(c, e, "reading", err);
+        return rc;
     }
 }
 
@@ -1740,7 +1741,7 @@ long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error
             break; /* it took every record at hand */
         take_reading_side(c); /* requestor: once the tickets are in, behind the first data */
     }
-    if (!got) /* a sender's failure came between the check above and the loop */
+    if (!got && c->dead) /* a sender's failure came between the check above and the loop */
         return failed_before(c, err);
     c->read_state.data_waiting = data_waiting(c);
     release_idle_buffers(c);

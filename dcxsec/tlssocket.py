@@ -96,6 +96,7 @@ class TLSSocket(ssl.SSLSocket):
         self._early_failure: OSError | None = None
         self._pump = None  # the engine's handshake thread, while it holds this connection
         self._sender: Sender | None = None  # seals and sends large writes in its own thread
+        self._closing = threading.Lock()  # one closer at a time finishes the sender
         self._behind = True  # the connection may yet get a sender
         self._wrapped_at = time.monotonic()
         self._pid = os.getpid()  # a forked child must not write this connection (its nonces)
@@ -605,30 +606,43 @@ class TLSSocket(ssl.SSLSocket):
 
     def _finish_sender(self) -> None:
         """What was queued leaves, then the sender stops: no data after this.
-        It needs no lock, so a thread blocked in recv() does not hold it up.
-        If the peer does not take the queue in time, the connection is
-        aborted: the peer must not read a clean close_notify after a gap."""
-        sender, self._sender, self._behind = self._sender, None, False
-        if sender is None or os.getpid() != self._pid:
+        It does not take the I/O lock, so a thread blocked in recv() does not
+        hold it up; a second closer waits for the first.  If the queue does not
+        all leave in time, the connection is aborted: the peer must not read
+        a clean close_notify after a gap."""
+        if os.getpid() != self._pid:
             return
-        lost = 0
-        if sender.pending:  # the waiting path lets the GIL go; an idle sender keeps it
-            wait = _CLOSE_FLUSH_S if self._timeout is None else self._timeout
-            if sender.flush(_milliseconds(wait), new_error()) != lib.DCX_OK:
-                lost = sender.pending
-        sender.stop()
-        if lost:
-            self._aborted = True
-            log.warning("connection with %s aborted: %d bytes queued were not sent in %.1f s "
-                        "(the peer stopped reading)", self._peer_text(), lost, wait)
+        with self._closing:
+            sender, self._behind = self._sender, False
+            if sender is None:
+                return
+            rc = lib.DCX_OK
+            if sender.pending:  # only this waits, and lets the GIL go; an idle sender keeps it
+                wait = self._timeout or _CLOSE_FLUSH_S
+                rc = sender.flush(_milliseconds(wait), new_error())
+                if rc != lib.DCX_OK:
+                    log.warning("connection with %s aborted: what was queued did not all leave "
+                                "in %.1f s (the peer stopped reading, or failed)",
+                                self._peer_text(), wait)
+            sender.stop()
+            self._sender = None
+            if rc != lib.DCX_OK:
+                self._abort()
+
+    def _abort(self) -> None:
+        """The close resets the connection, and nothing more is sent."""
+        self._aborted = True
+        try:
             socket.socket.setsockopt(self, socket.SOL_SOCKET, socket.SO_LINGER,
-                                     struct.pack("ii", 1, 0))  # close() resets
+                                     struct.pack("ii", 1, 0))
+        except OSError:
+            pass  # a peer that has reset already
 
     def shutdown(self, how: int) -> None:
         """Send close_notify, then shut the TCP connection down."""
         self._send_close_notify()
-        if self._aborted:
-            return  # no FIN after a gap: the close that follows resets the connection
+        if self._aborted:  # no FIN after a gap (the close resets); readers still wake
+            how = socket.SHUT_RD
         try:
             _keepgil.shutdown(self, how)
         except OSError as exc:
@@ -640,13 +654,23 @@ class TLSSocket(ssl.SSLSocket):
                 raise
 
     def _real_close(self) -> None:
+        if os.getpid() != self._pid:
+            # A forked child's copy: the descriptor only.  The connection (its
+            # keys, its sender, its locks as they were at the fork) is the parent's.
+            self._conn = self._sender = None
+            self._ready = self._behind = False
+            fd = socket.socket.detach(self)
+            if fd >= 0:
+                os.close(fd)
+            return
         self._claim_from_pump()  # before the descriptor goes: the thread polls it
         if self._conn is not None:
             if self._lock.locked():
                 # Another thread is inside the engine: wake it before the fd goes.
                 self._finish_sender()
                 try:
-                    socket.socket.shutdown(self, socket.SHUT_RDWR)
+                    socket.socket.shutdown(self, socket.SHUT_RD if self._aborted
+                                           else socket.SHUT_RDWR)
                 except OSError:
                     pass
             else:
@@ -660,10 +684,13 @@ class TLSSocket(ssl.SSLSocket):
             _keepgil.close(fd)
 
     def _stop_sender(self) -> None:
-        sender, self._sender = self._sender, None
-        self._behind = False
-        if sender is not None:
-            sender.stop()  # a send() waiting for room in another thread returns an error
+        with self._closing:
+            sender, self._sender = self._sender, None
+            self._behind = False
+            if sender is not None:
+                if sender.pending and os.getpid() == self._pid:
+                    self._abort()  # dropped unclosed with data queued: no clean end
+                sender.stop()  # a send() waiting for room in another thread returns an error
 
     def detach(self) -> int:
         """The descriptor, no longer this socket's.  What was queued is sent

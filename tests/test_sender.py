@@ -222,16 +222,15 @@ def test_the_sender_answers_a_key_update_that_s_server_asks_for(pki, client_ctx,
             client.close()
 
 
-def test_close_waits_for_a_slow_reader_then_sends_close_notify(pair_factory, server_ctx,
-                                                                client_ctx):
-    pair = pair_factory(server_ctx, client_ctx)
+def test_close_waits_for_a_slow_reader_then_sends_close_notify(server_ctx, client_ctx):
+    client, server = socketpair_tls(server_ctx, client_ctx)
     data = os.urandom(12 * PDU)
     got = bytearray()
     ending: list = []
 
     def read_slowly() -> None:
         try:
-            while piece := pair.server.recv(4096):
+            while piece := server.recv(4096):
                 got.extend(piece)
                 time.sleep(0.005)  # about 1 MB/s: the queue takes longer than a close_notify
             ending.append("close_notify")
@@ -241,11 +240,12 @@ def test_close_waits_for_a_slow_reader_then_sends_close_notify(pair_factory, ser
     thread = threading.Thread(target=read_slowly, daemon=True)
     thread.start()
     for at in range(0, len(data), PDU):
-        pair.client.send(data[at:at + PDU])
-    pair.client.close()
+        client.send(data[at:at + PDU])
+    client.close()
     thread.join(30)
     assert bytes(got) == data
     assert ending == ["close_notify"]
+    server.close()
 
 
 def test_close_from_another_thread_sends_the_queue_first(server_ctx, client_ctx):
@@ -332,3 +332,37 @@ def test_detach_sends_the_queue_then_hands_the_descriptor_over(pair_factory, ser
     thread.join(10)
     assert got.get("data") == data
     os.close(fd)
+
+
+def test_two_closers_at_once_still_send_the_queue_first(server_ctx, client_ctx):
+    """shutdown() in one thread and close() in another, with PDUs queued and
+    a slow reader: the second waits for the first, and the peer reads every
+    byte before close_notify, never a clean end after a gap."""
+    client, server = socketpair_tls(server_ctx, client_ctx)
+    data = os.urandom(12 * PDU)
+    got = bytearray()
+    ending: list = []
+
+    def read_slowly() -> None:
+        try:
+            while piece := server.recv(4096):
+                got.extend(piece)
+                time.sleep(0.005)
+            ending.append("close_notify")
+        except OSError as exc:
+            ending.append(repr(exc))
+
+    thread = threading.Thread(target=read_slowly, daemon=True)
+    thread.start()
+    for at in range(0, len(data), PDU):
+        client.send(data[at:at + PDU])
+    closers = [threading.Thread(target=client.shutdown, args=(socket.SHUT_RDWR,)),
+               threading.Thread(target=client.close)]
+    for closer in closers:
+        closer.start()
+    for closer in closers:
+        closer.join(30)
+    thread.join(30)
+    assert bytes(got) == data
+    assert ending == ["close_notify"]
+    server.close()
