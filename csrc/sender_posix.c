@@ -33,7 +33,6 @@ struct dcx_sender {
     pthread_cond_t moved;  /* to callers: room made, all sent, or the sender ended */
     unsigned char *ring;   /* made on the first queued byte */
     size_t cap, head, count;
-    size_t want;           /* room a caller waits for, at most cap / 2 */
     size_t unsent;         /* bytes of records sealed but not yet in the socket */
     int status;            /* DCX_OK while it runs, else why it ended */
     dcx_error failure;
@@ -97,9 +96,11 @@ static void *run(void *arg)
         s->head = (s->head + (size_t)took) % s->cap;
         s->count -= (size_t)took;
         s->unsent = unsent;
-        /* A caller waiting for room hears of it once what it needs is free,
-         * or half the queue: one wake-up per half a queue, not per slice. */
-        if ((took > 0 && s->cap - s->count >= s->want) || (s->count == 0 && unsent == 0))
+        /* Callers waiting for room hear of it once half the queue is free:
+         * one wake-up per half a queue, not per slice.  (Woken at every
+         * stall of the socket instead, a writer that outruns its reader
+         * would take turns on the GIL with it once per PDU again.) */
+        if ((took > 0 && s->count <= s->cap / 2) || (s->count == 0 && unsent == 0))
             pthread_cond_broadcast(&s->moved);
         if (took == 0 && unsent) {
             pthread_mutex_unlock(&s->lock);
@@ -240,10 +241,7 @@ long dcx_sender_queue(dcx_sender *s, const void *buf, size_t len, int timeout_ms
     while (done < len && s->status == DCX_OK) {
         size_t room = s->cap - s->count;
         if (room == 0) {
-            s->want = len - done < s->cap / 2 ? len - done : s->cap / 2;
-            int waited = wait_moved(s, deadline);
-            s->want = 0;
-            if (!waited)
+            if (!wait_moved(s, deadline))
                 break;
             continue;
         }
