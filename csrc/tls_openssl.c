@@ -1327,6 +1327,24 @@ static long own_read(dcx_conn *c, unsigned char *dst, size_t len, int wait, int6
     return c->dead ? failed_before(c, err) : 0; /* perhaps a sender's failure meanwhile */
 }
 
+/* Seal `len` bytes of data as records into the send buffer, which has room;
+ * a KeyUpdate leads them when the peer asked for one or the keys are due. */
+static int seal_data(dcx_conn *c, const unsigned char *p, size_t len, dcx_error *err)
+{
+    for (size_t off = 0; off < len;) {
+        size_t n = len - off < RECORD_MAX ? len - off : RECORD_MAX;
+        int rc = DCX_OK;
+        if (atomic_exchange(&c->key_update_due, 0) || c->wkeys.seq >= KEY_UPDATE_AFTER)
+            rc = seal_key_update(c, err);
+        if (rc == DCX_OK)
+            rc = seal_record(c, TLS13_APPLICATION_DATA, p + off, n, err);
+        if (rc != DCX_OK)
+            return rc;
+        off += n;
+    }
+    return DCX_OK;
+}
+
 /* Write with the engine's record layer: a slice of records per send(). */
 static long own_write(dcx_conn *c, const unsigned char *p, size_t len, int64_t deadline,
                       dcx_error *err)
@@ -1336,17 +1354,9 @@ static long own_write(dcx_conn *c, const unsigned char *p, size_t len, int64_t d
         size_t slice = len - done < OUT_SLICE ? len - done : OUT_SLICE;
         if (!out_reserve(c, slice + (slice / RECORD_MAX + 2) * RECORD_OVERHEAD))
             return dcx_fail(err, DCX_E_NOMEM, "out of memory for the send buffer");
-        for (size_t off = 0; off < slice;) {
-            size_t n = slice - off < RECORD_MAX ? slice - off : RECORD_MAX;
-            int rc = DCX_OK;
-            if (atomic_exchange(&c->key_update_due, 0) || c->wkeys.seq >= KEY_UPDATE_AFTER)
-                rc = seal_key_update(c, err);
-            if (rc == DCX_OK)
-                rc = seal_record(c, TLS13_APPLICATION_DATA, p + done + off, n, err);
-            if (rc != DCX_OK)
-                return fatal(c, rc, -1, err);
-            off += n;
-        }
+        int rc = seal_data(c, p + done, slice, err);
+        if (rc != DCX_OK)
+            return fatal(c, rc, -1, err);
         done += slice;
         int w = flush_out(c, deadline, err);
         if (w != DCX_OK) /* part of a record may have left: the stream is unusable */
@@ -1829,17 +1839,9 @@ static long own_write_some(dcx_conn *c, const unsigned char *p, size_t len, dcx_
     }
     if (!out_reserve(c, slice + (slice / RECORD_MAX + 2) * RECORD_OVERHEAD))
         return fatal(c, dcx_fail(err, DCX_E_NOMEM, "out of memory for the send buffer"), -1, err);
-    for (size_t off = 0; off < slice;) {
-        size_t n = slice - off < RECORD_MAX ? slice - off : RECORD_MAX;
-        int rc = DCX_OK;
-        if (atomic_exchange(&c->key_update_due, 0) || c->wkeys.seq >= KEY_UPDATE_AFTER)
-            rc = seal_key_update(c, err);
-        if (rc == DCX_OK)
-            rc = seal_record(c, TLS13_APPLICATION_DATA, p + off, n, err);
-        if (rc != DCX_OK)
-            return fatal(c, rc, -1, err);
-        off += n;
-    }
+    int rc = seal_data(c, p, slice, err);
+    if (rc != DCX_OK)
+        return fatal(c, rc, -1, err);
     w = flush_out(c, dcx_deadline(0), err);
     if (w != DCX_OK && w != DCX_E_TIMEOUT) /* what the socket did not take waits in c->out */
         return fatal(c, w, -1, err);

@@ -35,6 +35,32 @@ def read_exactly(sock, size: int) -> bytes:
     return bytes(got)
 
 
+def send_pdus(sock, data: bytes) -> None:
+    """``data`` as PDU-sized send()s, as pynetdicom sends a dataset."""
+    for at in range(0, len(data), PDU):
+        sock.send(data[at:at + PDU])
+
+
+class SlowReader:
+    """Reads 4 KiB every 5 ms (about 1 MB/s, slower than a queue drains in
+    a close_notify's time) until the end, and says how it ended."""
+
+    def __init__(self, sock) -> None:
+        self.got = bytearray()
+        self.ending: list = []
+        self.thread = threading.Thread(target=self._run, args=(sock,), daemon=True)
+        self.thread.start()
+
+    def _run(self, sock) -> None:
+        try:
+            while piece := sock.recv(4096):
+                self.got.extend(piece)
+                time.sleep(0.005)
+            self.ending.append("close_notify")
+        except OSError as exc:
+            self.ending.append(repr(exc))
+
+
 def socketpair_tls(server_ctx, client_ctx) -> tuple:
     """(requestor, acceptor) over a socketpair, whose buffers are small and
     exact: with the acceptor not reading, the socket soon takes no more."""
@@ -127,8 +153,7 @@ def test_close_sends_the_queue_then_close_notify(server_ctx, client_ctx):
         data = os.urandom(6 * PDU)
         got: dict = {}
         thread = reader(server, len(data), got)
-        for at in range(0, len(data), PDU):
-            client.send(data[at:at + PDU])
+        send_pdus(client, data)
         client.close()  # at once: most of the PDUs are still queued
         thread.join(10)
         assert got.get("data") == data
@@ -186,8 +211,7 @@ def test_tls12_writes_in_the_callers_thread(pki, pair_factory, server_ctx):
     data = os.urandom(20 * PDU)
     got: dict = {}
     thread = reader(pair.server, len(data), got)
-    for at in range(0, len(data), PDU):
-        pair.client.send(data[at:at + PDU])
+    send_pdus(pair.client, data)
     assert pair.client.version() == "TLSv1.2"
     assert pair.client._sender is None and lib.dcx_conn_duplex(pair.client._conn) == -1
     pair.client.close()
@@ -222,29 +246,15 @@ def test_the_sender_answers_a_key_update_that_s_server_asks_for(pki, client_ctx,
             client.close()
 
 
-def test_close_waits_for_a_slow_reader_then_sends_close_notify(server_ctx, client_ctx):
+def test_close_waits_for_a_slow_slowthen_sends_close_notify(server_ctx, client_ctx):
     client, server = socketpair_tls(server_ctx, client_ctx)
     data = os.urandom(12 * PDU)
-    got = bytearray()
-    ending: list = []
-
-    def read_slowly() -> None:
-        try:
-            while piece := server.recv(4096):
-                got.extend(piece)
-                time.sleep(0.005)  # about 1 MB/s: the queue takes longer than a close_notify
-            ending.append("close_notify")
-        except OSError as exc:
-            ending.append(repr(exc))
-
-    thread = threading.Thread(target=read_slowly, daemon=True)
-    thread.start()
-    for at in range(0, len(data), PDU):
-        client.send(data[at:at + PDU])
+    slow = SlowReader(server)
+    send_pdus(client, data)
     client.close()
-    thread.join(30)
-    assert bytes(got) == data
-    assert ending == ["close_notify"]
+    slow.thread.join(30)
+    assert bytes(slow.got) == data
+    assert slow.ending == ["close_notify"]
     server.close()
 
 
@@ -256,8 +266,7 @@ def test_close_from_another_thread_sends_the_queue_first(server_ctx, client_ctx)
         waiting = threading.Thread(target=lambda: pytest.raises(OSError, client.recv, 100),
                                    daemon=True)
         data = os.urandom(8 * PDU)
-        for at in range(0, len(data), PDU):
-            client.send(data[at:at + PDU])
+        send_pdus(client, data)
         waiting.start()
         time.sleep(0.1)  # recv() is waiting; the acceptor has read nothing yet
         closing = threading.Thread(target=client.close, daemon=True)
@@ -269,7 +278,7 @@ def test_close_from_another_thread_sends_the_queue_first(server_ctx, client_ctx)
         server.close()
 
 
-def test_a_reset_while_the_sender_writes_reaches_the_reader_as_a_reset(pair_factory, server_ctx,
+def test_a_reset_while_the_sender_writes_reaches_the_slowas_a_reset(pair_factory, server_ctx,
                                                                       client_ctx):
     pair = pair_factory(server_ctx, client_ctx)
     client, server = pair.client, pair.server
@@ -302,8 +311,7 @@ def test_a_forked_child_closing_the_socket_leaves_the_parents_stream_alone(pair_
                                                                           client_ctx):
     pair = pair_factory(server_ctx, client_ctx)
     first = os.urandom(4 * PDU)
-    for at in range(0, len(first), PDU):
-        pair.client.send(first[at:at + PDU])
+    send_pdus(pair.client, first)
     pid = os.fork()
     if pid == 0:  # the child: close its copy, and go
         try:
@@ -315,8 +323,7 @@ def test_a_forked_child_closing_the_socket_leaves_the_parents_stream_alone(pair_
         assert time.monotonic() < deadline, "the child hung closing its copy of the socket"
         time.sleep(0.01)
     second = os.urandom(4 * PDU)
-    for at in range(0, len(second), PDU):
-        pair.client.send(second[at:at + PDU])
+    send_pdus(pair.client, second)
     assert read_exactly(pair.server, len(first) + len(second)) == first + second
 
 
@@ -326,8 +333,7 @@ def test_detach_sends_the_queue_then_hands_the_descriptor_over(pair_factory, ser
     data = os.urandom(6 * PDU)
     got: dict = {}
     thread = reader(pair.server, len(data), got, then_end=False)
-    for at in range(0, len(data), PDU):
-        pair.client.send(data[at:at + PDU])
+    send_pdus(pair.client, data)
     fd = pair.client.detach()
     thread.join(10)
     assert got.get("data") == data
@@ -340,29 +346,15 @@ def test_two_closers_at_once_still_send_the_queue_first(server_ctx, client_ctx):
     byte before close_notify, never a clean end after a gap."""
     client, server = socketpair_tls(server_ctx, client_ctx)
     data = os.urandom(12 * PDU)
-    got = bytearray()
-    ending: list = []
-
-    def read_slowly() -> None:
-        try:
-            while piece := server.recv(4096):
-                got.extend(piece)
-                time.sleep(0.005)
-            ending.append("close_notify")
-        except OSError as exc:
-            ending.append(repr(exc))
-
-    thread = threading.Thread(target=read_slowly, daemon=True)
-    thread.start()
-    for at in range(0, len(data), PDU):
-        client.send(data[at:at + PDU])
+    slow = SlowReader(server)
+    send_pdus(client, data)
     closers = [threading.Thread(target=client.shutdown, args=(socket.SHUT_RDWR,)),
                threading.Thread(target=client.close)]
     for closer in closers:
         closer.start()
     for closer in closers:
         closer.join(30)
-    thread.join(30)
-    assert bytes(got) == data
-    assert ending == ["close_notify"]
+    slow.thread.join(30)
+    assert bytes(slow.got) == data
+    assert slow.ending == ["close_notify"]
     server.close()
