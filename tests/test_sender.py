@@ -246,7 +246,7 @@ def test_the_sender_answers_a_key_update_that_s_server_asks_for(pki, client_ctx,
             client.close()
 
 
-def test_close_waits_for_a_slow_slowthen_sends_close_notify(server_ctx, client_ctx):
+def test_close_waits_for_a_slow_reader_then_sends_close_notify(server_ctx, client_ctx):
     client, server = socketpair_tls(server_ctx, client_ctx)
     data = os.urandom(12 * PDU)
     slow = SlowReader(server)
@@ -278,7 +278,7 @@ def test_close_from_another_thread_sends_the_queue_first(server_ctx, client_ctx)
         server.close()
 
 
-def test_a_reset_while_the_sender_writes_reaches_the_slowas_a_reset(pair_factory, server_ctx,
+def test_a_reset_while_the_sender_writes_reaches_the_reader_as_a_reset(pair_factory, server_ctx,
                                                                       client_ctx):
     pair = pair_factory(server_ctx, client_ctx)
     client, server = pair.client, pair.server
