@@ -162,7 +162,10 @@ typedef struct dcx_read_state {
 } dcx_read_state;
 
 const dcx_read_state *dcx_conn_read_state(const dcx_conn *c);
-/* Writes all of buf; returns len or a negative status. */
+/* Writes all of buf; returns len or a negative status.  When the socket
+ * refuses the records (the peer has gone), this write and every later one
+ * fail, while reads may still return what the peer sent before, such as
+ * the alert that says why it went. */
 long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dcx_error *err);
 /* Send close_notify (and wait for the peer's when wait_peer is set).  No data
  * may be written after the first call.  DCX_E_TIMEOUT when the record did not

@@ -77,6 +77,7 @@ struct dcx_conn {
     int ticket_due;       /* acceptor: a TLS 1.3 ticket rides on the first write */
     int eof;              /* the peer has closed; reads keep answering DCX_EOF */
     _Atomic int dead;     /* a fatal error happened; the SSL object is unusable */
+    _Atomic int write_dead; /* the socket refused our records (the peer has gone); reads go on */
     int closing;          /* close_notify was made: no data may follow it */
     int received_alert;   /* fatal alert from the peer, or -1 */
     int sent_alert;       /* fatal alert OpenSSL sent (or wanted to), or -1 */
@@ -117,6 +118,8 @@ struct dcx_conn {
     size_t hs_len;
     int fail_status;      /* why the connection died, repeated to later calls */
     dcx_error failure;
+    int write_status;     /* why the socket refused our records, repeated to later writes */
+    dcx_error write_failure;
     /* With a sender (dcxtls.h), records are written in its thread while the
      * caller reads in its own: `writing` guards the write side (out, wkeys,
      * closing), `failing` the failure kept for later calls; the reader's
@@ -1116,6 +1119,38 @@ static int fatal(dcx_conn *c, int status, int alert, dcx_error *err)
     return status;
 }
 
+/* Write lock held: the engine's records could not all be sent.  When the
+ * socket refused them (the peer has gone), nothing more is written, but what
+ * the peer sent before is still read: its alert tells why better than a
+ * broken pipe does.  Anything else ends the connection. */
+static int send_failed(dcx_conn *c, int status, dcx_error *err)
+{
+    if (status != DCX_E_SYSCALL)
+        return fatal(c, status, -1, err);
+    pthread_mutex_lock(&c->failing);
+    if (!c->write_status) {
+        c->write_status = status;
+        if (err)
+            c->write_failure = *err;
+        else
+            dcx_fail(&c->write_failure, status, "socket error while sending");
+    }
+    pthread_mutex_unlock(&c->failing);
+    c->write_dead = 1;
+    return status;
+}
+
+/* A write after the socket refused one repeats why. */
+static int write_failed_before(dcx_conn *c, dcx_error *err)
+{
+    pthread_mutex_lock(&c->failing);
+    int status = c->write_status;
+    if (err)
+        *err = c->write_failure;
+    pthread_mutex_unlock(&c->failing);
+    return status;
+}
+
 /* Handshake messages after the handshake, from one record.  A KeyUpdate moves
  * the peer's keys on; a NewSessionTicket this late is let go (the requestor
  * offers sessions from the tickets that come before the first data). */
@@ -1360,7 +1395,7 @@ static long own_write(dcx_conn *c, const unsigned char *p, size_t len, int64_t d
         done += slice;
         int w = flush_out(c, deadline, err);
         if (w != DCX_OK) /* part of a record may have left: the stream is unusable */
-            return fatal(c, w, -1, err);
+            return send_failed(c, w, err);
     }
     return (long)len;
 }
@@ -1786,6 +1821,8 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
 {
     if (c->dead || c->closing)
         return failed_before(c, err);
+    if (c->write_dead)
+        return write_failed_before(c, err);
     int64_t deadline = dcx_deadline(timeout_ms);
     int ticket = c->ticket_due;
     if (ticket) {
@@ -1817,7 +1854,7 @@ int dcx_conn_duplex(const dcx_conn *c)
 {
     if (!c->handshake_done)
         return 0;
-    if (c->dead || c->closing)
+    if (c->dead || c->closing || c->write_dead)
         return -1;
     if (c->own_write)
         return 1; /* OpenSSL, if it still reads, drops what it would write (out_write) */
@@ -1831,7 +1868,7 @@ static long own_write_some(dcx_conn *c, const unsigned char *p, size_t len, dcx_
     if (w == DCX_E_TIMEOUT)
         return 0; /* the socket is still busy with earlier records */
     if (w != DCX_OK)
-        return fatal(c, w, -1, err);
+        return send_failed(c, w, err);
     size_t slice = len < OUT_SLICE ? len : OUT_SLICE;
     if (slice == 0) {
         out_trim(c);
@@ -1844,7 +1881,7 @@ static long own_write_some(dcx_conn *c, const unsigned char *p, size_t len, dcx_
         return fatal(c, rc, -1, err);
     w = flush_out(c, dcx_deadline(0), err);
     if (w != DCX_OK && w != DCX_E_TIMEOUT) /* what the socket did not take waits in c->out */
-        return fatal(c, w, -1, err);
+        return send_failed(c, w, err);
     out_trim(c);
     return (long)slice;
 }
@@ -1858,6 +1895,8 @@ long dcx_conn_write_some(dcx_conn *c, const void *buf, size_t len, dcx_error *er
     long n;
     if (c->dead) /* our own fatal alert may have gone out meanwhile: nothing follows it */
         n = failed_before(c, err);
+    else if (c->write_dead)
+        n = write_failed_before(c, err);
     else if (c->closing)
         n = dcx_fail(err, DCX_E_CLOSED, "the connection is being closed: no data may follow");
     else if (!c->own_write)
@@ -1908,7 +1947,7 @@ static int shutdown_locked(dcx_conn *c, int64_t deadline, int wait_peer, dcx_err
 int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err)
 {
     dcx_error_clear(err);
-    if (!c->handshake_done || c->dead)
+    if (!c->handshake_done || c->dead || c->write_dead) /* no close_notify can go: nothing to do */
         return DCX_OK;
     pthread_mutex_lock(&c->writing);
     int rc = shutdown_locked(c, dcx_deadline(timeout_ms), wait_peer, err);

@@ -179,6 +179,84 @@ def test_a_reset_peer_fails_the_sender_with_the_socket_error(pair_factory, serve
     client.close()
 
 
+def relay_through(near_end: socket.socket, far_end: socket.socket, flip_at: int) -> None:
+    """Carries bytes both ways between two socketpairs, the byte at ``flip_at``
+    of near_end's stream altered.  Once far_end's side has closed and all
+    it sent has been passed on, near_end's peer is closed with what it was
+    sent unread, as a host that has gone would be: near_end's writes fail."""
+    gone = threading.Event()
+
+    def forward() -> None:
+        done = 0
+        try:
+            while data := near_end.recv(65536):
+                if done <= flip_at < done + len(data):
+                    data = bytearray(data)
+                    data[flip_at - done] ^= 0x40
+                done += len(data)
+                far_end.sendall(data)
+        except OSError:
+            pass
+        gone.set()
+
+    def back() -> None:
+        try:
+            while data := far_end.recv(65536):
+                near_end.sendall(data)
+        except OSError:
+            pass
+        gone.wait(10)
+        near_end.close()
+
+    for run in (forward, back):
+        threading.Thread(target=run, daemon=True).start()
+
+
+@pytest.mark.parametrize("queued", [True, False], ids=["sender", "callers-thread"])
+def test_the_peers_alert_is_reported_after_a_send_met_a_broken_pipe(server_ctx, client_ctx,
+                                                                     queued):
+    """A record altered on the way: the acceptor sends bad_record_mac and
+    goes.  The requestor's writes then fail on the socket, but its next read
+    still takes the alert that came before, and says what the peer said."""
+    near, far = socket.socketpair()
+    to_server, server_end = socket.socketpair()
+    relay_through(far, to_server, flip_at=300000)
+    server = server_ctx.wrap_socket(server_end, server_side=True)
+    client = client_ctx.wrap_socket(near)
+    client.settimeout(10)
+    client._behind = queued
+    try:
+        client.do_handshake()
+        client.send(b"hello")
+        assert server.recv(5) == b"hello"
+        server.send(b"hi")
+        assert client.recv(2) == b"hi"
+        seen: dict = {}
+
+        def serve() -> None:
+            try:
+                while server.recv(65536):
+                    pass
+            except OSError as exc:
+                seen["server"] = exc
+            server.close()
+        serving = threading.Thread(target=serve, daemon=True)
+        serving.start()
+        with pytest.raises(OSError, match="sending"):
+            for _ in range(200):
+                client.send(os.urandom(PDU))
+        assert (client._sender is not None) == queued
+        serving.join(10)
+        assert "bad record mac" in str(seen["server"])
+        with pytest.raises(TLSError, match="alert 'bad record MAC'"):
+            client.recv(100)
+        with pytest.raises(OSError):  # and writing stays failed
+            client.send(os.urandom(PDU))
+    finally:
+        client.close()
+        server.close()
+
+
 def test_echo_through_both_senders_while_each_side_reads(pair_factory, server_ctx, client_ctx):
     """Each side's sender writes while that side's own thread reads: the
     acceptor echoes every PDU as it arrives."""
