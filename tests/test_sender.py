@@ -4,7 +4,8 @@ of the connection's own, which seals and sends it while the caller goes on
 
 Real handshakes on real sockets: what arrives is compared byte for byte, in
 order with the small writes and the close_notify that go out at once, across
-a KeyUpdate the peer asks for, and when the peer stops reading or resets.
+a KeyUpdate the peer asks for, and when the peer stops reading, resets, or
+goes after an alert.
 """
 from __future__ import annotations
 
@@ -180,10 +181,11 @@ def test_a_reset_peer_fails_the_sender_with_the_socket_error(pair_factory, serve
 
 
 def relay_through(near_end: socket.socket, far_end: socket.socket, flip_at: int) -> None:
-    """Carries bytes both ways between two socketpairs, the byte at ``flip_at``
-    of near_end's stream altered.  Once far_end's side has closed and all
-    it sent has been passed on, near_end's peer is closed with what it was
-    sent unread, as a host that has gone would be: near_end's writes fail."""
+    """Carries bytes both ways between near_end and far_end (each one end of
+    a socketpair), the byte at ``flip_at`` of what near_end receives altered.
+    Once far_end's peer has closed and all it sent has been passed on,
+    near_end is closed with what it received unread, as a host that has gone
+    would be: the writes of near_end's peer fail."""
     gone = threading.Event()
 
     def forward() -> None:
@@ -357,7 +359,7 @@ def test_close_from_another_thread_sends_the_queue_first(server_ctx, client_ctx)
 
 
 def test_a_reset_while_the_sender_writes_reaches_the_reader_as_a_reset(pair_factory, server_ctx,
-                                                                      client_ctx):
+                                                                       client_ctx):
     pair = pair_factory(server_ctx, client_ctx)
     client, server = pair.client, pair.server
     client.send(os.urandom(PDU))
