@@ -61,6 +61,12 @@ struct dcx_ctx {
 
 /* Follows a stream of records from a record boundary, to count them and to
  * know when the next byte starts a new one. */
+/* The first failure of something, repeated to later calls (under `failing`). */
+typedef struct failure_record {
+    int status;           /* 0 while there is none */
+    dcx_error why;
+} failure_record;
+
 typedef struct record_counter {
     uint64_t records;
     size_t body_left;       /* bytes of the current record still to come */
@@ -116,10 +122,8 @@ struct dcx_conn {
     } spill;
     unsigned char *hs;    /* a post-handshake handshake message, until all of it is here */
     size_t hs_len;
-    int fail_status;      /* why the connection died, repeated to later calls */
-    dcx_error failure;
-    int write_status;     /* why the socket refused our records, repeated to later writes */
-    dcx_error write_failure;
+    failure_record failure;       /* why the connection died */
+    failure_record write_failure; /* why the socket refused our records (write_dead) */
     /* With a sender (dcxtls.h), records are written in its thread while the
      * caller reads in its own: `writing` guards the write side (out, wkeys,
      * closing), `failing` the failure kept for later calls; the reader's
@@ -1012,6 +1016,8 @@ void dcx_ctx_free(dcx_ctx *ctx)
  * opened by tls13_record.c.  OpenSSL keeps the handshake, and the records of
  * a direction until the engine takes it over (see the top of this file). */
 
+static void keep_first(dcx_conn *c, failure_record *r, int status, const dcx_error *err);
+static int repeat_failure(dcx_conn *c, const failure_record *r, dcx_error *err);
 static void remember_failure(dcx_conn *c, int status, const dcx_error *err);
 static int failed_before(dcx_conn *c, dcx_error *err);
 
@@ -1127,27 +1133,8 @@ static int send_failed(dcx_conn *c, int status, dcx_error *err)
 {
     if (status != DCX_E_SYSCALL)
         return fatal(c, status, -1, err);
-    pthread_mutex_lock(&c->failing);
-    if (!c->write_status) {
-        c->write_status = status;
-        if (err)
-            c->write_failure = *err;
-        else
-            dcx_fail(&c->write_failure, status, "socket error while sending");
-    }
-    pthread_mutex_unlock(&c->failing);
+    keep_first(c, &c->write_failure, status, err); /* before the flag, which writers test */
     c->write_dead = 1;
-    return status;
-}
-
-/* A write after the socket refused one repeats why. */
-static int write_failed_before(dcx_conn *c, dcx_error *err)
-{
-    pthread_mutex_lock(&c->failing);
-    int status = c->write_status;
-    if (err)
-        *err = c->write_failure;
-    pthread_mutex_unlock(&c->failing);
     return status;
 }
 
@@ -1647,27 +1634,40 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
     return DCX_OK;
 }
 
-static void remember_failure(dcx_conn *c, int status, const dcx_error *err)
+/* The first failure is why; one that follows from it is not. */
+static void keep_first(dcx_conn *c, failure_record *r, int status, const dcx_error *err)
 {
     pthread_mutex_lock(&c->failing);
-    if (!c->fail_status) { /* the first failure is why; a sender's EPIPE behind it is not */
-        c->fail_status = status;
+    if (!r->status) {
+        r->status = status;
         if (err)
-            c->failure = *err;
+            r->why = *err;
         else
-            dcx_fail(&c->failure, status, "the connection failed earlier");
+            dcx_fail(&r->why, status, "the connection failed earlier");
     }
     pthread_mutex_unlock(&c->failing);
+}
+
+/* The kept failure as this call's result; 0 if there is none. */
+static int repeat_failure(dcx_conn *c, const failure_record *r, dcx_error *err)
+{
+    pthread_mutex_lock(&c->failing);
+    int status = r->status;
+    if (status && err)
+        *err = r->why;
+    pthread_mutex_unlock(&c->failing);
+    return status;
+}
+
+static void remember_failure(dcx_conn *c, int status, const dcx_error *err)
+{
+    keep_first(c, &c->failure, status, err);
 }
 
 /* A call on a dead connection repeats why it died. */
 static int failed_before(dcx_conn *c, dcx_error *err)
 {
-    pthread_mutex_lock(&c->failing);
-    int status = c->fail_status;
-    if (status && err)
-        *err = c->failure;
-    pthread_mutex_unlock(&c->failing);
+    int status = repeat_failure(c, &c->failure, err);
     if (status)
         return status;
     return dcx_fail(err, DCX_E_CLOSED, "the connection has already failed or been closed");
@@ -1822,7 +1822,7 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
     if (c->dead || c->closing)
         return failed_before(c, err);
     if (c->write_dead)
-        return write_failed_before(c, err);
+        return repeat_failure(c, &c->write_failure, err);
     int64_t deadline = dcx_deadline(timeout_ms);
     int ticket = c->ticket_due;
     if (ticket) {
@@ -1896,7 +1896,7 @@ long dcx_conn_write_some(dcx_conn *c, const void *buf, size_t len, dcx_error *er
     if (c->dead) /* our own fatal alert may have gone out meanwhile: nothing follows it */
         n = failed_before(c, err);
     else if (c->write_dead)
-        n = write_failed_before(c, err);
+        n = repeat_failure(c, &c->write_failure, err);
     else if (c->closing)
         n = dcx_fail(err, DCX_E_CLOSED, "the connection is being closed: no data may follow");
     else if (!c->own_write)

@@ -222,22 +222,23 @@ static PyObject *keepgil_sender_pending(PyObject *mod, PyObject *arg)
 
 /* sender_stop(sender) and sender_free(sender): the sender's thread never
  * needs the GIL and never waits on the network while stopping. */
-static PyObject *keepgil_sender_stop(PyObject *mod, PyObject *arg)
+static PyObject *on_sender(PyObject *arg, sender_fn *call)
 {
     void *sender;
     if (!to_pointer(arg, &sender) || !bound())
         return NULL;
-    stop_call((dcx_sender *)sender);
+    (*call)((dcx_sender *)sender);
     Py_RETURN_NONE;
+}
+
+static PyObject *keepgil_sender_stop(PyObject *mod, PyObject *arg)
+{
+    return on_sender(arg, &stop_call);
 }
 
 static PyObject *keepgil_sender_free(PyObject *mod, PyObject *arg)
 {
-    void *sender;
-    if (!to_pointer(arg, &sender) || !bound())
-        return NULL;
-    sender_free_call((dcx_sender *)sender);
-    Py_RETURN_NONE;
+    return on_sender(arg, &sender_free_call);
 }
 
 static PyMethodDef keepgil_methods[] = {
