@@ -29,7 +29,12 @@ def client_hello() -> bytes:
 BAD_INPUTS = {
     "plain-dicom": (lambda: dicom_wire.associate_rq(), "plain DICOM A-ASSOCIATE-RQ PDU on the TLS port"),
     "http": (lambda: b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n", "an HTTP request on the TLS port"),
-    "random": (lambda: b"\xfe" + os.urandom(200), "data that is not TLS (first bytes: fe"),
+    # The third byte is kept off 0x01: with the first byte's high bit set, that
+    # would be an SSLv2-format ClientHello (the case below), 1 run in 256.
+    "random": (lambda: b"\xfe" + os.urandom(1) + b"\x00" + os.urandom(198),
+               "data that is not TLS (first bytes: fe"),
+    "sslv2-hello": (lambda: bytes([0x80, 0x2e, 0x01, 0x00, 0x02]) + bytes(43),
+                    "an SSLv2-format ClientHello (obsolete and refused)"),
     "half-handshake": (lambda: client_hello()[:40], "closed the connection during the handshake"),
 }
 
