@@ -237,7 +237,8 @@ typedef struct dcx_sender dcx_sender;
  * no sender threads). */
 dcx_sender *dcx_sender_new(dcx_conn *c, size_t capacity, dcx_error *err);
 /* Queue buf, waiting up to timeout_ms for room while the queue is full (a
- * waiting caller is woken once half the queue is free, or the sender ends).
+ * waiting caller is woken once half the queue is free, when the socket has
+ * taken nothing for a while with some room made, or when the sender ends).
  * Returns the bytes queued: len, or fewer when the time ran out after some
  * (0 with timeout_ms 0 and no room); DCX_E_TIMEOUT when none could be; or
  * the failure that ended the sender (the connection's, or DCX_E_CLOSED). */

@@ -23,6 +23,10 @@
 #include <unistd.h>
 
 #define STACK_SIZE (256 * 1024) /* sealing needs little; the default is megabytes */
+/* A socket that stays full this long means a peer that has stopped reading:
+ * a caller waiting for room is then woken to take what there is, not left
+ * waiting for half a queue that may never drain. */
+#define STALL_MS 20
 
 struct dcx_sender {
     dcx_conn *conn;
@@ -34,6 +38,7 @@ struct dcx_sender {
     unsigned char *ring;   /* made on the first queued byte */
     size_t cap, head, count;
     size_t unsent;         /* bytes of records sealed but not yet in the socket */
+    int waiters;           /* callers waiting for room */
     int status;            /* DCX_OK while it runs, else why it ended */
     dcx_error failure;
     int stopped;
@@ -47,15 +52,18 @@ static void wake(dcx_sender *s)
     (void)n;
 }
 
-/* Until the socket takes more, or a stop comes through the pipe. */
-static void wait_writable(dcx_sender *s)
+/* Until the socket takes more, a stop comes through the pipe, or
+ * `timeout_ms` (-1: no limit) passes; 0 if it passed. */
+static int wait_writable(dcx_sender *s, int timeout_ms)
 {
     struct pollfd fds[2] = {{(int)dcx_conn_socket(s->conn), POLLOUT, 0}, {s->wake[0], POLLIN, 0}};
-    if (poll(fds, 2, -1) > 0 && fds[1].revents) {
+    int n = poll(fds, 2, timeout_ms);
+    if (n > 0 && fds[1].revents) {
         char drain[64];
         while (read(s->wake[0], drain, sizeof(drain)) > 0) {
         }
     }
+    return n != 0;
 }
 
 /* Lock held: the sender ends with `status`; everyone waiting hears of it. */
@@ -103,9 +111,12 @@ static void *run(void *arg)
         if ((took > 0 && s->count <= s->cap / 2) || (s->count == 0 && unsent == 0))
             pthread_cond_broadcast(&s->moved);
         if (took == 0 && unsent) {
+            int patience = s->waiters && s->count < s->cap ? STALL_MS : -1;
             pthread_mutex_unlock(&s->lock);
-            wait_writable(s);
+            int moved = wait_writable(s, patience);
             pthread_mutex_lock(&s->lock);
+            if (!moved)
+                pthread_cond_broadcast(&s->moved);
         }
     }
     pthread_mutex_unlock(&s->lock);
@@ -241,7 +252,10 @@ long dcx_sender_queue(dcx_sender *s, const void *buf, size_t len, int timeout_ms
     while (done < len && s->status == DCX_OK) {
         size_t room = s->cap - s->count;
         if (room == 0) {
-            if (!wait_moved(s, deadline))
+            s->waiters++;
+            int more = wait_moved(s, deadline);
+            s->waiters--;
+            if (!more)
                 break;
             continue;
         }

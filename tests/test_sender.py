@@ -148,6 +148,43 @@ def test_a_peer_that_reads_nothing_times_the_sender_out(server_ctx, client_ctx):
         server.close()
 
 
+def test_a_send_waiting_for_room_takes_it_when_the_peer_stops_reading(server_ctx, client_ctx):
+    """The peer reads a PDU and a bit, room enough for the send that waits,
+    and then nothing: the queue stays more than half full, so only the socket
+    staying full wakes that send (no timeout), which then returns with its
+    PDU queued instead of waiting for ever."""
+    client, server = socketpair_tls(server_ctx, client_ctx)
+    sent: list[bytes] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            pdu = os.urandom(PDU)
+            assert client.send(pdu) == PDU
+            sent.append(pdu)
+
+    writer = threading.Thread(target=write, daemon=True)
+    try:
+        writer.start()
+        count, deadline = -1, time.monotonic() + 10
+        while count != len(sent):  # until a send waits: the queue is full
+            assert time.monotonic() < deadline and writer.is_alive()
+            count = len(sent)
+            time.sleep(0.5)
+        stop.set()
+        got = read_exactly(server, 20000)  # room for any PDU's rest; the queue stays full
+        assert client._sender.pending > QUEUE // 2  # no wake-up at half a queue
+        writer.join(10)
+        assert not writer.is_alive(), "send() kept waiting though its PDU fitted"
+        assert len(sent) == count + 1
+        got += read_exactly(server, len(sent) * PDU - len(got))
+        assert got == b"".join(sent)
+    finally:
+        stop.set()
+        client.close()
+        server.close()
+
+
 def test_close_sends_the_queue_then_close_notify(server_ctx, client_ctx):
     client, server = socketpair_tls(server_ctx, client_ctx)
     try:
