@@ -24,7 +24,7 @@ from dcxsec._native import ffi, lib
 from dcxsec._recvbuf import RecvBuffer
 from dcxsec.certinfo import certificate_dict, subject_text
 from dcxsec.engine import address, new_error, to_exception
-from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError
+from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError, TLSError
 from dcxsec.sender import Sender
 from dcxsec import pump as handshake_thread
 
@@ -99,7 +99,7 @@ class TLSSocket(ssl.SSLSocket):
         self._closing = threading.Lock()  # one closer at a time finishes the sender
         self._behind = True  # the connection may yet get a sender
         self._wrapped_at = time.monotonic()
-        self._pid = os.getpid()  # a forked child must not write this connection (its nonces)
+        self._pid = os.getpid()  # the process whose connection this is (see _left_in_parent)
         self._aborted = False  # queued data was dropped: the close resets, no close_notify
         self._read_state = None  # the engine's flag: data it read waits for the next read
         # Decrypted plaintext, answered by a recv() written in C; it calls the
@@ -110,6 +110,7 @@ class TLSSocket(ssl.SSLSocket):
         self._peer_address = None
         self._screened = False  # the A-ASSOCIATE-RQ has been checked against the AE bindings
         self._prefix = bytearray()  # plaintext read ahead for that check, served first
+        _live_sockets.add(self)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Handshake flights and small PDUs must not wait for delayed ACKs.
             socket.socket.setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -190,6 +191,7 @@ class TLSSocket(ssl.SSLSocket):
             self._handshake_locked()
 
     def _handshake_locked(self) -> None:
+        self._refuse_if_inherited()
         if self._handshake_done:
             return
         if self._failure is not None:
@@ -218,6 +220,7 @@ class TLSSocket(ssl.SSLSocket):
             self._conn, self._keep_ctx = self._context._new_connection(
                 socket.socket.fileno(self), self.server_side, self.server_hostname)
             self._read_state = lib.dcx_conn_read_state(self._conn)
+            self._pid = os.getpid()
             socket.socket.setblocking(self, False)  # the engine waits with its own deadlines
         return self._conn
 
@@ -329,6 +332,7 @@ class TLSSocket(ssl.SSLSocket):
 
     def _ready_conn(self):
         """The live engine connection, after the handshake; lock held."""
+        self._refuse_if_inherited()
         if not self._handshake_done:
             self._handshake_locked()
         conn = self._conn
@@ -339,6 +343,27 @@ class TLSSocket(ssl.SSLSocket):
             self._screen_request_locked(conn)
         self._ready = self._screened and not self._prefix
         return conn
+
+    # ---- after a fork -----------------------------------------------------------
+
+    def _left_in_parent(self) -> None:
+        """In a forked child: the connection stays the parent's.  Its I/O goes
+        the slow way, to be refused there, and no lock that a thread of the
+        parent held at the fork is waited for."""
+        self._ready = False
+        self._lock = threading.Lock()
+        self._closing = threading.Lock()
+        self._rbuf.discard()
+
+    def _refuse_if_inherited(self) -> None:
+        # Both processes would seal records under the same keys and sequence
+        # numbers: AES-GCM nonces used twice.  Python's ssl lets a child go on.
+        if os.getpid() != self._pid:
+            raise TLSError(
+                f"this TLS connection belongs to process {self._pid}, and process "
+                f"{os.getpid()}, forked from it, cannot use it (both would seal records under "
+                "the same keys); wrap the socket in the process that uses it, after the fork",
+                status="INHERITED")
 
     # ---- peer AE identity ------------------------------------------------------
 
@@ -640,6 +665,7 @@ class TLSSocket(ssl.SSLSocket):
 
     def shutdown(self, how: int) -> None:
         """Send close_notify, then shut the TCP connection down."""
+        self._refuse_if_inherited()  # a shutdown(2) would end the parent's connection too
         self._send_close_notify()
         if self._aborted:  # no FIN after a gap (the close resets); readers still wake
             how = socket.SHUT_RD
@@ -818,6 +844,18 @@ class TLSSocket(ssl.SSLSocket):
     def __repr__(self) -> str:
         state = self.version() or ("failed" if self._failure else "no handshake yet")
         return f"<dcxsec.TLSSocket fd={self.fileno()} {state} peer={self._peer_text()}>"
+
+
+_live_sockets: "weakref.WeakSet[TLSSocket]" = weakref.WeakSet()
+
+
+def _leave_connections_to_the_parent() -> None:
+    for sock in list(_live_sockets):
+        sock._left_in_parent()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_leave_connections_to_the_parent)
 
 
 def _refill_for(sock: TLSSocket) -> Callable[..., bytes]:

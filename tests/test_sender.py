@@ -10,6 +10,7 @@ goes after an alert.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
 import struct
@@ -60,6 +61,18 @@ class SlowReader:
             self.ending.append("close_notify")
         except OSError as exc:
             self.ending.append(repr(exc))
+
+
+def wait_for_child(pid: int) -> int:
+    """A forked child's exit code; one that hangs is killed, and fails the test."""
+    deadline = time.monotonic() + 10
+    while (ended := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on its parent's connection")
+        time.sleep(0.01)
+    return os.waitstatus_to_exitcode(ended[1])
 
 
 def socketpair_tls(server_ctx, client_ctx) -> tuple:
@@ -435,10 +448,48 @@ def test_a_forked_child_closing_the_socket_leaves_the_parents_stream_alone(pair_
             pair.client.close()
         finally:
             os._exit(0)
-    deadline = time.monotonic() + 10
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        assert time.monotonic() < deadline, "the child hung closing its copy of the socket"
-        time.sleep(0.01)
+    wait_for_child(pid)
+    second = os.urandom(4 * PDU)
+    send_pdus(pair.client, second)
+    assert read_exactly(pair.server, len(first) + len(second)) == first + second
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_a_forked_child_is_refused_the_parents_connection(pair_factory, server_ctx, client_ctx):
+    """Forked while the parent's sender runs and another of its threads waits
+    in recv() holding the socket's lock: the child's send, recv and shutdown
+    are refused at once with the reason, and the parent's connection goes
+    on, both ways, untouched."""
+    pair = pair_factory(server_ctx, client_ctx)
+    first = os.urandom(4 * PDU)
+    send_pdus(pair.client, first)
+    assert pair.client._sender is not None
+    got: dict = {}
+    waiting = reader(pair.client, 5, got, then_end=False)  # holds the lock in recv()
+    time.sleep(0.2)
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            outcomes = []
+            for call in (lambda: pair.client.send(os.urandom(PDU)),
+                         lambda: pair.client.send(b"small"),
+                         lambda: pair.client.recv(6),
+                         lambda: pair.client.shutdown(socket.SHUT_RDWR)):
+                try:
+                    call()
+                    outcomes.append("not refused")
+                except TLSError as exc:
+                    outcomes.append(exc.status if "forked from it" in str(exc) else str(exc))
+            pair.client.close()
+            os.write(2, f"child: {outcomes}\n".encode())
+            status = 0 if outcomes == ["INHERITED"] * 4 else 1
+        finally:
+            os._exit(status)
+    assert wait_for_child(pid) == 0, "the child's I/O was not refused"
+    pair.server.sendall(b"hello")
+    waiting.join(10)
+    assert got.get("data") == b"hello"
     second = os.urandom(4 * PDU)
     send_pdus(pair.client, second)
     assert read_exactly(pair.server, len(first) + len(second)) == first + second
