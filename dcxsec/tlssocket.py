@@ -629,30 +629,32 @@ class TLSSocket(ssl.SSLSocket):
         finally:
             self._lock.release()
 
-    def _finish_sender(self) -> None:
+    def _finish_sender(self) -> OSError | None:
         """What was queued leaves, then the sender stops: no data after this.
         It does not take the I/O lock, so a thread blocked in recv() does not
         hold it up; a second closer waits for the first.  If the queue does not
-        all leave in time, the connection is aborted: the peer must not read
-        a clean close_notify after a gap."""
+        all leave in time, the connection is aborted (the peer must not read
+        a clean close_notify after a gap), and the reason is returned."""
         if os.getpid() != self._pid:
-            return
+            return None
         with self._closing:
             sender, self._behind = self._sender, False
             if sender is None:
-                return
-            rc = lib.DCX_OK
+                return None
+            rc, err = lib.DCX_OK, new_error()
             if sender.pending:  # only this waits, and lets the GIL go; an idle sender keeps it
                 wait = self._timeout or _CLOSE_FLUSH_S
-                rc = sender.flush(_milliseconds(wait), new_error())
+                rc = sender.flush(_milliseconds(wait), err)
                 if rc != lib.DCX_OK:
                     log.warning("connection with %s aborted: what was queued did not all leave "
                                 "in %.1f s (the peer stopped reading, or failed)",
                                 self._peer_text(), wait)
             sender.stop()
             self._sender = None
-            if rc != lib.DCX_OK:
-                self._abort()
+            if rc == lib.DCX_OK:
+                return None
+            self._abort()
+            return to_exception(err, rc)
 
     def _abort(self) -> None:
         """The close resets the connection, and nothing more is sent."""
@@ -719,12 +721,23 @@ class TLSSocket(ssl.SSLSocket):
                 sender.stop()  # a send() waiting for room in another thread returns an error
 
     def detach(self) -> int:
-        """The descriptor, no longer this socket's.  What was queued is sent
-        first; the TLS connection ends there, without close_notify."""
-        self._finish_sender()
+        """The descriptor, no longer this socket's, blocking or not as the
+        socket's timeout says.  What was queued is sent first; the TLS
+        connection ends there, without close_notify.  If the queue cannot all
+        leave, the connection is reset and closed instead, and TLSError says why."""
+        lost = self._finish_sender()
+        if self._aborted:
+            self.close()  # the reset _abort() prepared: nothing may follow a gap
+            raise TLSError(f"detach(): what was queued did not all leave "
+                           f"({lost or 'the connection had been aborted'}); the connection "
+                           "was reset and closed, and no descriptor is handed over",
+                           status="CLOSED")
         self._claim_from_pump()
         self._conn = None
         self._ready = False
+        if os.getpid() == self._pid and socket.socket.fileno(self) >= 0:
+            # The engine made it non-blocking; a forked child's copy shares that flag.
+            socket.socket.settimeout(self, self._timeout)
         return socket.socket.detach(self)
 
     def __del__(self) -> None:

@@ -162,10 +162,10 @@ def test_a_peer_that_reads_nothing_times_the_sender_out(server_ctx, client_ctx):
 
 
 def test_a_send_waiting_for_room_takes_it_when_the_peer_stops_reading(server_ctx, client_ctx):
-    """The peer reads a PDU and a bit, room enough for the send that waits,
-    and then nothing: the queue stays more than half full, so only the socket
-    staying full wakes that send (no timeout), which then returns with its
-    PDU queued instead of waiting for ever."""
+    """The peer takes the records 4 KiB at a time, pausing after each, while
+    more than half the queue stays full (no wake-up at half a queue then):
+    the send waiting for room (no timeout) returns once room for its PDU is
+    there, the socket having stayed full a moment, instead of waiting for ever."""
     client, server = socketpair_tls(server_ctx, client_ctx)
     sent: list[bytes] = []
     stop = threading.Event()
@@ -177,6 +177,9 @@ def test_a_send_waiting_for_room_takes_it_when_the_peer_stops_reading(server_ctx
             sent.append(pdu)
 
     writer = threading.Thread(target=write, daemon=True)
+    # More than this pending (queued plus sealed) is more than half a queue
+    # queued: what is sealed and unsent is at most a 64 KiB slice as records.
+    over_half = QUEUE // 2 + 66 * 1024
     try:
         writer.start()
         count, deadline = -1, time.monotonic() + 10
@@ -185,15 +188,16 @@ def test_a_send_waiting_for_room_takes_it_when_the_peer_stops_reading(server_ctx
             count = len(sent)
             time.sleep(0.5)
         stop.set()
-        got = read_exactly(server, 20000)  # room for any PDU's rest; the queue stays full
-        assert client._sender.pending > QUEUE // 2  # no wake-up at half a queue
-        writer.join(10)
-        assert not writer.is_alive(), "send() kept waiting though its PDU fitted"
+        taken = 0
+        while writer.is_alive() and client._sender.pending > over_half:
+            taken += len(os.read(server.fileno(), 4096))  # the records, as they are
+            writer.join(0.1)
+        assert not writer.is_alive(), (
+            f"send() kept waiting, its PDU not queued after the peer took {taken} bytes")
         assert len(sent) == count + 1
-        got += read_exactly(server, len(sent) * PDU - len(got))
-        assert got == b"".join(sent)
     finally:
         stop.set()
+        client.settimeout(0.2)  # the queue cannot leave: the close resets at once
         client.close()
         server.close()
 
@@ -505,7 +509,33 @@ def test_detach_sends_the_queue_then_hands_the_descriptor_over(pair_factory, ser
     fd = pair.client.detach()
     thread.join(10)
     assert got.get("data") == data
+    assert os.get_blocking(fd)  # as the socket's timeout (None) says, not the engine's mode
     os.close(fd)
+
+
+def test_detach_when_the_queue_cannot_leave_resets_and_says_so(server_ctx, client_ctx):
+    """The peer reads nothing: detach() cannot hand over a stream with a gap
+    in it, so it closes the connection and raises; the peer reads what left
+    whole, then learns that the rest was cut off."""
+    client, server = socketpair_tls(server_ctx, client_ctx)
+    try:
+        client.settimeout(0.3)
+        sent = bytearray()
+        with pytest.raises(TimeoutError):
+            while len(sent) < 2 * QUEUE:
+                pdu = os.urandom(PDU)
+                sent += pdu[:client.send(pdu)]
+        with pytest.raises(TLSError, match="did not all leave .*no descriptor is handed over"):
+            client.detach()
+        assert client.fileno() == -1
+        got = bytearray()
+        with pytest.raises(TLSError, match="truncated"):
+            while piece := server.recv(65536):
+                got += piece
+        assert len(got) < len(sent) and bytes(got) == bytes(sent[:len(got)])
+    finally:
+        client.close()
+        server.close()
 
 
 def test_two_closers_at_once_still_send_the_queue_first(server_ctx, client_ctx):
