@@ -220,7 +220,7 @@ class TLSSocket(ssl.SSLSocket):
             self._conn, self._keep_ctx = self._context._new_connection(
                 socket.socket.fileno(self), self.server_side, self.server_hostname)
             self._read_state = lib.dcx_conn_read_state(self._conn)
-            self._pid = os.getpid()
+            self._pid = os.getpid()  # the keys will be this process's
             socket.socket.setblocking(self, False)  # the engine waits with its own deadlines
         return self._conn
 
