@@ -100,6 +100,7 @@ class TLSSocket(ssl.SSLSocket):
         self._behind = True  # the connection may yet get a sender
         self._wrapped_at = time.monotonic()
         self._pid = os.getpid()  # the process whose connection this is (see _left_in_parent)
+        self._inherited = False  # in a forked child: the connection is the parent's
         self._aborted = False  # queued data was dropped: the close resets, no close_notify
         self._read_state = None  # the engine's flag: data it read waits for the next read
         # Decrypted plaintext, answered by a recv() written in C; it calls the
@@ -347,23 +348,33 @@ class TLSSocket(ssl.SSLSocket):
     # ---- after a fork -----------------------------------------------------------
 
     def _left_in_parent(self) -> None:
-        """In a forked child: the connection stays the parent's.  Its I/O goes
-        the slow way, to be refused there, and no lock that a thread of the
-        parent held at the fork is waited for."""
-        self._ready = False
+        """In a forked child: a connection stays the parent's.  Its I/O goes
+        the slow way, to be refused there, its handshake is not the child's to
+        finish, and no lock that a thread of the parent held at the fork is
+        waited for.  A socket with no connection yet is the child's to use."""
         self._lock = threading.Lock()
         self._closing = threading.Lock()
-        self._rbuf.discard()
+        if self._conn is not None:
+            self._inherited = True
+            self._ready = False
+            self._pump = None  # the parent's handshake thread, which the child does not have
+            self._rbuf.discard()
 
-    def _refuse_if_inherited(self) -> None:
+    def _inherited_conn(self) -> bool:
+        """Whether this process is a forked child of the one that made the connection."""
+        return self._conn is not None and os.getpid() != self._pid
+
+    def _inherited_error(self) -> TLSError:
         # Both processes would seal records under the same keys and sequence
         # numbers: AES-GCM nonces used twice.  Python's ssl lets a child go on.
-        if os.getpid() != self._pid:
-            raise TLSError(
-                f"this TLS connection belongs to process {self._pid}, and process "
-                f"{os.getpid()}, forked from it, cannot use it (both would seal records under "
-                "the same keys); wrap the socket in the process that uses it, after the fork",
-                status="INHERITED")
+        return TLSError(
+            f"this TLS connection belongs to process {self._pid}, and process {os.getpid()}, "
+            "forked from it, cannot use it (both would seal records under the same keys); "
+            "wrap the socket in the process that uses it, after the fork", status="INHERITED")
+
+    def _refuse_if_inherited(self) -> None:
+        if self._inherited_conn():
+            raise self._inherited_error()
 
     # ---- peer AE identity ------------------------------------------------------
 
@@ -525,6 +536,8 @@ class TLSSocket(ssl.SSLSocket):
 
     def pending(self) -> int:
         """Decrypted bytes waiting in the engine, which ``select()`` cannot see."""
+        if self._inherited:
+            return 1  # so that recv() is called, and says why the child cannot read
         if not self._handshake_done:
             pump, conn = self._pump, self._conn
             if pump is not None and conn is not None and handshake_thread.settled(pump, conn):
@@ -724,7 +737,13 @@ class TLSSocket(ssl.SSLSocket):
         """The descriptor, no longer this socket's, blocking or not as the
         socket's timeout says.  What was queued is sent first; the TLS
         connection ends there, without close_notify.  If the queue cannot all
-        leave, the connection is reset and closed instead, and TLSError says why."""
+        leave, the connection is reset and closed instead, and TLSError says why.
+        In a forked child, only the child's descriptor is closed, and TLSError
+        says that the connection is the parent's."""
+        if self._inherited_conn():
+            refusal = self._inherited_error()
+            self.close()
+            raise refusal
         lost = self._finish_sender()
         if self._aborted:
             self.close()  # the reset _abort() prepared: nothing may follow a gap

@@ -436,6 +436,45 @@ def test_a_forked_child_accepts_even_if_the_handshake_thread_was_being_started(s
         assert _exit_code_within(pid, 10) == 0
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_a_forked_child_neither_finishes_nor_uses_an_accepted_connection(server_ctx,
+                                                                         client_ctx):
+    """Forked after the engine's handshake thread finished an accepted
+    connection, before Python collected it: the child's pending() answers 1
+    without touching it, its send, recv and detach are refused, and the
+    parent's connection goes on both ways."""
+    a, b = socket.socketpair()
+    server = server_ctx.wrap_socket(a, server_side=True)
+    client = client_ctx.wrap_socket(b)
+    try:
+        client.do_handshake()
+        time.sleep(0.2)  # the handshake thread reads the client's Finished meanwhile
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                results = [server.pending()]
+                for call in (lambda: server.send(b"child"), lambda: server.recv(5),
+                             server.detach):
+                    try:
+                        call()
+                        results.append("not refused")
+                    except TLSError as exc:
+                        results.append(exc.status)
+                os.write(2, f"child: {results}\n".encode())
+                code = 0 if results == [1, "INHERITED", "INHERITED", "INHERITED"] else 1
+            finally:
+                os._exit(code)
+        assert _exit_code_within(pid, 10) == 0
+        server.sendall(b"parent")
+        assert client.recv(6) == b"parent"
+        client.sendall(b"back")
+        assert server.recv(4) == b"back"
+    finally:
+        client.close()
+        server.close()
+
+
 def _exit_code_within(pid: int, seconds: float) -> int | None:
     """The child's exit code, or None (and the child killed) if it is still running."""
     deadline = time.monotonic() + seconds

@@ -10,6 +10,7 @@ goes after an alert.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import ssl
@@ -190,7 +191,8 @@ def test_a_send_waiting_for_room_takes_it_when_the_peer_stops_reading(server_ctx
         stop.set()
         taken = 0
         while writer.is_alive() and client._sender.pending > over_half:
-            taken += len(os.read(server.fileno(), 4096))  # the records, as they are
+            if select.select([server.fileno()], [], [], 1)[0]:  # the engine's fd: non-blocking
+                taken += len(os.read(server.fileno(), 4096))  # the records, as they are
             writer.join(0.1)
         assert not writer.is_alive(), (
             f"send() kept waiting, its PDU not queued after the peer took {taken} bytes")
@@ -470,7 +472,10 @@ def test_a_forked_child_is_refused_the_parents_connection(pair_factory, server_c
     assert pair.client._sender is not None
     got: dict = {}
     waiting = reader(pair.client, 5, got, then_end=False)  # holds the lock in recv()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while not pair.client._lock.locked():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     pid = os.fork()
     if pid == 0:
         status = 1
