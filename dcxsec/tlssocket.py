@@ -359,6 +359,9 @@ class TLSSocket(ssl.SSLSocket):
             self._ready = False
             self._pump = None  # the parent's handshake thread, which the child does not have
             self._rbuf.discard()
+            # Never freed here: SSL_free() may take the context's lock, which a
+            # thread of the parent may have held at the fork.  The child's copy goes at exit.
+            ffi.gc(self._conn, None)
 
     def _inherited_conn(self) -> bool:
         """Whether this process is a forked child of the one that made the connection."""
