@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -17,6 +18,19 @@ from dcxsec import SecurityConfig, TLSContext, VerificationMethod
 
 pytest_plugins = ["pki_fixtures"]
 
+
+
+def exit_code_within(pid: int, seconds: float) -> int | None:
+    """A forked child's exit code, or None (and the child killed) if it is still running."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_stores(tmp_path_factory):

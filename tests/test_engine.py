@@ -5,7 +5,6 @@ import array
 import hashlib
 import os
 import select
-import signal
 import socket
 import ssl
 import struct
@@ -16,7 +15,7 @@ import pytest
 
 import dcxsec
 from dcxsec import ConfigurationError, TLSContext, TLSError
-from conftest import config_for, listener
+from conftest import config_for, exit_code_within, listener
 
 
 def test_handshake_negotiates_tls13_and_reports_the_peer(pki, pair_factory, server_ctx, client_ctx):
@@ -433,7 +432,7 @@ def test_a_forked_child_accepts_even_if_the_handshake_thread_was_being_started(s
     finally:
         client.close()
         lst.close()
-        assert _exit_code_within(pid, 10) == 0
+        assert exit_code_within(pid, 10) == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
@@ -465,7 +464,7 @@ def test_a_forked_child_neither_finishes_nor_uses_an_accepted_connection(server_
                 code = 0 if results == [1, "INHERITED", "INHERITED", "INHERITED"] else 1
             finally:
                 os._exit(code)
-        assert _exit_code_within(pid, 10) == 0
+        assert exit_code_within(pid, 10) == 0
         server.sendall(b"parent")
         assert client.recv(6) == b"parent"
         client.sendall(b"back")
@@ -473,16 +472,3 @@ def test_a_forked_child_neither_finishes_nor_uses_an_accepted_connection(server_
     finally:
         client.close()
         server.close()
-
-
-def _exit_code_within(pid: int, seconds: float) -> int | None:
-    """The child's exit code, or None (and the child killed) if it is still running."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import socket
 import ssl
 import struct
@@ -22,7 +21,7 @@ import pytest
 
 from dcxsec import TLSContext, TLSError
 from dcxsec._native import lib
-from conftest import config_for, free_port
+from conftest import config_for, exit_code_within, free_port
 from test_records import OpenSSLTool, read_until
 
 PDU = 16388  # a P-DATA-TF PDU at pynetdicom's default maximum length
@@ -62,18 +61,6 @@ class SlowReader:
             self.ending.append("close_notify")
         except OSError as exc:
             self.ending.append(repr(exc))
-
-
-def wait_for_child(pid: int) -> int:
-    """A forked child's exit code; one that hangs is killed, and fails the test."""
-    deadline = time.monotonic() + 10
-    while (ended := os.waitpid(pid, os.WNOHANG)) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung on its parent's connection")
-        time.sleep(0.01)
-    return os.waitstatus_to_exitcode(ended[1])
 
 
 def socketpair_tls(server_ctx, client_ctx) -> tuple:
@@ -454,7 +441,7 @@ def test_a_forked_child_closing_the_socket_leaves_the_parents_stream_alone(pair_
             pair.client.close()
         finally:
             os._exit(0)
-    wait_for_child(pid)
+    assert exit_code_within(pid, 10) is not None, "the child hung closing its copy"
     second = os.urandom(4 * PDU)
     send_pdus(pair.client, second)
     assert read_exactly(pair.server, len(first) + len(second)) == first + second
@@ -495,7 +482,7 @@ def test_a_forked_child_is_refused_the_parents_connection(pair_factory, server_c
             status = 0 if outcomes == ["INHERITED"] * 4 else 1
         finally:
             os._exit(status)
-    assert wait_for_child(pid) == 0, "the child's I/O was not refused"
+    assert exit_code_within(pid, 10) == 0, "the child's I/O was not refused, or it hung"
     pair.server.sendall(b"hello")
     waiting.join(10)
     assert got.get("data") == b"hello"
