@@ -63,6 +63,28 @@ class SlowReader:
             self.ending.append(repr(exc))
 
 
+def fill_until_timeout(client) -> bytearray:
+    """PDUs sent with a 0.3 s timeout to a peer that reads nothing, until a
+    send() times out; what was taken (the last send may queue part of its PDU)."""
+    client.settimeout(0.3)
+    sent = bytearray()
+    with pytest.raises(TimeoutError):
+        while len(sent) < 2 * QUEUE:
+            pdu = os.urandom(PDU)
+            sent += pdu[:client.send(pdu)]
+    return sent
+
+
+def assert_cut_off_after_a_prefix(server, sent: bytes) -> None:
+    """The peer reads the start of `sent` whole, then hears that a record was
+    cut: data was lost, and no clean end came after the gap."""
+    got = bytearray()
+    with pytest.raises(TLSError, match="truncated"):
+        while piece := server.recv(65536):
+            got += piece
+    assert len(got) < len(sent) and bytes(got) == bytes(sent[:len(got)])
+
+
 def socketpair_tls(server_ctx, client_ctx) -> tuple:
     """(requestor, acceptor) over a socketpair, whose buffers are small and
     exact: with the acceptor not reading, the socket soon takes no more."""
@@ -128,22 +150,13 @@ def test_a_peer_that_reads_nothing_times_the_sender_out(server_ctx, client_ctx):
     the socket.  The peer reads what left whole, then hears that the rest
     was cut off."""
     client, server = socketpair_tls(server_ctx, client_ctx)
-    sent = bytearray()
     try:
-        client.settimeout(0.3)
-        with pytest.raises(TimeoutError):
-            while len(sent) < 2 * QUEUE:  # the last send may queue part of its PDU
-                pdu = os.urandom(PDU)
-                sent += pdu[:client.send(pdu)]
+        sent = fill_until_timeout(client)
         closing = threading.Thread(target=client.close)
         closing.start()
         closing.join(10)
         assert not closing.is_alive(), "close() waited on a sender blocked on a full socket"
-        got = bytearray()
-        with pytest.raises(TLSError, match="truncated"):  # a record was cut: data was lost
-            while piece := server.recv(65536):
-                got += piece
-        assert len(got) < len(sent) and bytes(got) == bytes(sent[:len(got)])
+        assert_cut_off_after_a_prefix(server, sent)
     finally:
         client.close()
         server.close()
@@ -511,20 +524,11 @@ def test_detach_when_the_queue_cannot_leave_resets_and_says_so(server_ctx, clien
     whole, then learns that the rest was cut off."""
     client, server = socketpair_tls(server_ctx, client_ctx)
     try:
-        client.settimeout(0.3)
-        sent = bytearray()
-        with pytest.raises(TimeoutError):
-            while len(sent) < 2 * QUEUE:
-                pdu = os.urandom(PDU)
-                sent += pdu[:client.send(pdu)]
+        sent = fill_until_timeout(client)
         with pytest.raises(TLSError, match="did not all leave .*no descriptor is handed over"):
             client.detach()
         assert client.fileno() == -1
-        got = bytearray()
-        with pytest.raises(TLSError, match="truncated"):
-            while piece := server.recv(65536):
-                got += piece
-        assert len(got) < len(sent) and bytes(got) == bytes(sent[:len(got)])
+        assert_cut_off_after_a_prefix(server, sent)
     finally:
         client.close()
         server.close()
