@@ -59,14 +59,14 @@ struct dcx_ctx {
     uint64_t session_clock;
 };
 
-/* Follows a stream of records from a record boundary, to count them and to
- * know when the next byte starts a new one. */
 /* The first failure of something, repeated to later calls (under `failing`). */
 typedef struct failure_record {
     int status;           /* 0 while there is none */
     dcx_error why;
 } failure_record;
 
+/* Follows a stream of records from a record boundary, to count them and to
+ * know when the next byte starts a new one. */
 typedef struct record_counter {
     uint64_t records;
     size_t body_left;       /* bytes of the current record still to come */
