@@ -26,6 +26,49 @@ typedef struct {
     PyObject *refill;       /* refill(*recv_args): the full recv(), when nothing is buffered */
 } RecvBuffer;
 
+/* Storage that buffers gave back, for the next one that needs that size.
+ * A busy connection catches up after nearly every fill, and storage handed
+ * back to malloc came back as fresh pages from the kernel at the next one.
+ * A few slots for the whole process (the GIL guards them), so idle
+ * connections still keep nothing of their own. */
+#define SHELF_SLOTS 4
+static PyObject *shelf[SHELF_SLOTS];
+
+static PyObject *storage_take(Py_ssize_t size)
+{
+    for (int i = 0; i < SHELF_SLOTS; i++) {
+        PyObject *storage = shelf[i];
+        if (storage && PyByteArray_GET_SIZE(storage) == size) {
+            shelf[i] = NULL;
+            return storage;
+        }
+    }
+    return PyByteArray_FromStringAndSize(NULL, size);
+}
+
+/* Let *slot's storage go: onto the shelf if nothing else holds it, in an
+ * empty slot or in place of a smaller storage (a busy connection's is the
+ * one worth keeping). */
+static void storage_give(PyObject **slot)
+{
+    PyObject *storage = *slot;
+    if (!storage)
+        return;
+    *slot = NULL;
+    if (Py_REFCNT(storage) == 1) {
+        int k = 0;
+        for (int i = 0; shelf[k] && i < SHELF_SLOTS; i++)
+            if (!shelf[i] || PyByteArray_GET_SIZE(shelf[i]) < PyByteArray_GET_SIZE(shelf[k]))
+                k = i;
+        if (!shelf[k] || PyByteArray_GET_SIZE(shelf[k]) < PyByteArray_GET_SIZE(storage)) {
+            PyObject *smaller = shelf[k];
+            shelf[k] = storage;
+            storage = smaller;
+        }
+    }
+    Py_XDECREF(storage);
+}
+
 /* Everything is set here, so no method ever meets a half-made object. */
 static PyObject *RecvBuffer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -67,7 +110,7 @@ static void RecvBuffer_dealloc(RecvBuffer *self)
 {
     PyObject_GC_UnTrack(self);
     RecvBuffer_clear(self);
-    Py_CLEAR(self->storage);
+    storage_give(&self->storage);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -78,7 +121,7 @@ static void after_read(RecvBuffer *self)
         return;
     self->pos = self->end = 0;
     if (self->release_when_read)
-        Py_CLEAR(self->storage);
+        storage_give(&self->storage);
 }
 
 /* Up to n unread bytes as a new bytes object; the caller checked pos < end. */
@@ -171,12 +214,13 @@ static PyObject *RecvBuffer_resize(RecvBuffer *self, PyObject *arg)
     self->capacity = size;
     if (!self->storage)
         Py_RETURN_NONE; /* made at that size when next needed */
-    PyObject *storage = PyByteArray_FromStringAndSize(NULL, size);
+    PyObject *storage = storage_take(size);
     if (!storage)
         return NULL;
     memcpy(PyByteArray_AS_STRING(storage), PyByteArray_AS_STRING(self->storage) + self->pos,
            (size_t)unread);
-    Py_SETREF(self->storage, storage);
+    storage_give(&self->storage);
+    self->storage = storage;
     self->pos = 0;
     self->end = unread;
     Py_RETURN_NONE;
@@ -191,7 +235,7 @@ static PyObject *RecvBuffer_discard(RecvBuffer *self, PyObject *unused)
 /* The bytearray the engine writes into, made at `size` bytes if there is none. */
 static PyObject *RecvBuffer_storage(RecvBuffer *self, void *closure)
 {
-    if (!self->storage && !(self->storage = PyByteArray_FromStringAndSize(NULL, self->capacity)))
+    if (!self->storage && !(self->storage = storage_take(self->capacity)))
         return NULL;
     Py_INCREF(self->storage);
     return self->storage;
@@ -256,9 +300,30 @@ static PyTypeObject RecvBufferType = {
     .tp_getset = RecvBuffer_getset,
 };
 
+/* shelved(): sizes of the storage on the shelf, for tests and diagnostics. */
+static PyObject *recvbuf_shelved(PyObject *module, PyObject *unused)
+{
+    PyObject *sizes = PyList_New(0);
+    for (int i = 0; sizes && i < SHELF_SLOTS; i++) {
+        if (!shelf[i])
+            continue;
+        PyObject *size = PyLong_FromSsize_t(PyByteArray_GET_SIZE(shelf[i]));
+        if (!size || PyList_Append(sizes, size) < 0)
+            Py_CLEAR(sizes);
+        Py_XDECREF(size);
+    }
+    return sizes;
+}
+
+static PyMethodDef recvbuf_functions[] = {
+    {"shelved", recvbuf_shelved, METH_NOARGS,
+     "shelved(): sizes of the storage kept for the next buffer that needs it."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef recvbuf_module = {
     PyModuleDef_HEAD_INIT, "dcxsec._recvbuf",
-    "A socket's recv() answered in C from decrypted plaintext.", -1, NULL,
+    "A socket's recv() answered in C from decrypted plaintext.", -1, recvbuf_functions,
 };
 
 PyMODINIT_FUNC PyInit__recvbuf(void)

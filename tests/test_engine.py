@@ -14,7 +14,8 @@ import time
 import pytest
 
 import dcxsec
-from dcxsec import ConfigurationError, TLSContext, TLSError
+from dcxsec import ConfigurationError, TLSContext, TLSError, _recvbuf
+from dcxsec.tlssocket import _PLAIN_BUSY
 from conftest import config_for, exit_code_within, listener
 
 
@@ -122,6 +123,63 @@ def test_a_connection_that_has_caught_up_keeps_no_receive_buffer(pair_factory, s
     assert not pair.server._rbuf.held  # an idle association holds no 16 KiB buffer
     pair.client.sendall(b"again")
     assert pair.server.recv(100) == b"again"
+
+
+def _send_records_and_wait(pair, pdus: list[bytes]) -> None:
+    for pdu in pdus:
+        pair.client.sendall(pdu)
+    time.sleep(0.2)  # the records sit in the server's socket
+
+
+def _read_as_pynetdicom(sock, size: int) -> bytes:
+    """recv(6), then recv(4096)s: reads that the decrypted storage answers."""
+    got = bytearray(sock.recv(min(6, size)))
+    while len(got) < size:
+        piece = sock.recv(min(4096, size - len(got)))
+        assert piece, f"EOF after {len(got)} of {size} bytes"
+        got += piece
+    return bytes(got)
+
+
+def test_a_busy_connections_storage_serves_the_next_one(pair_factory, server_ctx, client_ctx):
+    # Storage goes onto a shelf for the whole process when a connection catches
+    # up, and the next busy fill takes it from there: no fresh pages each time.
+    pdus = [bytes([i]) * 5000 for i in range(40)]  # 200 KB waiting: the storage grows
+    first, second = pair_factory(server_ctx, client_ctx), pair_factory(server_ctx, client_ctx)
+    _send_records_and_wait(first, pdus)
+    assert _read_as_pynetdicom(first.server, 200_000) == b"".join(pdus)
+    assert first.server._rbuf.size == _PLAIN_BUSY
+    assert not first.server._rbuf.held
+    kept = _recvbuf.shelved().count(_PLAIN_BUSY)
+    assert kept >= 1
+    _send_records_and_wait(second, pdus)
+    assert second.server.recv(1) == bytes([0])
+    assert second.server._rbuf.size == _PLAIN_BUSY
+    assert _recvbuf.shelved().count(_PLAIN_BUSY) == kept - 1  # taken, not made
+    assert _read_as_pynetdicom(second.server, 199_999) == b"".join(pdus)[1:]
+    assert _recvbuf.shelved().count(_PLAIN_BUSY) == kept
+
+
+def test_reused_storage_serves_only_its_new_connections_bytes(pair_factory, server_ctx,
+                                                              client_ctx):
+    pairs = [pair_factory(server_ctx, client_ctx) for _ in range(6)]  # more than the shelf holds
+    for turn in range(3):
+        sent = [os.urandom(60_000 + 997 * i + turn) for i in range(len(pairs))]
+        for pair, data in zip(pairs, sent):
+            pair.client.sendall(data)
+        time.sleep(0.1)
+        for pair, data in zip(pairs, sent):
+            assert _read_as_pynetdicom(pair.server, len(data)) == data
+    for pair in pairs[::2]:  # closed with decrypted bytes unread: their storage may be reused
+        pair.client.sendall(b"never read " * 3000)
+        time.sleep(0.05)
+        assert pair.server.recv(1) == b"n"
+        pair.server.close()
+    for pair in pairs[1::2]:
+        data = os.urandom(50_000)
+        pair.client.sendall(data)
+        assert _read_as_pynetdicom(pair.server, len(data)) == data
+    assert len(_recvbuf.shelved()) <= 4
 
 
 def test_a_closed_socket_reads_nothing_it_had_decrypted(pair_factory, server_ctx, client_ctx):
