@@ -227,9 +227,10 @@ static int data_waiting(const dcx_conn *c)
 
 /* Receive buffers that connections gave back, for the next one that needs
  * one.  A busy connection catches up after nearly every read, and a buffer
- * handed back to malloc came back as fresh pages from the kernel: about 170
- * page faults per 512 KiB C-STORE.  A few slots for the whole process, so
- * idle associations still keep nothing of their own. */
+ * handed back to malloc came back as fresh pages whenever the heap had been
+ * trimmed meanwhile: about 170 page faults per 512 KiB C-STORE.  A few
+ * slots for the whole process, so idle associations still keep nothing of
+ * their own. */
 #define SHELF_SLOTS 4
 static unsigned char *_Atomic in_shelf[SHELF_SLOTS];
 

@@ -28,9 +28,11 @@ typedef struct {
 
 /* Storage that buffers gave back, for the next one that needs that size.
  * A busy connection catches up after nearly every fill, and storage handed
- * back to malloc came back as fresh pages from the kernel at the next one.
- * A few slots for the whole process (the GIL guards them), so idle
- * connections still keep nothing of their own. */
+ * back to malloc came back as fresh pages whenever the heap had been trimmed
+ * meanwhile.  A few slots for the whole process (the GIL guards them), so
+ * idle connections still keep nothing of their own.  A new owner reads only
+ * what its own fills wrote; the old bytes are not cleared, as they are not
+ * in memory handed back to malloc either. */
 #define SHELF_SLOTS 4
 static PyObject *shelf[SHELF_SLOTS];
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import array
+import gc
 import hashlib
 import os
 import select
@@ -146,6 +147,7 @@ def test_a_busy_connections_storage_serves_the_next_one(pair_factory, server_ctx
     # up, and the next busy fill takes it from there: no fresh pages each time.
     pdus = [bytes([i]) * 5000 for i in range(40)]  # 200 KB waiting: the storage grows
     first, second = pair_factory(server_ctx, client_ctx), pair_factory(server_ctx, client_ctx)
+    gc.collect()  # sockets of earlier tests give their storage back now, not mid-test
     _send_records_and_wait(first, pdus)
     assert _read_as_pynetdicom(first.server, 200_000) == b"".join(pdus)
     assert first.server._rbuf.size == _PLAIN_BUSY
@@ -162,24 +164,45 @@ def test_a_busy_connections_storage_serves_the_next_one(pair_factory, server_ctx
 
 def test_reused_storage_serves_only_its_new_connections_bytes(pair_factory, server_ctx,
                                                               client_ctx):
-    pairs = [pair_factory(server_ctx, client_ctx) for _ in range(6)]  # more than the shelf holds
-    for turn in range(3):
-        sent = [os.urandom(60_000 + 997 * i + turn) for i in range(len(pairs))]
-        for pair, data in zip(pairs, sent):
-            pair.client.sendall(data)
-        time.sleep(0.1)
-        for pair, data in zip(pairs, sent):
-            assert _read_as_pynetdicom(pair.server, len(data)) == data
-    for pair in pairs[::2]:  # closed with decrypted bytes unread: their storage may be reused
+    pairs = [pair_factory(server_ctx, client_ctx) for _ in range(6)]
+    failures: list[BaseException] = []
+
+    def turns(pair, index: int) -> None:
+        try:
+            for turn in range(3):
+                data = os.urandom(60_000 + 997 * index + turn)
+                pair.client.sendall(data)
+                assert _read_as_pynetdicom(pair.server, len(data)) == data
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    # Six readers at once: storage goes to the shelf and comes back in any order.
+    readers = [threading.Thread(target=turns, args=(pair, i)) for i, pair in enumerate(pairs)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(30)
+    assert not failures
+    # Three connections dropped with decrypted bytes unread: their storage,
+    # stale bytes and all, goes onto the shelf ...
+    for pair in pairs[::2]:
         pair.client.sendall(b"never read " * 3000)
         time.sleep(0.05)
         assert pair.server.recv(1) == b"n"
         pair.server.close()
+        pair.server = None
+    gc.collect()
+    # ... and the next busy connections take it, reading only their own bytes.
     for pair in pairs[1::2]:
         data = os.urandom(50_000)
         pair.client.sendall(data)
-        assert _read_as_pynetdicom(pair.server, len(data)) == data
-    assert len(_recvbuf.shelved()) <= 4
+        time.sleep(0.1)
+        shelved = _recvbuf.shelved().count(_PLAIN_BUSY)
+        assert shelved >= 1
+        head = pair.server.recv(6)
+        assert pair.server._rbuf.size == _PLAIN_BUSY
+        assert _recvbuf.shelved().count(_PLAIN_BUSY) == shelved - 1
+        assert head + _read_as_pynetdicom(pair.server, len(data) - 6) == data
 
 
 def test_a_closed_socket_reads_nothing_it_had_decrypted(pair_factory, server_ctx, client_ctx):
