@@ -182,7 +182,7 @@ def test_reused_storage_serves_only_its_new_connections_bytes(pair_factory, serv
         reader.start()
     for reader in readers:
         reader.join(30)
-    assert not failures
+    assert not failures and not any(reader.is_alive() for reader in readers)
     # Three connections dropped with decrypted bytes unread: their storage,
     # stale bytes and all, goes onto the shelf ...
     for pair in pairs[::2]:
