@@ -19,7 +19,6 @@ from dcxsec import SecurityConfig, TLSContext, VerificationMethod
 pytest_plugins = ["pki_fixtures"]
 
 
-
 def exit_code_within(pid: int, seconds: float) -> int | None:
     """A forked child's exit code, or None (and the child killed) if it is still running."""
     deadline = time.monotonic() + seconds
@@ -31,6 +30,18 @@ def exit_code_within(pid: int, seconds: float) -> int | None:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return None
+
+
+def read_exactly(sock, size: int, chunk: int = 65536) -> bytes:
+    """``size`` bytes, read at most ``chunk`` at a time (4096: pynetdicom's
+    reads, which the decrypted storage answers; 65536: straight reads)."""
+    got = bytearray()
+    while len(got) < size:
+        piece = sock.recv(min(chunk, size - len(got)))
+        assert piece, f"EOF after {len(got)} of {size} bytes"
+        got += piece
+    return bytes(got)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_stores(tmp_path_factory):

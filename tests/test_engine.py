@@ -17,7 +17,7 @@ import pytest
 import dcxsec
 from dcxsec import ConfigurationError, TLSContext, TLSError, _recvbuf
 from dcxsec.tlssocket import _PLAIN_BUSY
-from conftest import config_for, exit_code_within, listener
+from conftest import config_for, exit_code_within, listener, read_exactly
 
 
 def test_handshake_negotiates_tls13_and_reports_the_peer(pki, pair_factory, server_ctx, client_ctx):
@@ -132,16 +132,6 @@ def _send_records_and_wait(pair, pdus: list[bytes]) -> None:
     time.sleep(0.2)  # the records sit in the server's socket
 
 
-def _read_as_pynetdicom(sock, size: int) -> bytes:
-    """recv(6), then recv(4096)s: reads that the decrypted storage answers."""
-    got = bytearray(sock.recv(min(6, size)))
-    while len(got) < size:
-        piece = sock.recv(min(4096, size - len(got)))
-        assert piece, f"EOF after {len(got)} of {size} bytes"
-        got += piece
-    return bytes(got)
-
-
 def test_a_busy_connections_storage_serves_the_next_one(pair_factory, server_ctx, client_ctx):
     # Storage goes onto a shelf for the whole process when a connection catches
     # up, and the next busy fill takes it from there: no fresh pages each time.
@@ -149,7 +139,7 @@ def test_a_busy_connections_storage_serves_the_next_one(pair_factory, server_ctx
     first, second = pair_factory(server_ctx, client_ctx), pair_factory(server_ctx, client_ctx)
     gc.collect()  # sockets of earlier tests give their storage back now, not mid-test
     _send_records_and_wait(first, pdus)
-    assert _read_as_pynetdicom(first.server, 200_000) == b"".join(pdus)
+    assert read_exactly(first.server, 200_000, 4096) == b"".join(pdus)
     assert first.server._rbuf.size == _PLAIN_BUSY
     assert not first.server._rbuf.held
     kept = _recvbuf.shelved().count(_PLAIN_BUSY)
@@ -158,7 +148,7 @@ def test_a_busy_connections_storage_serves_the_next_one(pair_factory, server_ctx
     assert second.server.recv(1) == bytes([0])
     assert second.server._rbuf.size == _PLAIN_BUSY
     assert _recvbuf.shelved().count(_PLAIN_BUSY) == kept - 1  # taken, not made
-    assert _read_as_pynetdicom(second.server, 199_999) == b"".join(pdus)[1:]
+    assert read_exactly(second.server, 199_999, 4096) == b"".join(pdus)[1:]
     assert _recvbuf.shelved().count(_PLAIN_BUSY) == kept
 
 
@@ -172,7 +162,7 @@ def test_reused_storage_serves_only_its_new_connections_bytes(pair_factory, serv
             for turn in range(3):
                 data = os.urandom(60_000 + 997 * index + turn)
                 pair.client.sendall(data)
-                assert _read_as_pynetdicom(pair.server, len(data)) == data
+                assert read_exactly(pair.server, len(data), 4096) == data
         except BaseException as exc:  # noqa: BLE001 - reported below
             failures.append(exc)
 
@@ -202,7 +192,7 @@ def test_reused_storage_serves_only_its_new_connections_bytes(pair_factory, serv
         head = pair.server.recv(6)
         assert pair.server._rbuf.size == _PLAIN_BUSY
         assert _recvbuf.shelved().count(_PLAIN_BUSY) == shelved - 1
-        assert head + _read_as_pynetdicom(pair.server, len(data) - 6) == data
+        assert head + read_exactly(pair.server, len(data) - 6, 4096) == data
 
 
 def test_a_closed_socket_reads_nothing_it_had_decrypted(pair_factory, server_ctx, client_ctx):

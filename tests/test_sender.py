@@ -21,20 +21,11 @@ import pytest
 
 from dcxsec import TLSContext, TLSError
 from dcxsec._native import lib
-from conftest import config_for, exit_code_within, free_port
+from conftest import config_for, exit_code_within, free_port, read_exactly
 from test_records import OpenSSLTool, read_until
 
 PDU = 16388  # a P-DATA-TF PDU at pynetdicom's default maximum length
 QUEUE = 262144  # dcxsec.sender.QUEUE_BYTES
-
-
-def read_exactly(sock, size: int) -> bytes:
-    got = bytearray()
-    while len(got) < size:
-        piece = sock.recv(min(65536, size - len(got)))
-        assert piece, f"EOF after {len(got)} of {size} bytes"
-        got += piece
-    return bytes(got)
 
 
 def send_pdus(sock, data: bytes) -> None:
