@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -17,6 +18,30 @@ import dcxsec
 from dcxsec import SecurityConfig, TLSContext, VerificationMethod
 
 pytest_plugins = ["pki_fixtures"]
+
+UNDER_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def needs_tools(*tools: str, install: str) -> pytest.MarkDecorator:
+    """A mark for tests that run a program .ci/run installs (Debian package
+    ``install``): skipped with the reason where it is missing, but under CI
+    (``CI=true``) failed with the tool's name, so that CI never skips them."""
+    return pytest.mark.needs_tools(tools=tools, install=install)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_tools(tools, install): runs installed programs")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers(name="needs_tools"):
+        missing = [tool for tool in mark.kwargs["tools"] if shutil.which(tool) is None]
+        if not missing:
+            continue
+        reason = f"needs {', '.join(missing)} (apt-get install {mark.kwargs['install']})"
+        if UNDER_CI:
+            pytest.fail(f"CI installs this tool but it is missing: {reason}", pytrace=False)
+        pytest.skip(reason)
 
 
 def exit_code_within(pid: int, seconds: float) -> int | None:

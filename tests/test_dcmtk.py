@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import subprocess
 import time
 
 import pytest
 
-from conftest import config_for, free_port, requestor, wait_for_log
+from conftest import needs_tools, config_for, free_port, requestor, wait_for_log
 from dcxsec import TLSContext, VerificationMethod
 from test_pynetdicom import dataset_bytes
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None,
-                                reason="DCMTK is not installed (Debian package dcmtk)")
+pytestmark = needs_tools("echoscu", "storescu", "storescp", install="dcmtk")
 
 
 def tls_args(issued, ca) -> list[str]:

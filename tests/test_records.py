@@ -28,7 +28,9 @@ import pytest
 
 from dcxsec import TLSContext, TLSError, TLSSocket
 from dcxsec._native import ffi, lib
-from conftest import config_for, free_port, listener
+from conftest import config_for, free_port, listener, needs_tools
+
+pytestmark = needs_tools("openssl", install="openssl")
 
 SUITES = ["TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"]
 NOT_SEALED_FOR_US = "was not sealed for this connection"

@@ -25,15 +25,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from conftest import needs_tools
 from dcxsec import pki
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = ROOT / "tests" / "conformance"
 
-MISSING = [tool for tool in ("wine", "x86_64-w64-mingw32-gcc", "gcc", "make", "openssl")
-           if shutil.which(tool) is None]
-pytestmark = pytest.mark.skipif(
-    bool(MISSING), reason=f"needs {', '.join(MISSING)} (apt-get install wine64 gcc-mingw-w64-x86-64)")
+pytestmark = needs_tools("wine", "x86_64-w64-mingw32-gcc", "gcc", "make", "openssl",
+                         install="wine wine64 gcc-mingw-w64-x86-64 make openssl")
 
 CLIENT_CASES = [
     "client.handshake_dcxsec_server",

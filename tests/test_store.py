@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -15,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 import dcxsec.context
 import dcxsec.winstore
-from conftest import requestor
+from conftest import needs_tools, requestor
 from dcxsec import (
     CertificateVerificationError,
     CertStore,
@@ -249,7 +248,7 @@ def test_binding_refusal_raises_the_dcxsec_exception(pki, bound_contexts, pair_f
     assert raised.value.rule == "ae_title" and "dcxsec-scp" in raised.value.subject
 
 
-@pytest.mark.skipif(shutil.which("echoscu") is None, reason="DCMTK is not installed")
+@needs_tools("echoscu", "storescp", install="dcmtk")
 def test_dcmtk_peers_with_certificates_exported_from_the_store(two_sites, scp_factory, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="dcxsec")
     server = store_ctx(CertStore.CURRENT_USER, certificate_thumbprint=two_sites["scp"],
