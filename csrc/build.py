@@ -11,7 +11,7 @@ import sys
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HEADERS = [os.path.join(HERE, name) for name in ("dcxtls.h", "dcxstore.h")]
+HEADERS = [os.path.join(HERE, name) for name in ("dcxtls.h", "dcxthreads.h", "dcxstore.h")]
 
 
 def cdef_from_header(path: str, defined: set) -> str:
@@ -41,13 +41,12 @@ def cdef_from_header(path: str, defined: set) -> str:
 
 
 def backend_sources():
-    """The TLS backend (with its record layer, on OpenSSL), the system-store
-    backend, the handshake pump and the sender of this platform, and their
-    libraries."""
+    """The TLS backend, the system-store backend and the handshake pump of
+    this platform, and their libraries."""
     if sys.platform == "win32":
-        return (["tls_schannel.c", "store_crypt32.c", "pump_none.c", "sender_none.c"],
+        return (["tls_schannel.c", "store_crypt32.c", "pump_none.c"],
                 ["secur32", "crypt32", "ws2_32", "ncrypt"])
-    return (["tls_openssl.c", "tls13_record.c", "store_none.c", "pump_posix.c", "sender_posix.c"],
+    return (["openssl.c", "openssl_verify.c", "openssl_session.c", "store_none.c", "pump_posix.c"],
             ["ssl", "crypto", "pthread"])
 
 
@@ -57,7 +56,7 @@ ffibuilder.cdef("\n".join(cdef_from_header(header, _defined) for header in HEADE
 _sources, _libraries = backend_sources()
 ffibuilder.set_source(
     "dcxsec._tls",
-    '#include "dcxtls.h"\n#include "dcxstore.h"',
+    '#include "dcxtls.h"\n#include "dcxthreads.h"\n#include "dcxstore.h"',
     sources=[os.path.relpath(os.path.join(HERE, name)) for name in ["dcxtls_common.c", *_sources]],
     include_dirs=[os.path.relpath(HERE)],
     libraries=_libraries,

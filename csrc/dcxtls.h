@@ -3,8 +3,10 @@
  *
  * One configuration, one context built from it that serves both roles, and
  * connections bound to a socket descriptor.  Exactly one backend implements
- * this header per platform: tls_openssl.c (Linux, macOS) or tls_schannel.c
+ * this header per platform: openssl.c (Linux, macOS) or tls_schannel.c
  * (Windows).  No backend type appears here, and nothing here knows Python.
+ * Threads that exist for the caller's sake (the handshake pump) are declared
+ * apart, in dcxthreads.h.
  *
  * All calls that touch the network block for at most their timeout
  * (milliseconds, negative = no deadline) and never longer.  Every failure
@@ -121,6 +123,8 @@ typedef struct dcx_config {
 } dcx_config;
 
 typedef struct dcx_ctx dcx_ctx;
+/* Calls on one connection do not overlap: the caller makes one at a time
+ * (a backend may also take turns itself, but must not be relied on to). */
 typedef struct dcx_conn dcx_conn;
 
 /* The backend's name and version, e.g. "OpenSSL 3.0.19 27 Jan 2026". */
@@ -177,17 +181,6 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
  * never blocks, so it can be called holding a lock other threads wait for
  * (Python's GIL). */
 int dcx_conn_close_notify_now(dcx_conn *c, dcx_error *err);
-/* 1 when the connection may be written in one thread while it is read in
- * another (a sender may write it), 0 not yet (ask again after the first
- * write and read), -1 never (the caller writes in its own thread). */
-int dcx_conn_duplex(const dcx_conn *c);
-/* Never waits: the rest of records made earlier, then up to one slice of buf
- * (64 KiB) as records, sent as far as the socket takes them; the rest of
- * those records waits for the next call.  Returns the bytes of buf taken, 0
- * while the socket is still busy with earlier records, or a negative status. */
-long dcx_conn_write_some(dcx_conn *c, const void *buf, size_t len, dcx_error *err);
-/* Bytes of records made and not yet sent. */
-size_t dcx_conn_unsent(dcx_conn *c);
 /* The peer's leaf certificate in DER: its length, or 0 if none.  Copies at
  * most cap bytes; call with cap 0 to learn the size. */
 size_t dcx_conn_peer_cert(dcx_conn *c, unsigned char *buf, size_t cap);
@@ -198,65 +191,6 @@ int dcx_conn_session_reused(const dcx_conn *c);
 void dcx_conn_free(dcx_conn *c);
 /* The socket the connection was bound to. */
 dcx_socket dcx_conn_socket(const dcx_conn *c);
-
-/* ---- handshakes in the background (accepting side) ------------------------
- * A pump is one engine thread that advances accepted connections' handshakes
- * the moment their bytes arrive, while the caller's threads (and Python's GIL)
- * are busy elsewhere.  It only ever calls dcx_conn_handshake(c, 0, ...): the
- * thread that claims a connection back finishes the handshake with its own
- * deadline, so the pump changes when the work is done, never the outcome. */
-typedef struct dcx_pump dcx_pump;
-
-/* A running pump, or NULL (err says why: DCX_E_UNSUPPORTED on platforms
- * without one, where the caller handshakes in its own thread). */
-dcx_pump *dcx_pump_new(dcx_error *err);
-/* Hand c's handshake to the pump for at most timeout_ms; c must not be used
- * until it is claimed back. */
-int dcx_pump_add(dcx_pump *p, dcx_conn *c, int timeout_ms, dcx_error *err);
-/* 1 when the pump is done with c's handshake (finished, failed, or its time
- * is up), so that a claim returns at once; 0 while it still waits for bytes. */
-int dcx_pump_settled(dcx_pump *p, const dcx_conn *c);
-/* Take c back, waiting only for a handshake step in progress.  Claiming a
- * connection the pump does not hold does nothing. */
-void dcx_pump_claim(dcx_pump *p, dcx_conn *c);
-/* Stop the thread; connections still held are let go, not freed. */
-void dcx_pump_free(dcx_pump *p);
-
-/* ---- writes behind the caller -------------------------------------------
- * A sender is one engine thread per connection that seals and sends what the
- * caller queued, so that the caller's thread only copies the bytes: a
- * thread that holds Python's GIL queues a PDU and goes on, without letting
- * the GIL go and waiting for it to come back.  The queue keeps the order of
- * the bytes; the caller sends nothing else on the connection (no
- * dcx_conn_write, no dcx_conn_shutdown) until dcx_sender_flush() says all
- * of it left, and reads as before, in its own thread. */
-typedef struct dcx_sender dcx_sender;
-
-/* A sender for c, which must be duplex, queueing at most `capacity` bytes;
- * NULL when there is none (err: DCX_E_UNSUPPORTED where the platform has
- * no sender threads). */
-dcx_sender *dcx_sender_new(dcx_conn *c, size_t capacity, dcx_error *err);
-/* Queue buf, waiting up to timeout_ms for room while the queue is full (a
- * waiting caller is woken once half the queue is free, when the socket has
- * taken nothing for a while with some room made, or when the sender ends).
- * Returns the bytes queued: len, or fewer when the time ran out after some
- * (0 with timeout_ms 0 and no room); DCX_E_TIMEOUT when none could be; or
- * the failure that ended the sender (the connection's, or DCX_E_CLOSED). */
-long dcx_sender_queue(dcx_sender *s, const void *buf, size_t len, int timeout_ms, dcx_error *err);
-/* Wait until everything queued has gone into the socket: DCX_OK, DCX_E_TIMEOUT
- * (nothing is lost; call again), or the failure that ended the sender. */
-int dcx_sender_flush(dcx_sender *s, int timeout_ms, dcx_error *err);
-/* Bytes queued or sealed and not yet sent; 0 once the sender has ended
- * (what it dropped then is not counted: dcx_sender_flush() tells). */
-size_t dcx_sender_pending(dcx_sender *s);
-/* Stop the thread at once, before the socket is closed: what was not sent
- * is dropped, and calls waiting in dcx_sender_queue/flush return
- * DCX_E_CLOSED.  Never waits on the network. */
-void dcx_sender_stop(dcx_sender *s);
-/* Stop, then free; no other call on s may be in progress.  In a forked
- * child, where the thread is not, a sender does nothing: queue and flush
- * answer DCX_E_CLOSED, pending 0, and stop and free leave it be. */
-void dcx_sender_free(dcx_sender *s);
 
 #ifdef __cplusplus
 }

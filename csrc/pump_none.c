@@ -3,7 +3,7 @@
  * dcx_pump_new says so, and the accepting side handshakes in the thread that
  * first uses the connection.
  */
-#include "dcxtls.h"
+#include "dcxthreads.h"
 #include "dcxtls_common.h"
 
 #include <stddef.h>

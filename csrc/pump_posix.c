@@ -7,7 +7,7 @@
  * that ends the handshake (either way) settles the connection, and whoever
  * claims it gets it back as the step left it.
  */
-#include "dcxtls.h"
+#include "dcxthreads.h"
 #include "dcxtls_common.h"
 
 #include <errno.h>

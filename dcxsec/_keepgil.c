@@ -1,18 +1,13 @@
 /* dcxsec._keepgil: engine calls made without letting go of the GIL.
  *
  * cffi and the socket module give up the GIL around every call, and another
- * thread may take it and keep it for as long as Python lets it.  Two places
- * cannot afford that hand-off:
- *
- * - A connection's last steps (close_notify, the TCP shutdown, close, and
- *   freeing the engine's state).  At an association's release pynetdicom
- *   queues the A-RELEASE confirmation and then closes the socket, and a
- *   requestor thread that takes the GIL in between finds the state machine
- *   not yet idle and sleeps 10 ms in Association.kill().
- * - Queueing a PDU for the connection's sender (dcx_sender in dcxtls.h).
- *   The sender seals and sends in its own thread so that send() only
- *   copies; a send() that let the GIL go would wait for it to come back
- *   from the thread reading the other end, once per PDU.
+ * thread may take it and keep it for as long as Python lets it.  A
+ * connection's last steps (close_notify, the TCP shutdown, close, and
+ * freeing the engine's state) cannot afford that hand-off: at an
+ * association's release pynetdicom queues the A-RELEASE confirmation and
+ * then closes the socket, and a requestor thread that takes the GIL in
+ * between finds the state machine not yet idle and sleeps 10 ms in
+ * Association.kill().
  *
  * None of these calls waits while it holds the GIL: each lets it go, or
  * falls back to the caller's waiting path, when it would.
@@ -25,6 +20,7 @@
 #include <Python.h>
 
 #include "dcxtls.h"
+#include "dcxthreads.h"
 
 #ifdef _WIN32
 #include <winsock2.h>
@@ -47,17 +43,10 @@ typedef int fd_type;
 typedef int (*close_notify_now_fn)(dcx_conn *c, dcx_error *err);
 typedef void (*claim_fn)(dcx_pump *p, dcx_conn *c);
 typedef void (*free_fn)(dcx_conn *c);
-typedef long (*queue_fn)(dcx_sender *s, const void *buf, size_t len, int timeout_ms,
-                         dcx_error *err);
-typedef size_t (*pending_fn)(dcx_sender *s);
-typedef void (*sender_fn)(dcx_sender *s);
 
 static close_notify_now_fn close_notify_now_call;
 static claim_fn claim_call;
 static free_fn free_call;
-static queue_fn queue_call;
-static pending_fn pending_call;
-static sender_fn stop_call, sender_free_call;
 
 /* An address from Python (an int, 0 for NULL) as a pointer. */
 static int to_pointer(PyObject *o, void **out)
@@ -78,8 +67,7 @@ static PyObject *raise_socket_error(int code)
 
 static int bound(void)
 {
-    if (close_notify_now_call && claim_call && free_call && queue_call && pending_call &&
-        stop_call && sender_free_call)
+    if (close_notify_now_call && claim_call && free_call)
         return 1;
     PyErr_SetString(PyExc_RuntimeError, "dcxsec._keepgil.bind() has not been called");
     return 0;
@@ -87,21 +75,14 @@ static int bound(void)
 
 static PyObject *keepgil_bind(PyObject *mod, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"close_notify_now", "claim", "free", "sender_queue",
-                            "sender_pending", "sender_stop", "sender_free", NULL};
-    void *notify, *claim, *release, *queue, *pending, *stop, *sender_release;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&O&O&O&:bind", names,
-                                     to_pointer, &notify, to_pointer, &claim, to_pointer, &release,
-                                     to_pointer, &queue, to_pointer, &pending, to_pointer, &stop,
-                                     to_pointer, &sender_release))
+    static char *names[] = {"close_notify_now", "claim", "free", NULL};
+    void *notify, *claim, *release;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&:bind", names, to_pointer, &notify,
+                                     to_pointer, &claim, to_pointer, &release))
         return NULL;
     close_notify_now_call = (close_notify_now_fn)notify;
     claim_call = (claim_fn)claim;
     free_call = (free_fn)release;
-    queue_call = (queue_fn)queue;
-    pending_call = (pending_fn)pending;
-    stop_call = (sender_fn)stop;
-    sender_free_call = (sender_fn)sender_release;
     Py_RETURN_NONE;
 }
 
@@ -180,89 +161,21 @@ static PyObject *keepgil_free(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* sender_queue(sender, data, timeout_ms, err): dcx_sender_queue() of all of
- * data.  What fits goes in holding the GIL; only a full queue lets it go,
- * to wait for room.  Returns the bytes queued or a negative status (err,
- * a dcx_error's address, says why). */
-static PyObject *keepgil_sender_queue(PyObject *mod, PyObject *args)
-{
-    void *sender, *err;
-    Py_buffer data;
-    int timeout_ms;
-    if (!PyArg_ParseTuple(args, "O&y*iO&:sender_queue", to_pointer, &sender, &data, &timeout_ms,
-                          to_pointer, &err))
-        return NULL;
-    if (!bound()) {
-        PyBuffer_Release(&data);
-        return NULL;
-    }
-    long n = queue_call((dcx_sender *)sender, data.buf, (size_t)data.len, 0, (dcx_error *)err);
-    if (n >= 0 && n < data.len && timeout_ms != 0) {
-        long more;
-        Py_BEGIN_ALLOW_THREADS
-        more = queue_call((dcx_sender *)sender, (const char *)data.buf + n,
-                          (size_t)(data.len - n), timeout_ms, (dcx_error *)err);
-        Py_END_ALLOW_THREADS
-        /* A failure dropped the queue, with what went in above; a timeout
-         * after some is a short count, as a socket's send() gives. */
-        n = more == DCX_E_TIMEOUT ? (n ? n : more) : more < 0 ? more : n + more;
-    }
-    PyBuffer_Release(&data);
-    return PyLong_FromLong(n);
-}
-
-/* sender_pending(sender): bytes queued or sealed and not yet sent. */
-static PyObject *keepgil_sender_pending(PyObject *mod, PyObject *arg)
-{
-    void *sender;
-    if (!to_pointer(arg, &sender) || !bound())
-        return NULL;
-    return PyLong_FromSize_t(pending_call((dcx_sender *)sender));
-}
-
-/* sender_stop(sender) and sender_free(sender): the sender's thread never
- * needs the GIL and never waits on the network while stopping. */
-static PyObject *on_sender(PyObject *arg, sender_fn *call)
-{
-    void *sender;
-    if (!to_pointer(arg, &sender) || !bound())
-        return NULL;
-    (*call)((dcx_sender *)sender);
-    Py_RETURN_NONE;
-}
-
-static PyObject *keepgil_sender_stop(PyObject *mod, PyObject *arg)
-{
-    return on_sender(arg, &stop_call);
-}
-
-static PyObject *keepgil_sender_free(PyObject *mod, PyObject *arg)
-{
-    return on_sender(arg, &sender_free_call);
-}
-
 static PyMethodDef keepgil_methods[] = {
     {"bind", (PyCFunction)(void (*)(void))keepgil_bind, METH_VARARGS | METH_KEYWORDS,
-     "bind(close_notify_now, claim, free, sender_queue, sender_pending, sender_stop, "
-     "sender_free): the engine functions' addresses."},
+     "bind(close_notify_now, claim, free): the engine functions' addresses."},
     {"close_notify_now", keepgil_close_notify_now, METH_O,
      "close_notify_now(conn): dcx_conn_close_notify_now(), GIL held."},
     {"shutdown", keepgil_shutdown, METH_VARARGS, "shutdown(sock, how): shutdown(2), GIL held."},
     {"close", keepgil_close, METH_VARARGS, "close(fd): close the socket, GIL held unless it lingers."},
     {"free", keepgil_free, METH_VARARGS,
      "free(conn, pump): dcx_pump_claim() when pump is not 0, then dcx_conn_free(), GIL held."},
-    {"sender_queue", keepgil_sender_queue, METH_VARARGS,
-     "sender_queue(sender, data, timeout_ms, err): dcx_sender_queue(), GIL held while it fits."},
-    {"sender_pending", keepgil_sender_pending, METH_O,
-     "sender_pending(sender): dcx_sender_pending(), GIL held."},
-    {"sender_stop", keepgil_sender_stop, METH_O, "sender_stop(sender): dcx_sender_stop(), GIL held."},
-    {"sender_free", keepgil_sender_free, METH_O, "sender_free(sender): dcx_sender_free(), GIL held."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef keepgil_module = {
     PyModuleDef_HEAD_INIT, "dcxsec._keepgil",
-    "Engine calls made without letting go of the GIL: a connection's close, and its queued sends.",
+    "Engine calls made without letting go of the GIL: a connection's close.",
     -1, keepgil_methods,
 };
 

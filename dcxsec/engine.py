@@ -48,12 +48,9 @@ def _engine(name: str) -> int:
     return address(ffi.addressof(lib, name))
 
 
-# The close path and queued sends call these without letting go of the GIL (see _keepgil.c).
+# The close path calls these without letting go of the GIL (see _keepgil.c).
 _keepgil.bind(close_notify_now=_engine("dcx_conn_close_notify_now"),
-              claim=_engine("dcx_pump_claim"), free=_engine("dcx_conn_free"),
-              sender_queue=_engine("dcx_sender_queue"),
-              sender_pending=_engine("dcx_sender_pending"),
-              sender_stop=_engine("dcx_sender_stop"), sender_free=_engine("dcx_sender_free"))
+              claim=_engine("dcx_pump_claim"), free=_engine("dcx_conn_free"))
 
 
 def new_error():

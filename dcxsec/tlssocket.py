@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import ssl
-import struct
 import threading
 import time
 import weakref
@@ -25,7 +24,6 @@ from dcxsec._recvbuf import RecvBuffer
 from dcxsec.certinfo import certificate_dict, subject_text
 from dcxsec.engine import address, new_error, to_exception
 from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError, TLSError
-from dcxsec.sender import Sender
 from dcxsec import pump as handshake_thread
 
 if TYPE_CHECKING:
@@ -37,12 +35,6 @@ _DIRECT_READ = 16384  # reads this large go straight into the caller's buffer
 _PLAIN_QUIET = 16384  # decrypted bytes held for a quiet connection: one record
 _PLAIN_BUSY = 262144  # ... and for one whose records queue up (16 records, 16 PDUs)
 _CLOSE_NOTIFY_MS = 100
-_CLOSE_FLUSH_S = 10.0  # what a close gives queued PDUs to leave, unless the socket's timeout says
-# Writes of a data PDU's size are queued for the sender.  Smaller ones go at
-# once, after the queue (a release must not leave close_notify waiting), and
-# so do larger ones: the engine seals them from the caller's buffer, and one
-# hand-off of the GIL per 128 KiB costs nothing.
-_BEHIND_MIN, _BEHIND_MAX = 4096, 131072
 _RESET_ERRNOS = (errno.ENOTCONN, errno.ECONNRESET, errno.ECONNABORTED)  # the peer ended it
 _VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
 # Read buffers the engine overwrites: zeroing one first (ffi.new's default) costs
@@ -95,13 +87,9 @@ class TLSSocket(ssl.SSLSocket):
         self._failure: OSError | None = None
         self._early_failure: OSError | None = None
         self._pump = None  # the engine's handshake thread, while it holds this connection
-        self._sender: Sender | None = None  # seals and sends large writes in its own thread
-        self._closing = threading.Lock()  # one closer at a time finishes the sender
-        self._behind = True  # the connection may yet get a sender
         self._wrapped_at = time.monotonic()
         self._pid = os.getpid()  # the process whose connection this is (see _left_in_parent)
         self._inherited = False  # in a forked child: the connection is the parent's
-        self._aborted = False  # queued data was dropped: the close resets, no close_notify
         self._read_state = None  # the engine's flag: data it read waits for the next read
         # Decrypted plaintext, answered by a recv() written in C; it calls the
         # full recv() below only when nothing is buffered.
@@ -353,7 +341,6 @@ class TLSSocket(ssl.SSLSocket):
         finish, and no lock that a thread of the parent held at the fork is
         waited for.  A socket with no connection yet is the child's to use."""
         self._lock = threading.Lock()
-        self._closing = threading.Lock()
         if self._conn is not None:
             self._inherited = True
             self._ready = False
@@ -579,33 +566,10 @@ class TLSSocket(ssl.SSLSocket):
                 conn = self._ready_conn()
                 if not self._screened:
                     self._check_called_ae(data)
-            if _BEHIND_MIN <= size <= _BEHIND_MAX and self._behind:
-                sender = self._sender or self._start_sender(conn)
-                if sender is not None:
-                    n = sender.queue(data, self._timeout_ms, self._err)
-                    if n <= 0:
-                        raise self._io_error(self._err, n or lib.DCX_E_TIMEOUT, reading=False)
-                    return n  # all of it, or what was queued before the timeout
-            if self._sender is not None:
-                self._flush_sender()  # what was queued leaves first
             n = lib.dcx_conn_write(conn, source, size, self._timeout_ms, self._err)
             if n < 0:
                 raise self._io_error(self._err, n, reading=False)
         return size
-
-    def _start_sender(self, conn) -> Sender | None:
-        """A sender for this connection once the engine can write it from
-        another thread (after its first write and read); lock held."""
-        duplex = lib.dcx_conn_duplex(conn)
-        if duplex == 1:
-            self._sender = Sender.start(conn, self._err)
-        self._behind = duplex == 0 or self._sender is not None
-        return self._sender
-
-    def _flush_sender(self) -> None:
-        rc = self._sender.flush(self._timeout_ms, self._err)
-        if rc < 0:
-            raise self._io_error(self._err, rc, reading=False)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data``."""
@@ -634,9 +598,8 @@ class TLSSocket(ssl.SSLSocket):
     # the confirmation must not run before the state machine is idle.
 
     def _send_close_notify(self) -> None:
-        self._finish_sender()
         conn = self._conn
-        if (conn is None or not self._handshake_done or self._aborted
+        if (conn is None or not self._handshake_done
                 or os.getpid() != self._pid or not self._lock.acquire(blocking=False)):
             return
         try:
@@ -645,48 +608,10 @@ class TLSSocket(ssl.SSLSocket):
         finally:
             self._lock.release()
 
-    def _finish_sender(self) -> OSError | None:
-        """What was queued leaves, then the sender stops: no data after this.
-        It does not take the I/O lock, so a thread blocked in recv() does not
-        hold it up; a second closer waits for the first.  If the queue does not
-        all leave in time, the connection is aborted (the peer must not read
-        a clean close_notify after a gap), and the reason is returned."""
-        if os.getpid() != self._pid:
-            return None
-        with self._closing:
-            sender, self._behind = self._sender, False
-            if sender is None:
-                return None
-            rc, err = lib.DCX_OK, new_error()
-            if sender.pending:  # only this waits, and lets the GIL go; an idle sender keeps it
-                wait = self._timeout or _CLOSE_FLUSH_S
-                rc = sender.flush(_milliseconds(wait), err)
-                if rc != lib.DCX_OK:
-                    log.warning("connection with %s aborted: what was queued did not all leave "
-                                "in %.1f s (the peer stopped reading, or failed)",
-                                self._peer_text(), wait)
-            sender.stop()
-            self._sender = None
-            if rc == lib.DCX_OK:
-                return None
-            self._abort()
-            return to_exception(err, rc)
-
-    def _abort(self) -> None:
-        """The close resets the connection, and nothing more is sent."""
-        self._aborted = True
-        try:
-            socket.socket.setsockopt(self, socket.SOL_SOCKET, socket.SO_LINGER,
-                                     struct.pack("ii", 1, 0))
-        except OSError:
-            pass  # a peer that has reset already
-
     def shutdown(self, how: int) -> None:
         """Send close_notify, then shut the TCP connection down."""
         self._refuse_if_inherited()  # a shutdown(2) would end the parent's connection too
         self._send_close_notify()
-        if self._aborted:  # no FIN after a gap (the close resets); readers still wake
-            how = socket.SHUT_RD
         try:
             _keepgil.shutdown(self, how)
         except OSError as exc:
@@ -700,9 +625,9 @@ class TLSSocket(ssl.SSLSocket):
     def _real_close(self) -> None:
         if os.getpid() != self._pid:
             # A forked child's copy: the descriptor only.  The connection (its
-            # keys, its sender, its locks as they were at the fork) is the parent's.
-            self._conn = self._sender = None
-            self._ready = self._behind = False
+            # keys, its locks as they were at the fork) is the parent's.
+            self._conn = None
+            self._ready = False
             fd = socket.socket.detach(self)
             if fd >= 0:
                 os.close(fd)
@@ -711,49 +636,28 @@ class TLSSocket(ssl.SSLSocket):
         if self._conn is not None:
             if self._lock.locked():
                 # Another thread is inside the engine: wake it before the fd goes.
-                self._finish_sender()
                 try:
-                    socket.socket.shutdown(self, socket.SHUT_RD if self._aborted
-                                           else socket.SHUT_RDWR)
+                    socket.socket.shutdown(self, socket.SHUT_RDWR)
                 except OSError:
                     pass
             else:
                 self._send_close_notify()
             self._conn = None  # freed once the last thread using it lets go
             self._ready = False
-        self._stop_sender()  # before the descriptor goes: the thread writes to it
         self._rbuf.discard()  # nothing is read from a closed socket
         fd = socket.socket.detach(self)
         if fd >= 0:
             _keepgil.close(fd)
 
-    def _stop_sender(self) -> None:
-        with self._closing:
-            sender, self._sender = self._sender, None
-            self._behind = False
-            if sender is not None:
-                if sender.pending and os.getpid() == self._pid:
-                    self._abort()  # dropped unclosed with data queued: no clean end
-                sender.stop()  # a send() waiting for room in another thread returns an error
-
     def detach(self) -> int:
         """The descriptor, no longer this socket's, blocking or not as the
-        socket's timeout says.  What was queued is sent first; the TLS
-        connection ends there, without close_notify.  If the queue cannot all
-        leave, the connection is reset and closed instead, and TLSError says why.
-        In a forked child, only the child's descriptor is closed, and TLSError
-        says that the connection is the parent's."""
+        socket's timeout says; the TLS connection ends there, without
+        close_notify.  In a forked child, only the child's descriptor is
+        closed, and TLSError says that the connection is the parent's."""
         if self._inherited_conn():
             refusal = self._inherited_error()
             self.close()
             raise refusal
-        lost = self._finish_sender()
-        if self._aborted:
-            self.close()  # the reset _abort() prepared: nothing may follow a gap
-            raise TLSError(f"detach(): what was queued did not all leave "
-                           f"({lost or 'the connection had been aborted'}); the connection "
-                           "was reset and closed, and no descriptor is handed over",
-                           status="CLOSED")
         self._claim_from_pump()
         self._conn = None
         self._ready = False
@@ -763,12 +667,10 @@ class TLSSocket(ssl.SSLSocket):
         return socket.socket.detach(self)
 
     def __del__(self) -> None:
-        # A socket dropped unclosed: the handshake thread and the sender let
-        # go of the descriptor before it is closed (and its number handed out again).
+        # A socket dropped unclosed: the handshake thread lets go of the
+        # descriptor before it is closed (and its number handed out again).
         if getattr(self, "_pump", None) is not None:
             self._claim_from_pump()
-        if getattr(self, "_sender", None) is not None:
-            self._stop_sender()
         super().__del__()
 
     def unwrap(self) -> socket.socket:

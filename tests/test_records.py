@@ -1,14 +1,13 @@
-"""TLS 1.3 records after the handshake, which the engine seals and opens itself
-on OpenSSL: key updates from OpenSSL's own peers, each cipher suite, altered
-records, and records TLS forbids; and TLS 1.2, whose records OpenSSL keeps,
-through the engine's receive buffer.
+"""Records after the handshake, sealed and opened by OpenSSL's record layer:
+key updates from OpenSSL's own peers in each TLS 1.3 cipher suite, altered
+and forged records, records TLS forbids, and TLS 1.2 through the engine's
+receive buffer.
 
 The peers are ``openssl s_client`` / ``s_server`` (their ``K`` and ``k``
 commands send a KeyUpdate, with or without asking for ours), Python's
 ``ssl`` as pynetdicom sets it up, and dcxsec itself, through a relay that
-can alter or add bytes on the way.  An added
-record that does not open is reported in the engine's own words, which
-shows that the engine, not OpenSSL, was reading at that point.
+can alter or add bytes on the way.  A refused record is reported with
+what it most likely means, and the peer is told with an alert.
 """
 from __future__ import annotations
 
@@ -34,6 +33,7 @@ pytestmark = needs_tools("openssl", install="openssl")
 
 SUITES = ["TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"]
 NOT_SEALED_FOR_US = "was not sealed for this connection"
+NOT_PROTECTED = "not protected by the connection's keys"
 # One application-data record whose tag cannot verify under any key.
 FORGED_RECORD = b"\x17\x03\x03\x00\x20" + bytes(32)
 
@@ -179,7 +179,7 @@ def test_key_updates_from_s_client_each_suite(pki, server_ctx, suite, tmp_path):
 @pytest.mark.parametrize("suite", SUITES)
 def test_key_updates_from_s_server_each_suite(pki, client_ctx, suite, tmp_path):
     """dcxsec requestor -> relay -> s_server, which sends two session tickets
-    before its first data: the engine reads from OpenSSL behind them."""
+    before its first data: the data behind them is read at once."""
     port = free_port()
     tool = OpenSSLTool(["s_server", "-accept", f"127.0.0.1:{port}", "-tls1_3", "-ciphersuites",
                         suite, "-cert", str(pki.server.cert_path), "-key", str(pki.server.key_path)],
@@ -258,9 +258,9 @@ def test_an_altered_record_is_refused_and_the_peer_told(server_ctx, client_ctx, 
 
 
 @pytest.mark.parametrize("record, reason", [
-    (b"\x15\x03\x03\x00\x02\x02\x28", "unprotected TLS record (type 21)"),  # forged by anyone
-    (b"\x16\x03\x03\x00\x04\x01\x00\x00\x00", "unprotected TLS record (type 22)"),
-    (b"\x17\x03\x03\x48\x01" + bytes(64), "more than TLS 1.3 allows"),
+    (b"\x15\x03\x03\x00\x02\x02\x28", NOT_PROTECTED),  # forged by anyone
+    (b"\x16\x03\x03\x00\x04\x01\x00\x00\x00", NOT_PROTECTED),
+    (b"\x17\x03\x03\x48\x01" + bytes(64), "larger than TLS allows"),
     (b"\x17\x03\x03\x00\x05" + bytes(5), NOT_SEALED_FOR_US),
 ], ids=["plaintext-alert", "plaintext-handshake", "oversized", "too-short-for-a-tag"])
 def test_records_tls_forbids_after_the_handshake(pair_factory, server_ctx, client_ctx, record,
@@ -292,20 +292,20 @@ def test_tls12_records_arrive_whole_through_the_receive_buffer(pki, pair_factory
     assert pair.client.recv(10) == b"back"
 
 
-def test_openssl_alerts_on_the_engines_keys_after_the_hand_over(server_ctx, client_ctx):
-    """The requestor writes with the engine's keys from the handshake on, but
-    reads through OpenSSL until the first data.  When OpenSSL refuses a
-    record then, its alert must go out on the engine's keys and sequence:
-    the same key and nonce twice would break AES-GCM."""
+def test_a_forged_record_before_the_first_reply_is_refused_and_the_peer_told(server_ctx,
+                                                                            client_ctx):
+    """A record forged into the stream before the acceptor has written
+    anything (behind the handshake and its tickets) is refused, and the
+    alert that says so reaches the acceptor intact."""
     with _pair_through_relay(server_ctx, client_ctx) as (relay, client, server):
         client.settimeout(10)
         server.settimeout(10)
-        client.sendall(b"A-ASSOCIATE-RQ")  # record 0 on the engine's keys
+        client.sendall(b"A-ASSOCIATE-RQ")
         read_until(server, b"A-ASSOCIATE-RQ")
         relay.send("to_client", FORGED_RECORD)  # before the acceptor's first write
         with pytest.raises(TLSError, match="(?i)bad record mac"):
             client.recv(100)
-        with pytest.raises(TLSError) as told:  # record 1 opens: the alert is the peer's
+        with pytest.raises(TLSError) as told:  # the alert opens: it is the peer's
             server.recv(100)
         assert told.value.status == "PEER_ALERT" and told.value.alert == 20
 
@@ -367,8 +367,7 @@ def test_close_notify_behind_a_full_socket_is_finished_by_a_later_shutdown(
         client.send(b"hello")
         assert server.recv(5) == b"hello"
         sent = 0
-        # The server reads nothing yet.  Writes this small go out at once, not
-        # through the sender, so the socket fills up here.
+        # The server reads nothing yet, so the socket fills up here.
         while select.select([], [client], [], 0)[1]:
             sent += client.send(b"x" * 2048)
         # A send buffer smaller than what the socket holds takes nothing more.

@@ -41,7 +41,6 @@ CLIENT_CASES = [
     "client.close_notify_behind_full_socket",
     "client.reads_records_at_hand",
     "client.upload_50MB_sha256",
-    "client.upload_50MB_written_some",
     "client.download_50MB_sha256",
     "client.none_accepts",
     "client.trust_chain_accepts",

@@ -1,7 +1,7 @@
 /*
  * driver.c - one conformance suite for every backend of dcxtls.h.
  *
- * Built natively against tls_openssl.c + store_none.c and with mingw-w64
+ * Built natively against openssl.c + store_none.c and with mingw-w64
  * against tls_schannel.c + store_crypt32.c (run under Wine); it uses the
  * engine headers only, so both builds run exactly the same cases.
  *
@@ -358,38 +358,6 @@ static int writable_now(sock_t s)
     struct pollfd p = {s, POLLOUT, 0};
     return poll(&p, 1, 0) > 0;
 #endif
-}
-
-/* Until the socket takes more, within TIMEOUT_MS. */
-static int writable_soon(sock_t s)
-{
-#ifdef _WIN32
-    WSAPOLLFD p = {s, POLLWRNORM, 0};
-    return WSAPoll(&p, 1, TIMEOUT_MS) > 0;
-#else
-    struct pollfd p = {s, POLLOUT, 0};
-    return poll(&p, 1, TIMEOUT_MS) > 0;
-#endif
-}
-
-/* All of buf through dcx_conn_write_some(), as a sender writes: it never
- * waits, so the waiting is done here. */
-static int write_all_some(dcx_conn *c, sock_t s, const unsigned char *p, size_t len,
-                          dcx_error *err)
-{
-    while (len || dcx_conn_unsent(c)) {
-        long n = dcx_conn_write_some(c, p, len, err);
-        if (n < 0)
-            return (int)n;
-        p += n;
-        len -= (size_t)n;
-        if (n == 0 && !writable_soon(s)) {
-            snprintf(err->reason, sizeof(err->reason), "the socket took nothing for %d ms",
-                     TIMEOUT_MS);
-            return DCX_E_TIMEOUT;
-        }
-    }
-    return DCX_OK;
 }
 
 static int read_exact(dcx_conn *c, void *buf, size_t len, dcx_error *err)
@@ -814,7 +782,7 @@ static int case_reads_records_at_hand(void)
     return out;
 }
 
-enum { DOWNLOAD, UPLOAD, UPLOAD_SOME };
+enum { DOWNLOAD, UPLOAD };
 
 static int bulk(int mode)
 {
@@ -845,13 +813,7 @@ static int bulk(int mode)
     }
     while (left) {
         size_t k = left < sizeof(buf) ? (size_t)left : sizeof(buf);
-        if (mode == UPLOAD_SOME) {
-            pattern(&seed, buf, k);
-            if (write_all_some(c, s, buf, k, &err) != DCX_OK) {
-                say(FAIL, "writing some: %s", err.reason);
-                goto done;
-            }
-        } else if (upload) {
+        if (upload) {
             pattern(&seed, buf, k);
             if (dcx_conn_write(c, buf, k, TIMEOUT_MS, &err) < 0) {
                 say(FAIL, "writing: %s", err.reason);
@@ -907,33 +869,6 @@ done:
 
 static int case_upload(void) { return bulk(UPLOAD); }
 static int case_download(void) { return bulk(DOWNLOAD); }
-
-/* The engine's write for a sender's thread: where the connection can be
- * written while it is read (the engine's own TLS 1.3 records), 50 MB go
- * through dcx_conn_write_some() whole and in order; where it cannot
- * (SChannel), it says so and writes nothing. */
-static int case_upload_written_some(void)
-{
-    dcx_error err;
-    sock_t s;
-    dcx_conn *c;
-    dcx_ctx *ctx = make_ctx(&client_dcx, &err);
-    if (!ctx)
-        return say(FAIL, "%s", err.reason);
-    int duplex = 0, refused = 0;
-    if (connect_to(ctx, dcx_port, "localhost", &s, &c, &err) == DCX_OK) {
-        duplex = dcx_conn_duplex(c);
-        refused = dcx_conn_write_some(c, "x", 1, &err) == DCX_E_UNSUPPORTED;
-        hang_up(s, c);
-    }
-    dcx_ctx_free(ctx);
-    if (duplex == 1)
-        return bulk(UPLOAD_SOME);
-    if (duplex == -1 && refused)
-        return say(PASS, "%s: not duplex, and dcx_conn_write_some() says so", dcx_backend());
-    return say(FAIL, "dcx_conn_duplex() %d, dcx_conn_write_some() %s: %s", duplex,
-               refused ? "refused" : "accepted", err.reason);
-}
 
 /* A client case against openssl s_server -rev: expect success and an echo. */
 static int expect_accept(const opts *o, int port, const char *name)
@@ -1678,7 +1613,6 @@ static const struct {
     {"client.close_notify_behind_full_socket", case_close_notify_behind_full_socket},
     {"client.reads_records_at_hand", case_reads_records_at_hand},
     {"client.upload_50MB_sha256", case_upload},
-    {"client.upload_50MB_written_some", case_upload_written_some},
     {"client.download_50MB_sha256", case_download},
     {"client.none_accepts", case_none_accepts},
     {"client.trust_chain_accepts", case_chain_accepts},
