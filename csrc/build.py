@@ -45,7 +45,8 @@ def backend_sources():
     backend, the handshake pump and the sender of this platform, and their
     libraries."""
     if sys.platform == "win32":
-        return (["tls_schannel.c", "store_crypt32.c", "pump_none.c", "sender_none.c"],
+        return (["schannel.c", "schannel_identity.c", "schannel_verify.c",
+                 "store_crypt32.c", "pump_none.c", "sender_none.c"],
                 ["secur32", "crypt32", "ws2_32", "ncrypt"])
     return (["tls_openssl.c", "tls13_record.c", "store_none.c", "pump_posix.c", "sender_posix.c"],
             ["ssl", "crypto", "pthread"])

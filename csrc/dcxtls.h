@@ -3,8 +3,9 @@
  *
  * One configuration, one context built from it that serves both roles, and
  * connections bound to a socket descriptor.  Exactly one backend implements
- * this header per platform: tls_openssl.c (Linux, macOS) or tls_schannel.c
- * (Windows).  No backend type appears here, and nothing here knows Python.
+ * this header per platform: tls_openssl.c (Linux, macOS) or schannel.c
+ * with its schannel_*.c parts (Windows).  No backend type appears here, and
+ * nothing here knows Python.
  *
  * All calls that touch the network block for at most their timeout
  * (milliseconds, negative = no deadline) and never longer.  Every failure
