@@ -200,14 +200,17 @@ static int sec1_parts(der key, der *scalar, der *point)
     return 1;
 }
 
-/* The private key as DER of a known kind; fails with a reason. */
-static int read_private_key(const dcx_config *cfg, unsigned char **out, der *key, int *kind,
-                            dcx_error *err)
+/* The private key as DER of a known kind; fails with a reason.  A key taken
+ * out of PEM is decoded into *out (*out_len bytes, key pointing into it),
+ * which the caller wipes and frees. */
+static int read_private_key(const dcx_config *cfg, unsigned char **out, size_t *out_len, der *key,
+                            int *kind, dcx_error *err)
 {
     const dcx_blob *b = &cfg->private_key;
     DWORD n = 0;
     size_t pos = 0;
     *out = NULL;
+    *out_len = 0;
     if (is_pem(b)) {
         if (find_bytes(b->data, b->len, "BEGIN ENCRYPTED PRIVATE KEY") ||
             find_bytes(b->data, b->len, "Proc-Type: 4,ENCRYPTED"))
@@ -218,18 +221,22 @@ static int read_private_key(const dcx_config *cfg, unsigned char **out, der *key
                                   "into the My store and use its thumbprint"
                                 : "the private key is encrypted: give its password");
         if ((*out = pem_next(b, &pos, "RSA PRIVATE KEY", &n)) != NULL) {
+            *out_len = n;
             key->p = *out, key->len = n, *kind = KEY_RSA;
             return DCX_OK;
         }
         pos = 0;
         if ((*out = pem_next(b, &pos, "EC PRIVATE KEY", &n)) != NULL) {
+            *out_len = n;
             key->p = *out, key->len = n, *kind = KEY_EC;
             return DCX_OK;
         }
         pos = 0;
-        if ((*out = pem_next(b, &pos, "PRIVATE KEY", &n)) != NULL &&
-            unwrap_pkcs8(*out, n, key, kind) && *kind != KEY_UNKNOWN)
-            return DCX_OK;
+        if ((*out = pem_next(b, &pos, "PRIVATE KEY", &n)) != NULL) {
+            *out_len = n;
+            if (unwrap_pkcs8(*out, n, key, kind) && *kind != KEY_UNKNOWN)
+                return DCX_OK;
+        }
     } else if (unwrap_pkcs8(b->data, b->len, key, kind) && *kind != KEY_UNKNOWN) {
         return DCX_OK;
     } else {
@@ -242,8 +249,12 @@ static int read_private_key(const dcx_config *cfg, unsigned char **out, der *key
             return DCX_OK;
         }
     }
-    free(*out);
+    if (*out) {
+        SecureZeroMemory(*out, *out_len);
+        free(*out);
+    }
     *out = NULL;
+    *out_len = 0;
     return dcx_fail(err, DCX_E_CONFIG,
                     "the private key is not an RSA or EC key in PEM or DER (PKCS#8, PKCS#1 or SEC1)");
 }
@@ -308,6 +319,7 @@ out:
         CryptDestroyKey(hkey);
     if (prov)
         CryptReleaseContext(prov, 0);
+    SecureZeroMemory(blob, blob_len); /* the key in the clear, as CryptoAPI's PRIVATEKEYBLOB */
     LocalFree(blob);
     return rc;
 }
@@ -412,14 +424,15 @@ int sch_identity_from_bytes(dcx_ctx *ctx, const dcx_config *cfg, dcx_error *err)
         return dcx_fail(err, DCX_E_CONFIG, "certificate '%s' was given without its private key",
                         err ? err->subject : "");
     unsigned char *buf;
+    size_t buf_len;
     der key;
-    int kind = KEY_UNKNOWN; /* read_private_key sets it when it succeeds */
-    int rc = read_private_key(cfg, &buf, &key, &kind, err);
+    int kind = KEY_UNKNOWN;
+    int rc = read_private_key(cfg, &buf, &buf_len, &key, &kind, err);
     if (rc == DCX_OK)
         rc = kind == KEY_RSA ? import_rsa_key(ctx, key, leaf, err)
                              : import_ec_key(ctx, key, leaf, err);
-    if (buf) {
-        SecureZeroMemory(buf, key.len);
+    if (buf) { /* all of it: a PKCS#8 key lies inside, not at its start */
+        SecureZeroMemory(buf, buf_len);
         free(buf);
     }
     return rc;
