@@ -44,7 +44,8 @@ def backend_sources():
     """The TLS backend, the system-store backend and the handshake pump of
     this platform, and their libraries."""
     if sys.platform == "win32":
-        return (["tls_schannel.c", "store_crypt32.c", "pump_none.c"],
+        return (["schannel.c", "schannel_identity.c", "schannel_verify.c",
+                 "store_crypt32.c", "pump_none.c"],
                 ["secur32", "crypt32", "ws2_32", "ncrypt"])
     return (["openssl.c", "openssl_verify.c", "openssl_session.c", "store_none.c", "pump_posix.c"],
             ["ssl", "crypto", "pthread"])

@@ -3,10 +3,10 @@
  *
  * One configuration, one context built from it that serves both roles, and
  * connections bound to a socket descriptor.  Exactly one backend implements
- * this header per platform: openssl.c (Linux, macOS) or tls_schannel.c
- * (Windows).  No backend type appears here, and nothing here knows Python.
- * Threads that exist for the caller's sake (the handshake pump) are declared
- * apart, in dcxthreads.h.
+ * this header per platform: openssl.c with its openssl_*.c parts (Linux,
+ * macOS) or schannel.c with its schannel_*.c parts (Windows).  No backend
+ * type appears here, and nothing here knows Python.  Threads that exist for
+ * the caller's sake (the handshake pump) are declared apart, in dcxthreads.h.
  *
  * All calls that touch the network block for at most their timeout
  * (milliseconds, negative = no deadline) and never longer.  Every failure

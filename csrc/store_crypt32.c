@@ -4,7 +4,7 @@
  * Cert:\CurrentUser\<store> and Cert:\LocalMachine\<store> opened with
  * CertOpenStore(CERT_STORE_PROV_SYSTEM_W); keys of imported PKCS#12 files
  * stay in the scope's key storage, linked to their certificate by
- * CERT_KEY_PROV_INFO_PROP_ID, which is what SChannel (tls_schannel.c)
+ * CERT_KEY_PROV_INFO_PROP_ID, which is what SChannel (schannel_identity.c)
  * follows when the identity is given by thumbprint.
  */
 #ifndef _WIN32_WINNT

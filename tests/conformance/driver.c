@@ -1,8 +1,8 @@
 /*
  * driver.c - one conformance suite for every backend of dcxtls.h.
  *
- * Built natively against openssl.c + store_none.c and with mingw-w64
- * against tls_schannel.c + store_crypt32.c (run under Wine); it uses the
+ * Built natively against openssl*.c + store_none.c and with mingw-w64
+ * against schannel*.c + store_crypt32.c (run under Wine); it uses the
  * engine headers only, so both builds run exactly the same cases.
  *
  *   driver serve DIR          TLS server for the suite (prints "PORT <n>")

@@ -1,115 +1,25 @@
 /*
- * tls_schannel.c - the SChannel (SSPI) + Crypt32 backend of dcxtls.h (Windows).
+ * schannel.c - the SChannel (SSPI) + Crypt32 backend of dcxtls.h (Windows):
+ * library facts, credentials, the context, and the connection with its
+ * handshake loop, reads, writes, shutdown and attributes.
  *
  * One context holds an outbound and (lazily) an inbound credentials handle;
  * each connection drives InitializeSecurityContext / AcceptSecurityContext
  * and EncryptMessage / DecryptMessage over its own non-blocking socket,
  * waiting with dcx_wait so every call honours its deadline.  SChannel never
  * validates the peer itself (SCH_CRED_MANUAL_CRED_VALIDATION): after the
- * handshake one function applies the configured method with Crypt32 and
- * reports with the same dcx_verify_reason codes as the OpenSSL backend.
+ * handshake sch_verify_peer (schannel_verify.c) applies the configured method
+ * with Crypt32 and reports with the same dcx_verify_reason codes as the
+ * OpenSSL backend.  The identity comes from schannel_identity.c.
  */
-#ifndef _WIN32_WINNT
-#define _WIN32_WINNT 0x0A00
-#endif
-#define SECURITY_WIN32
-#define SCHANNEL_USE_BLACKLISTS /* declares SCH_CREDENTIALS (TLS 1.3) */
+#include "schannel_int.h"
 
-#include "dcxtls.h"
-#include "dcxtls_common.h"
-
-#include <winsock2.h>
-#include <ws2tcpip.h>
-#include <windows.h>
-#include <winternl.h>
-#include <wincrypt.h>
-#include <ncrypt.h>
-#include <bcrypt.h>
-#include <sspi.h>
-#include <schannel.h>
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#ifndef SECURITY_FLAG_IGNORE_UNKNOWN_CA
-#define SECURITY_FLAG_IGNORE_UNKNOWN_CA 0x00000100
-#endif
-#ifndef SECURITY_FLAG_IGNORE_CERT_CN_INVALID
-#define SECURITY_FLAG_IGNORE_CERT_CN_INVALID 0x00001000
-#endif
-#ifndef SP_PROT_TLS1_3_CLIENT
-#define SP_PROT_TLS1_3_CLIENT 0x00002000
-#define SP_PROT_TLS1_3_SERVER 0x00001000
-#endif
-
-#define ENC (X509_ASN_ENCODING | PKCS_7_ASN_ENCODING)
 #define IN_INITIAL (16384 + 2048)
 #define IN_LIMIT (1 << 20) /* no handshake flight or record is larger */
 
 /* Builds with SCH_CREDENTIALS (Windows 10 1809) and TLS 1.3 (build 20348). */
 #define BUILD_SCH_CREDENTIALS 17763
 #define BUILD_TLS13 20348
-
-struct dcx_ctx {
-    dcx_verify verify;
-    int check_hostname;
-    int check_revocation;
-    int use_system_trust;
-    int session_cache;
-    int lo, hi;                 /* the protocol range actually offered */
-    dcx_store cert_store;
-    PCCERT_CONTEXT identity;    /* own certificate with its key, or NULL */
-    wchar_t key_container[64];  /* the container we created for a key from bytes */
-    int key_is_cng;
-    HCERTSTORE identity_store;  /* memory store holding the identity and its intermediates */
-    HCERTSTORE trusted;         /* extra trusted roots (memory store, possibly empty) */
-    HCERTSTORE intermediates;   /* CAs that may complete a peer's chain, not trusted */
-    size_t trusted_count;
-    CRITICAL_SECTION lock;      /* guards thumbs and the lazy inbound credentials */
-    dcx_thumbs thumbs;
-    CredHandle cred_out, cred_in;
-    int have_cred_out, have_cred_in;
-};
-
-struct dcx_conn {
-    dcx_ctx *ctx;
-    dcx_socket fd;
-    int server_side;
-    CtxtHandle ctxt;
-    int have_ctxt;
-    int handshake_done;
-    int dead;
-    int fail_status;            /* why the connection died (0: it did not, or was shut down) */
-    dcx_error failure;          /* ... and the whole error, repeated to every later call */
-    int peer_closed;            /* close_notify received, or the peer closed at a record boundary */
-    int received_alert;
-    SecPkgContext_StreamSizes sizes;
-    unsigned char *in;          /* ciphertext received, not yet decrypted */
-    size_t in_len, in_cap;
-    struct {                    /* one record decrypted, not yet read */
-        unsigned char *data;
-        size_t start, end;
-    } pt;
-    size_t plain_cap;
-    dcx_read_state read_state;
-    unsigned char *out;         /* one encrypted record being built */
-    int closing;                /* close_notify was made: no data may follow it */
-    int keeping_rest;           /* sending close_notify: a rest cut short goes to out */
-    size_t out_rest;            /* close_notify's rest in out, for the next shutdown call */
-    unsigned char first[DCX_SNIFF_LEN];
-    size_t first_len;
-    PCCERT_CONTEXT peer;
-    int version;
-    char cipher[96];
-    int cipher_bits;
-    int reused;
-    char server_name[256];
-    wchar_t server_name_w[256];
-    char subject[256];
-    char thumbprint[2 * DCX_SHA1_LEN + 1];
-    char not_after[32];
-};
 
 /* ---- platform facts ---------------------------------------------------- */
 
@@ -143,7 +53,7 @@ int dcx_max_supported_version(void)
 }
 
 /* The symbolic name of an SSPI/Crypt32 status, for reasons and logs. */
-static const char *status_name(SECURITY_STATUS s)
+const char *sch_status_name(SECURITY_STATUS s)
 {
     switch ((unsigned long)s) {
 #define N(x) case (unsigned long)x: return #x
@@ -173,492 +83,6 @@ static const char *status_name(SECURITY_STATUS s)
     }
 }
 
-/* ---- certificates and keys ------------------------------------------- */
-
-static const unsigned char *find_bytes(const unsigned char *p, size_t len, const char *needle)
-{
-    size_t n = strlen(needle);
-    for (size_t i = 0; i + n <= len; i++)
-        if (memcmp(p + i, needle, n) == 0)
-            return p + i;
-    return NULL;
-}
-
-/* The DER inside the next PEM block whose label is `label` (e.g. "CERTIFICATE").
- * *pos advances past it.  Returns a malloc'd buffer, or NULL when no block is left. */
-static unsigned char *pem_next(const dcx_blob *b, size_t *pos, const char *label, DWORD *der_len)
-{
-    char begin[64], end[64];
-    snprintf(begin, sizeof(begin), "-----BEGIN %s-----", label);
-    snprintf(end, sizeof(end), "-----END %s-----", label);
-    const unsigned char *start = find_bytes(b->data + *pos, b->len - *pos, begin);
-    if (!start)
-        return NULL;
-    const unsigned char *stop = find_bytes(start, b->len - (size_t)(start - b->data), end);
-    if (!stop)
-        return NULL;
-    stop += strlen(end);
-    *pos = (size_t)(stop - b->data);
-    DWORD n = 0;
-    if (!CryptStringToBinaryA((const char *)start, (DWORD)(stop - start), CRYPT_STRING_BASE64HEADER,
-                              NULL, &n, NULL, NULL))
-        return NULL;
-    unsigned char *der = malloc(n ? n : 1);
-    if (der && !CryptStringToBinaryA((const char *)start, (DWORD)(stop - start),
-                                     CRYPT_STRING_BASE64HEADER, der, &n, NULL, NULL)) {
-        free(der);
-        return NULL;
-    }
-    *der_len = n;
-    return der;
-}
-
-static int is_pem(const dcx_blob *b)
-{
-    return find_bytes(b->data, b->len, "-----BEGIN") != NULL;
-}
-
-/* Adds every certificate of a blob (one DER, or PEM blocks) to store.  Returns
- * how many; *first gets the first one (caller frees) when first is not NULL. */
-static int add_certificates(HCERTSTORE store, const dcx_blob *b, PCCERT_CONTEXT *first)
-{
-    int count = 0;
-    if (first)
-        *first = NULL;
-    if (!b->len)
-        return 0;
-    if (!is_pem(b)) {
-        PCCERT_CONTEXT added = NULL;
-        if (CertAddEncodedCertificateToStore(store, X509_ASN_ENCODING, b->data, (DWORD)b->len,
-                                             CERT_STORE_ADD_USE_EXISTING, first ? &added : NULL)) {
-            if (first)
-                *first = added;
-            return 1;
-        }
-        return 0;
-    }
-    size_t pos = 0;
-    DWORD n = 0;
-    unsigned char *der;
-    while ((der = pem_next(b, &pos, "CERTIFICATE", &n)) != NULL) {
-        PCCERT_CONTEXT added = NULL;
-        int want = first && !*first;
-        if (CertAddEncodedCertificateToStore(store, X509_ASN_ENCODING, der, n,
-                                             CERT_STORE_ADD_USE_EXISTING, want ? &added : NULL)) {
-            count++;
-            if (want)
-                *first = added;
-        }
-        free(der);
-    }
-    return count;
-}
-
-static void describe_cert(PCCERT_CONTEXT cert, char *subject, size_t subject_cap, char *thumb,
-                          char *not_after, size_t not_after_cap)
-{
-    char name[512] = "";
-    CertNameToStrA(X509_ASN_ENCODING, &cert->pCertInfo->Subject,
-                   CERT_X500_NAME_STR | CERT_NAME_STR_REVERSE_FLAG, name, sizeof(name));
-    /* RFC 2253 spelling ("CN=a,O=b"), as the OpenSSL backend shows names */
-    size_t j = 0;
-    for (size_t i = 0; name[i] && j + 1 < subject_cap; i++) {
-        if (name[i] == ' ' && i > 0 && name[i - 1] == ',')
-            continue;
-        subject[j++] = name[i];
-    }
-    subject[j] = '\0';
-    unsigned char sha1[DCX_SHA1_LEN];
-    DWORD n = sizeof(sha1);
-    if (CertGetCertificateContextProperty(cert, CERT_HASH_PROP_ID, sha1, &n) && n == DCX_SHA1_LEN)
-        dcx_hex(sha1, DCX_SHA1_LEN, thumb);
-    else
-        snprintf(thumb, 2 * DCX_SHA1_LEN + 1, "?");
-    SYSTEMTIME st;
-    if (FileTimeToSystemTime(&cert->pCertInfo->NotAfter, &st))
-        snprintf(not_after, not_after_cap, "%04u-%02u-%02u %02u:%02u:%02u UTC", st.wYear,
-                 st.wMonth, st.wDay, st.wHour, st.wMinute, st.wSecond);
-    else
-        snprintf(not_after, not_after_cap, "?");
-}
-
-static void name_of(PCERT_NAME_BLOB blob, char *out, size_t cap)
-{
-    CertNameToStrA(X509_ASN_ENCODING, blob, CERT_X500_NAME_STR | CERT_NAME_STR_REVERSE_FLAG, out,
-                   (DWORD)cap);
-}
-
-/* A minimal DER reader, enough to take PKCS#8 and SEC1 keys apart. */
-typedef struct der {
-    const unsigned char *p;
-    size_t len;
-} der;
-
-static int der_next(der *in, unsigned char *tag, der *content)
-{
-    if (in->len < 2)
-        return 0;
-    size_t hdr = 2, n = in->p[1];
-    if (n & 0x80) {
-        size_t k = n & 0x7f;
-        if (k == 0 || k > 4 || in->len < 2 + k)
-            return 0;
-        n = 0;
-        for (size_t i = 0; i < k; i++)
-            n = (n << 8) | in->p[2 + i];
-        hdr += k;
-    }
-    if (in->len - hdr < n)
-        return 0;
-    *tag = in->p[0];
-    content->p = in->p + hdr;
-    content->len = n;
-    in->p += hdr + n;
-    in->len -= hdr + n;
-    return 1;
-}
-
-static const unsigned char OID_RSA[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01};
-static const unsigned char OID_EC[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01};
-
-enum key_kind { KEY_UNKNOWN, KEY_RSA, KEY_EC };
-
-/* PKCS#8 PrivateKeyInfo -> the inner key (PKCS#1 or SEC1) and its kind. */
-static int unwrap_pkcs8(const unsigned char *p, size_t len, der *inner, int *kind)
-{
-    der all = {p, len}, seq, item, alg, oid;
-    unsigned char tag;
-    if (!der_next(&all, &tag, &seq) || tag != 0x30)
-        return 0;
-    if (!der_next(&seq, &tag, &item) || tag != 0x02) /* version */
-        return 0;
-    if (!der_next(&seq, &tag, &alg) || tag != 0x30)
-        return 0;
-    if (!der_next(&alg, &tag, &oid) || tag != 0x06)
-        return 0;
-    if (!der_next(&seq, &tag, inner) || tag != 0x04)
-        return 0;
-    if (oid.len == sizeof(OID_RSA) && memcmp(oid.p, OID_RSA, oid.len) == 0)
-        *kind = KEY_RSA;
-    else if (oid.len == sizeof(OID_EC) && memcmp(oid.p, OID_EC, oid.len) == 0)
-        *kind = KEY_EC;
-    else
-        *kind = KEY_UNKNOWN;
-    return 1;
-}
-
-/* SEC1 ECPrivateKey -> the private scalar, and the public point when present. */
-static int sec1_parts(der key, der *scalar, der *point)
-{
-    der seq, item, bits;
-    unsigned char tag;
-    point->p = NULL;
-    point->len = 0;
-    if (!der_next(&key, &tag, &seq) || tag != 0x30)
-        return 0;
-    if (!der_next(&seq, &tag, &item) || tag != 0x02)
-        return 0;
-    if (!der_next(&seq, &tag, scalar) || tag != 0x04)
-        return 0;
-    while (der_next(&seq, &tag, &item)) /* [0] parameters, [1] publicKey BIT STRING */
-        if (tag == 0xa1 && der_next(&item, &tag, &bits) && tag == 0x03 && bits.len > 1) {
-            point->p = bits.p + 1;
-            point->len = bits.len - 1;
-        }
-    return 1;
-}
-
-/* The private key as DER of a known kind; fails with a reason. */
-static int read_private_key(const dcx_config *cfg, unsigned char **out, der *key, int *kind,
-                            dcx_error *err)
-{
-    const dcx_blob *b = &cfg->private_key;
-    DWORD n = 0;
-    size_t pos = 0;
-    *out = NULL;
-    if (is_pem(b)) {
-        if (find_bytes(b->data, b->len, "BEGIN ENCRYPTED PRIVATE KEY") ||
-            find_bytes(b->data, b->len, "Proc-Type: 4,ENCRYPTED"))
-            return dcx_fail(err, DCX_E_CONFIG,
-                            cfg->private_key_password
-                                ? "the private key is encrypted, and the SChannel backend cannot "
-                                  "decrypt PEM keys: import the certificate and key as PKCS#12 "
-                                  "into the My store and use its thumbprint"
-                                : "the private key is encrypted: give its password");
-        if ((*out = pem_next(b, &pos, "RSA PRIVATE KEY", &n)) != NULL) {
-            key->p = *out, key->len = n, *kind = KEY_RSA;
-            return DCX_OK;
-        }
-        pos = 0;
-        if ((*out = pem_next(b, &pos, "EC PRIVATE KEY", &n)) != NULL) {
-            key->p = *out, key->len = n, *kind = KEY_EC;
-            return DCX_OK;
-        }
-        pos = 0;
-        if ((*out = pem_next(b, &pos, "PRIVATE KEY", &n)) != NULL &&
-            unwrap_pkcs8(*out, n, key, kind) && *kind != KEY_UNKNOWN)
-            return DCX_OK;
-    } else if (unwrap_pkcs8(b->data, b->len, key, kind) && *kind != KEY_UNKNOWN) {
-        return DCX_OK;
-    } else {
-        /* bare PKCS#1 or SEC1: SEQUENCE { INTEGER version, INTEGER n | OCTET STRING d } */
-        der all = {b->data, b->len}, seq, item;
-        unsigned char tag;
-        if (der_next(&all, &tag, &seq) && tag == 0x30 && der_next(&seq, &tag, &item) &&
-            tag == 0x02 && der_next(&seq, &tag, &item)) {
-            key->p = b->data, key->len = b->len, *kind = tag == 0x04 ? KEY_EC : KEY_RSA;
-            return DCX_OK;
-        }
-    }
-    free(*out);
-    *out = NULL;
-    return dcx_fail(err, DCX_E_CONFIG,
-                    "the private key is not an RSA or EC key in PEM or DER (PKCS#8, PKCS#1 or SEC1)");
-}
-
-/* A container name no other context or process uses. */
-static void new_container_name(dcx_ctx *ctx)
-{
-    static volatile LONG counter;
-    LARGE_INTEGER t;
-    QueryPerformanceCounter(&t);
-    swprintf(ctx->key_container, sizeof(ctx->key_container) / sizeof(wchar_t),
-             L"dcxsec-%lu-%ld-%llx", (unsigned long)GetCurrentProcessId(),
-             (long)InterlockedIncrement(&counter), (unsigned long long)t.QuadPart);
-}
-
-/* RSA goes through CryptoAPI (what Wine's SChannel, too, can use); the key is
- * persisted in a named container, because SChannel cannot use ephemeral keys. */
-static int import_rsa_key(dcx_ctx *ctx, der key, PCCERT_CONTEXT cert, dcx_error *err)
-{
-    BYTE *blob = NULL;
-    DWORD blob_len = 0;
-    HCRYPTPROV prov = 0;
-    HCRYPTKEY hkey = 0;
-    int rc = DCX_OK;
-    if (!CryptDecodeObjectEx(ENC, PKCS_RSA_PRIVATE_KEY, key.p, (DWORD)key.len,
-                             CRYPT_DECODE_ALLOC_FLAG, NULL, &blob, &blob_len))
-        return dcx_fail(err, DCX_E_CONFIG, "the RSA private key cannot be decoded (%s)",
-                        status_name((SECURITY_STATUS)GetLastError()));
-    ((BLOBHEADER *)blob)->aiKeyAlg = CALG_RSA_KEYX; /* TLS needs AT_KEYEXCHANGE */
-    new_container_name(ctx);
-    if (!CryptAcquireContextW(&prov, ctx->key_container, MS_ENH_RSA_AES_PROV_W, PROV_RSA_AES,
-                              CRYPT_NEWKEYSET)) {
-        rc = dcx_fail(err, DCX_E_CONFIG, "cannot create a key container for the private key (%s)",
-                      status_name((SECURITY_STATUS)GetLastError()));
-        ctx->key_container[0] = 0;
-        goto out;
-    }
-    /* Exportable: Wine's SChannel hands the key to GnuTLS by exporting it. */
-    if (!CryptImportKey(prov, blob, blob_len, 0, CRYPT_EXPORTABLE, &hkey)) {
-        rc = dcx_fail(err, DCX_E_CONFIG, "the RSA private key cannot be imported (%s)",
-                      status_name((SECURITY_STATUS)GetLastError()));
-        goto out;
-    }
-    BYTE spki_buf[4096];
-    DWORD spki_len = sizeof(spki_buf);
-    if (!CryptExportPublicKeyInfo(prov, AT_KEYEXCHANGE, X509_ASN_ENCODING,
-                                  (PCERT_PUBLIC_KEY_INFO)spki_buf, &spki_len) ||
-        !CertComparePublicKeyInfo(X509_ASN_ENCODING, &cert->pCertInfo->SubjectPublicKeyInfo,
-                                  (PCERT_PUBLIC_KEY_INFO)spki_buf)) {
-        rc = dcx_fail(err, DCX_E_CONFIG,
-                      "the private key does not belong to certificate '%s' (thumbprint %s)",
-                      err ? err->subject : "", err ? err->thumbprint : "");
-        goto out;
-    }
-    CRYPT_KEY_PROV_INFO info = {ctx->key_container, MS_ENH_RSA_AES_PROV_W, PROV_RSA_AES, 0, 0,
-                                NULL, AT_KEYEXCHANGE};
-    if (!CertSetCertificateContextProperty(cert, CERT_KEY_PROV_INFO_PROP_ID, 0, &info))
-        rc = dcx_fail(err, DCX_E_CONFIG, "cannot attach the private key to its certificate (%s)",
-                      status_name((SECURITY_STATUS)GetLastError()));
-out:
-    if (hkey)
-        CryptDestroyKey(hkey);
-    if (prov)
-        CryptReleaseContext(prov, 0);
-    LocalFree(blob);
-    return rc;
-}
-
-/* EC keys need CNG: a named key in the software key storage provider. */
-static int import_ec_key(dcx_ctx *ctx, der key, PCCERT_CONTEXT cert, dcx_error *err)
-{
-    der scalar, point;
-    const CRYPT_BIT_BLOB *pub = &cert->pCertInfo->SubjectPublicKeyInfo.PublicKey;
-    if (!sec1_parts(key, &scalar, &point))
-        return dcx_fail(err, DCX_E_CONFIG, "the EC private key cannot be decoded");
-    /* the public point is 04 || X || Y; the certificate's must match the key's */
-    size_t coord = pub->cbData ? (pub->cbData - 1) / 2 : 0;
-    ULONG magic = coord == 32 ? BCRYPT_ECDSA_PRIVATE_P256_MAGIC
-                : coord == 48 ? BCRYPT_ECDSA_PRIVATE_P384_MAGIC
-                : coord == 66 ? BCRYPT_ECDSA_PRIVATE_P521_MAGIC : 0;
-    if (!magic || pub->pbData[0] != 4 || scalar.len > coord ||
-        (point.len && (point.len != pub->cbData || memcmp(point.p, pub->pbData, point.len) != 0)))
-        return dcx_fail(err, DCX_E_CONFIG,
-                        "the private key does not belong to certificate '%s' (thumbprint %s), or "
-                        "its curve is not P-256, P-384 or P-521",
-                        err ? err->subject : "", err ? err->thumbprint : "");
-    size_t blob_len = sizeof(BCRYPT_ECCKEY_BLOB) + 3 * coord;
-    unsigned char *blob = calloc(1, blob_len);
-    if (!blob)
-        return dcx_fail(err, DCX_E_NOMEM, "out of memory");
-    BCRYPT_ECCKEY_BLOB *h = (BCRYPT_ECCKEY_BLOB *)blob;
-    h->dwMagic = magic;
-    h->cbKey = (ULONG)coord;
-    memcpy(blob + sizeof(*h), pub->pbData + 1, 2 * coord);
-    memcpy(blob + sizeof(*h) + 3 * coord - scalar.len, scalar.p, scalar.len);
-
-    NCRYPT_PROV_HANDLE prov = 0;
-    NCRYPT_KEY_HANDLE hkey = 0;
-    int rc = DCX_OK;
-    new_container_name(ctx);
-    NCryptBuffer name = {(ULONG)((wcslen(ctx->key_container) + 1) * sizeof(wchar_t)),
-                         NCRYPTBUFFER_PKCS_KEY_NAME, ctx->key_container};
-    NCryptBufferDesc params = {NCRYPTBUFFER_VERSION, 1, &name};
-    SECURITY_STATUS s = NCryptOpenStorageProvider(&prov, MS_KEY_STORAGE_PROVIDER, 0);
-    if (s == ERROR_SUCCESS)
-        s = NCryptImportKey(prov, 0, BCRYPT_ECCPRIVATE_BLOB, &params, &hkey, blob, (DWORD)blob_len,
-                            NCRYPT_OVERWRITE_KEY_FLAG);
-    SecureZeroMemory(blob, blob_len);
-    free(blob);
-    if (s != ERROR_SUCCESS) {
-        ctx->key_container[0] = 0;
-        rc = dcx_fail(err, s == NTE_NOT_SUPPORTED ? DCX_E_UNSUPPORTED : DCX_E_CONFIG,
-                      "the EC private key cannot be imported into the key storage provider (%s "
-                      "0x%08lX): this platform cannot use it for TLS, use an RSA key",
-                      status_name(s), (unsigned long)s);
-        goto out;
-    }
-    ctx->key_is_cng = 1;
-    CRYPT_KEY_PROV_INFO info = {ctx->key_container, MS_KEY_STORAGE_PROVIDER, 0, 0, 0, NULL, 0};
-    if (!CertSetCertificateContextProperty(cert, CERT_KEY_PROV_INFO_PROP_ID, 0, &info))
-        rc = dcx_fail(err, DCX_E_CONFIG, "cannot attach the private key to its certificate (%s)",
-                      status_name((SECURITY_STATUS)GetLastError()));
-out:
-    if (hkey)
-        NCryptFreeObject(hkey);
-    if (prov)
-        NCryptFreeObject(prov);
-    return rc;
-}
-
-static void delete_key_container(dcx_ctx *ctx)
-{
-    if (!ctx->key_container[0])
-        return;
-    if (ctx->key_is_cng) {
-        NCRYPT_PROV_HANDLE prov = 0;
-        NCRYPT_KEY_HANDLE key = 0;
-        if (NCryptOpenStorageProvider(&prov, MS_KEY_STORAGE_PROVIDER, 0) == ERROR_SUCCESS) {
-            if (NCryptOpenKey(prov, &key, ctx->key_container, 0, 0) == ERROR_SUCCESS)
-                NCryptDeleteKey(key, 0); /* frees the handle too */
-            NCryptFreeObject(prov);
-        }
-    } else {
-        HCRYPTPROV prov;
-        CryptAcquireContextW(&prov, ctx->key_container, MS_ENH_RSA_AES_PROV_W, PROV_RSA_AES,
-                             CRYPT_DELETEKEYSET);
-    }
-    ctx->key_container[0] = 0;
-}
-
-static int identity_from_bytes(dcx_ctx *ctx, const dcx_config *cfg, dcx_error *err)
-{
-    PCCERT_CONTEXT leaf = NULL;
-    ctx->identity_store = CertOpenStore(CERT_STORE_PROV_MEMORY, 0, 0, 0, NULL);
-    if (!ctx->identity_store)
-        return dcx_fail(err, DCX_E_NOMEM, "cannot create a certificate store");
-    /* the intermediates live beside the leaf, where SChannel looks for its chain */
-    if (add_certificates(ctx->identity_store, &cfg->certificate_chain, &leaf) == 0 || !leaf)
-        return dcx_fail(err, DCX_E_CONFIG,
-                        "the certificate is not an X.509 certificate in PEM or DER");
-    ctx->identity = leaf;
-    if (err)
-        describe_cert(leaf, err->subject, sizeof(err->subject), err->thumbprint, err->not_after,
-                      sizeof(err->not_after));
-    if (!cfg->private_key.len)
-        return dcx_fail(err, DCX_E_CONFIG, "certificate '%s' was given without its private key",
-                        err ? err->subject : "");
-    unsigned char *buf;
-    der key;
-    int kind;
-    int rc = read_private_key(cfg, &buf, &key, &kind, err);
-    if (rc == DCX_OK)
-        rc = kind == KEY_RSA ? import_rsa_key(ctx, key, leaf, err)
-                             : import_ec_key(ctx, key, leaf, err);
-    if (buf) {
-        SecureZeroMemory(buf, key.len);
-        free(buf);
-    }
-    return rc;
-}
-
-static const char *store_label(dcx_store s)
-{
-    return s == DCX_STORE_LOCAL_COMPUTER ? "LocalMachine" : "CurrentUser";
-}
-
-static int identity_from_store(dcx_ctx *ctx, const dcx_config *cfg, dcx_error *err)
-{
-    char thumb[2 * DCX_SHA1_LEN + 1];
-    dcx_hex(cfg->identity_thumbprint, DCX_SHA1_LEN, thumb);
-    DWORD where = cfg->cert_store == DCX_STORE_LOCAL_COMPUTER ? CERT_SYSTEM_STORE_LOCAL_MACHINE
-                                                               : CERT_SYSTEM_STORE_CURRENT_USER;
-    HCERTSTORE my = CertOpenStore(CERT_STORE_PROV_SYSTEM_W, 0, 0,
-                                  where | CERT_STORE_OPEN_EXISTING_FLAG | CERT_STORE_READONLY_FLAG,
-                                  L"MY");
-    if (!my)
-        return dcx_fail(err, DCX_E_CONFIG, "cannot open the Cert:\\%s\\My store (%s)",
-                        store_label(cfg->cert_store), status_name((SECURITY_STATUS)GetLastError()));
-    CRYPT_HASH_BLOB hash = {DCX_SHA1_LEN, (BYTE *)cfg->identity_thumbprint};
-    ctx->identity = CertFindCertificateInStore(my, X509_ASN_ENCODING, 0, CERT_FIND_SHA1_HASH,
-                                               &hash, NULL);
-    CertCloseStore(my, 0); /* the found context keeps what it needs */
-    if (!ctx->identity)
-        return dcx_fail(err, DCX_E_CONFIG,
-                        "no certificate with thumbprint %s in Cert:\\%s\\My: import it there "
-                        "with its private key, or check the thumbprint and the store location",
-                        thumb, store_label(cfg->cert_store));
-    if (err)
-        describe_cert(ctx->identity, err->subject, sizeof(err->subject), err->thumbprint,
-                      err->not_after, sizeof(err->not_after));
-    DWORD n = 0;
-    if (!CertGetCertificateContextProperty(ctx->identity, CERT_KEY_PROV_INFO_PROP_ID, NULL, &n))
-        return dcx_fail(err, DCX_E_CONFIG,
-                        "certificate '%s' (thumbprint %s) in Cert:\\%s\\My has no private key: "
-                        "import it with its key (PKCS#12)",
-                        err ? err->subject : "", thumb, store_label(cfg->cert_store));
-    return DCX_OK;
-}
-
-static int read_trusted_dir(dcx_ctx *ctx, const char *dir, dcx_error *err)
-{
-    char pattern[MAX_PATH];
-    WIN32_FIND_DATAA fd;
-    snprintf(pattern, sizeof(pattern), "%s\\*", dir);
-    HANDLE h = FindFirstFileA(pattern, &fd);
-    if (h == INVALID_HANDLE_VALUE)
-        return dcx_fail(err, DCX_E_CONFIG, "cannot read trusted certificates folder '%s'", dir);
-    do {
-        if (fd.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY)
-            continue;
-        char path[MAX_PATH];
-        snprintf(path, sizeof(path), "%s\\%s", dir, fd.cFileName);
-        FILE *f = fopen(path, "rb");
-        if (!f)
-            continue;
-        unsigned char *buf = malloc(fd.nFileSizeLow + 1);
-        size_t n = buf ? fread(buf, 1, fd.nFileSizeLow, f) : 0;
-        fclose(f);
-        dcx_blob b = {buf, n};
-        if (buf) /* other files are skipped, as OpenSSL's hashed folders allow */
-            ctx->trusted_count += (size_t)add_certificates(ctx->trusted, &b, NULL);
-        free(buf);
-    } while (FindNextFileA(h, &fd));
-    FindClose(h);
-    return DCX_OK;
-}
-
 /* ---- credentials -------------------------------------------------------- */
 
 static DWORD protocol_bits(int lo, int hi, int server)
@@ -676,7 +100,7 @@ static int credentials_failure(dcx_ctx *ctx, SECURITY_STATUS s, dcx_error *err)
 {
     char thumb[2 * DCX_SHA1_LEN + 1] = "?", subject[256] = "", na[32];
     if (ctx->identity)
-        describe_cert(ctx->identity, subject, sizeof(subject), thumb, na, sizeof(na));
+        sch_describe_cert(ctx->identity, subject, sizeof(subject), thumb, na, sizeof(na));
     switch ((unsigned long)s) {
     case (unsigned long)SEC_E_UNKNOWN_CREDENTIALS:
         return dcx_fail(err, DCX_E_CONFIG,
@@ -692,14 +116,14 @@ static int credentials_failure(dcx_ctx *ctx, SECURITY_STATUS s, dcx_error *err)
     case (unsigned long)SEC_E_ALGORITHM_MISMATCH:
         return dcx_fail(err, DCX_E_CONFIG,
                         "SChannel refused the protocol or cipher settings (%s): the enabled "
-                        "protocols may be disabled by system policy", status_name(s));
+                        "protocols may be disabled by system policy", sch_status_name(s));
     case (unsigned long)SEC_E_INSUFFICIENT_MEMORY:
         return dcx_fail(err, DCX_E_NOMEM, "out of memory acquiring TLS credentials");
     case (unsigned long)SEC_E_SECPKG_NOT_FOUND:
         return dcx_fail(err, DCX_E_UNSUPPORTED, "the SChannel security package is not available");
     default:
         return dcx_fail(err, DCX_E_CONFIG, "SChannel refused the TLS credentials: %s (0x%08lX)",
-                        status_name(s), (unsigned long)s);
+                        sch_status_name(s), (unsigned long)s);
     }
 }
 
@@ -786,7 +210,7 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
         goto fail;
     }
     for (size_t i = 0; i < cfg->trusted_count; i++) {
-        int n = add_certificates(ctx->trusted, &cfg->trusted[i], NULL);
+        int n = sch_add_certificates(ctx->trusted, &cfg->trusted[i], NULL);
         if (n == 0) {
             dcx_fail(err, DCX_E_CONFIG,
                      "trusted certificate #%lu is not an X.509 certificate in PEM or DER",
@@ -795,7 +219,7 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
         }
         ctx->trusted_count += (size_t)n;
     }
-    if (cfg->trusted_dir && read_trusted_dir(ctx, cfg->trusted_dir, err) != DCX_OK)
+    if (cfg->trusted_dir && sch_read_trusted_dir(ctx, cfg->trusted_dir, err) != DCX_OK)
         goto fail;
     ctx->intermediates = CertOpenStore(CERT_STORE_PROV_MEMORY, 0, 0, 0, NULL);
     if (!ctx->intermediates) {
@@ -803,7 +227,7 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
         goto fail;
     }
     for (size_t i = 0; i < cfg->intermediate_count; i++) {
-        if (add_certificates(ctx->intermediates, &cfg->intermediates[i], NULL) == 0) {
+        if (sch_add_certificates(ctx->intermediates, &cfg->intermediates[i], NULL) == 0) {
             dcx_fail(err, DCX_E_CONFIG,
                      "intermediate certificate #%lu is not an X.509 certificate in PEM or DER",
                      (unsigned long)(i + 1));
@@ -811,10 +235,10 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
         }
     }
     if (cfg->identity_thumbprint) {
-        if (identity_from_store(ctx, cfg, err) != DCX_OK)
+        if (sch_identity_from_store(ctx, cfg, err) != DCX_OK)
             goto fail;
     } else if (cfg->certificate_chain.len) {
-        if (identity_from_bytes(ctx, cfg, err) != DCX_OK)
+        if (sch_identity_from_bytes(ctx, cfg, err) != DCX_OK)
             goto fail;
     } else if (cfg->private_key.len) {
         dcx_fail(err, DCX_E_CONFIG, "a private key was given without its certificate");
@@ -856,7 +280,7 @@ void dcx_ctx_free(dcx_ctx *ctx)
         FreeCredentialsHandle(&ctx->cred_in);
     if (ctx->identity)
         CertFreeCertificateContext(ctx->identity);
-    delete_key_container(ctx);
+    sch_delete_key_container(ctx);
     if (ctx->identity_store)
         CertCloseStore(ctx->identity_store, 0);
     if (ctx->trusted)
@@ -866,284 +290,6 @@ void dcx_ctx_free(dcx_ctx *ctx)
     dcx_thumbs_free(&ctx->thumbs);
     DeleteCriticalSection(&ctx->lock);
     free(ctx);
-}
-
-/* ---- verification ------------------------------------------------------- */
-
-static const char *method_name(dcx_verify v)
-{
-    return v == DCX_VERIFY_THUMBPRINT ? "THUMBPRINT" : v == DCX_VERIFY_NONE ? "NONE" : "TRUST_CHAIN";
-}
-
-static int in_store(HCERTSTORE store, PCCERT_CONTEXT cert)
-{
-    PCCERT_CONTEXT found = CertFindCertificateInStore(store, X509_ASN_ENCODING, 0,
-                                                      CERT_FIND_EXISTING, cert, NULL);
-    if (found)
-        CertFreeCertificateContext(found);
-    return found != NULL;
-}
-
-static int fail_verify(dcx_conn *c, int reason, const char *detail, dcx_error *err)
-{
-    if (err) {
-        snprintf(err->subject, sizeof(err->subject), "%s", c->subject);
-        snprintf(err->thumbprint, sizeof(err->thumbprint), "%s", c->thumbprint);
-        snprintf(err->not_after, sizeof(err->not_after), "%s", c->not_after);
-    }
-    return dcx_fail_verify(err, reason, method_name(c->ctx->verify), detail);
-}
-
-/* Why the chain of the leaf failed, from its trust status: reason + detail. */
-static int explain_chain(dcx_conn *c, PCCERT_CHAIN_CONTEXT chain, DWORD errors, int root_is_ours,
-                         dcx_error *err)
-{
-    PCERT_SIMPLE_CHAIN simple = chain->rgpChain[0];
-    char detail[384], name[256];
-    for (DWORD i = 0; i < simple->cElement; i++) {
-        PCERT_CHAIN_ELEMENT el = simple->rgpElement[i];
-        if (!(el->TrustStatus.dwErrorStatus & CERT_TRUST_IS_NOT_TIME_VALID))
-            continue;
-        FILETIME now;
-        GetSystemTimeAsFileTime(&now);
-        int early = CompareFileTime(&now, &el->pCertContext->pCertInfo->NotBefore) < 0;
-        if (i == 0) {
-            SYSTEMTIME st;
-            FileTimeToSystemTime(&el->pCertContext->pCertInfo->NotBefore, &st);
-            snprintf(detail, sizeof(detail), "valid from %04u-%02u-%02u %02u:%02u:%02u UTC",
-                     st.wYear, st.wMonth, st.wDay, st.wHour, st.wMinute, st.wSecond);
-            return fail_verify(c, early ? DCX_VR_NOT_YET_VALID : DCX_VR_EXPIRED, detail, err);
-        }
-        char thumb[41], na[32];
-        describe_cert(el->pCertContext, name, sizeof(name), thumb, na, sizeof(na));
-        snprintf(detail, sizeof(detail), "issuing CA '%s' %s (valid until %s)", name,
-                 early ? "is not yet valid" : "has expired", na);
-        return fail_verify(c, DCX_VR_OTHER, detail, err);
-    }
-    if (errors & CERT_TRUST_IS_REVOKED)
-        return fail_verify(c, DCX_VR_REVOKED, "revoked by its issuer", err);
-    if (errors & CERT_TRUST_IS_NOT_SIGNATURE_VALID)
-        return fail_verify(c, DCX_VR_BAD_SIGNATURE, "a signature in its chain does not verify",
-                           err);
-    if (errors & CERT_TRUST_IS_PARTIAL_CHAIN) {
-        PCCERT_CONTEXT top = simple->rgpElement[simple->cElement - 1]->pCertContext;
-        name_of(&top->pCertInfo->Issuer, name, sizeof(name));
-        snprintf(detail, sizeof(detail), "its issuer '%s' is unknown", name);
-        return fail_verify(c, DCX_VR_UNTRUSTED, detail, err);
-    }
-    if ((errors & CERT_TRUST_IS_UNTRUSTED_ROOT) || !root_is_ours) {
-        PCCERT_CONTEXT top = simple->rgpElement[simple->cElement - 1]->pCertContext;
-        if (simple->cElement == 1) {
-            snprintf(detail, sizeof(detail), "it is self-signed and not among the trusted certificates");
-        } else {
-            name_of(&top->pCertInfo->Subject, name, sizeof(name));
-            snprintf(detail, sizeof(detail), "its root CA '%s' is not among the trusted certificates%s",
-                     name, (errors & CERT_TRUST_IS_UNTRUSTED_ROOT) ? "" :
-                     " (Windows trusts it, but use_system_trust is off)");
-        }
-        return fail_verify(c, DCX_VR_UNTRUSTED, detail, err);
-    }
-    if (errors & (CERT_TRUST_IS_NOT_VALID_FOR_USAGE | CERT_TRUST_INVALID_BASIC_CONSTRAINTS |
-                  CERT_TRUST_INVALID_EXTENSION | CERT_TRUST_INVALID_NAME_CONSTRAINTS)) {
-        snprintf(detail, sizeof(detail), "not valid for TLS %s authentication (key usage, extended "
-                 "key usage or basic constraints)", c->server_side ? "client" : "server");
-        return fail_verify(c, DCX_VR_PURPOSE, detail, err);
-    }
-    if (errors & (CERT_TRUST_REVOCATION_STATUS_UNKNOWN | CERT_TRUST_IS_OFFLINE_REVOCATION))
-        return fail_verify(c, DCX_VR_OTHER,
-                           "its revocation status cannot be checked (no CRL or OCSP responder "
-                           "reachable); turn revocation checking off to accept this", err);
-    snprintf(detail, sizeof(detail), "chain trust status 0x%08lX", (unsigned long)errors);
-    return fail_verify(c, DCX_VR_OTHER, detail, err);
-}
-
-/* The server name as an IPv4/IPv6 address (4 or 16 bytes), or 0 when it is a host name. */
-static int ip_literal(const char *name, unsigned char addr[16])
-{
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    wchar_t wide[64];
-    if (!name[0] || !MultiByteToWideChar(CP_UTF8, 0, name, -1, wide, 64))
-        return 0;
-    memset(&ss, 0, sizeof(ss));
-    if (WSAStringToAddressW(wide, AF_INET, NULL, (struct sockaddr *)&ss, &len) == 0) {
-        memcpy(addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
-        return 4;
-    }
-    len = sizeof(ss);
-    if (WSAStringToAddressW(wide, AF_INET6, NULL, (struct sockaddr *)&ss, &len) == 0) {
-        memcpy(addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
-        return 16;
-    }
-    return 0;
-}
-
-/* An address is matched against the iPAddress entries of subjectAltName only
- * (RFC 6125), by us: the SSL policy of older Windows knows host names only. */
-static int names_ip(PCCERT_CONTEXT leaf, const unsigned char *addr, int addr_len)
-{
-    PCERT_EXTENSION ext = CertFindExtension(szOID_SUBJECT_ALT_NAME2, leaf->pCertInfo->cExtension,
-                                            leaf->pCertInfo->rgExtension);
-    CERT_ALT_NAME_INFO *names = NULL;
-    DWORD n = 0;
-    int found = 0;
-    if (!ext || !CryptDecodeObjectEx(X509_ASN_ENCODING, X509_ALTERNATE_NAME, ext->Value.pbData,
-                                     ext->Value.cbData, CRYPT_DECODE_ALLOC_FLAG, NULL, &names, &n))
-        return 0;
-    for (DWORD i = 0; i < names->cAltEntry && !found; i++) {
-        CERT_ALT_NAME_ENTRY *e = &names->rgAltEntry[i];
-        found = e->dwAltNameChoice == CERT_ALT_NAME_IP_ADDRESS &&
-                e->IPAddress.cbData == (DWORD)addr_len &&
-                memcmp(e->IPAddress.pbData, addr, (size_t)addr_len) == 0;
-    }
-    LocalFree(names);
-    return found;
-}
-
-static int verify_chain(dcx_conn *c, PCCERT_CONTEXT leaf, dcx_error *err)
-{
-    dcx_ctx *ctx = c->ctx;
-    static LPSTR server_auth[] = {szOID_PKIX_KP_SERVER_AUTH};
-    static LPSTR client_auth[] = {szOID_PKIX_KP_CLIENT_AUTH};
-    CERT_CHAIN_PARA para = {sizeof(para)};
-    para.RequestedUsage.dwType = USAGE_MATCH_TYPE_AND;
-    para.RequestedUsage.Usage.cUsageIdentifier = 1;
-    para.RequestedUsage.Usage.rgpszUsageIdentifier = c->server_side ? client_auth : server_auth;
-    DWORD flags = ctx->check_revocation ? CERT_CHAIN_REVOCATION_CHECK_CHAIN_EXCLUDE_ROOT : 0;
-
-    /* what the peer sent, plus our trusted roots, so the chain can be built */
-    HCERTSTORE extra = CertOpenStore(CERT_STORE_PROV_COLLECTION, 0, 0, 0, NULL);
-    if (!extra)
-        return dcx_fail(err, DCX_E_NOMEM, "cannot create a certificate store");
-    if (leaf->hCertStore)
-        CertAddStoreToCollection(extra, leaf->hCertStore, 0, 0);
-    CertAddStoreToCollection(extra, ctx->trusted, 0, 0);
-    CertAddStoreToCollection(extra, ctx->intermediates, 0, 0);
-    PCCERT_CHAIN_CONTEXT chain = NULL;
-    HCERTCHAINENGINE engine = ctx->cert_store == DCX_STORE_LOCAL_COMPUTER ? HCCE_LOCAL_MACHINE
-                                                                           : HCCE_CURRENT_USER;
-    int rc = DCX_OK;
-    if (!CertGetCertificateChain(engine, leaf, NULL, extra, &para, flags, NULL, &chain)) {
-        rc = fail_verify(c, DCX_VR_OTHER, "Windows could not build its certificate chain", err);
-        goto out;
-    }
-    PCERT_SIMPLE_CHAIN simple = chain->rgpChain[0];
-    PCCERT_CONTEXT top = simple->rgpElement[simple->cElement - 1]->pCertContext;
-    int root_is_ours = in_store(ctx->trusted, top);
-    int partial = (chain->TrustStatus.dwErrorStatus & CERT_TRUST_IS_PARTIAL_CHAIN) != 0;
-    DWORD errors = chain->TrustStatus.dwErrorStatus;
-    if (root_is_ours && !partial)
-        errors &= ~CERT_TRUST_IS_UNTRUSTED_ROOT;
-    if (!ctx->check_revocation)
-        errors &= ~(CERT_TRUST_REVOCATION_STATUS_UNKNOWN | CERT_TRUST_IS_OFFLINE_REVOCATION);
-    /* The SSL policy below ignores a partial chain: judge the trust status first. */
-    if (errors || partial || (!root_is_ours && !ctx->use_system_trust)) {
-        rc = explain_chain(c, chain, errors, root_is_ours && !partial, err);
-        goto out;
-    }
-    SSL_EXTRA_CERT_CHAIN_POLICY_PARA ssl = {{sizeof(ssl)}};
-    ssl.dwAuthType = c->server_side ? AUTHTYPE_CLIENT : AUTHTYPE_SERVER;
-    if (root_is_ours)
-        ssl.fdwChecks |= SECURITY_FLAG_IGNORE_UNKNOWN_CA;
-    unsigned char addr[16];
-    int addr_len = ip_literal(c->server_name, addr);
-    int check_name = !c->server_side && ctx->check_hostname && c->server_name[0];
-    if (check_name && addr_len && !names_ip(leaf, addr, addr_len)) {
-        rc = fail_verify(c, DCX_VR_HOSTNAME, c->server_name, err);
-        goto out;
-    }
-    if (check_name && !addr_len)
-        ssl.pwszServerName = c->server_name_w;
-    else
-        ssl.fdwChecks |= SECURITY_FLAG_IGNORE_CERT_CN_INVALID;
-    CERT_CHAIN_POLICY_PARA policy = {sizeof(policy)};
-    policy.dwFlags = (root_is_ours ? CERT_CHAIN_POLICY_ALLOW_UNKNOWN_CA_FLAG : 0) |
-                     (ctx->check_revocation ? 0 : CERT_CHAIN_POLICY_IGNORE_ALL_REV_UNKNOWN_FLAGS);
-    policy.pvExtraPolicyPara = &ssl;
-    CERT_CHAIN_POLICY_STATUS status = {sizeof(status)};
-    if (!CertVerifyCertificateChainPolicy(CERT_CHAIN_POLICY_SSL, chain, &policy, &status)) {
-        rc = fail_verify(c, DCX_VR_OTHER, "Windows could not apply the TLS chain policy", err);
-        goto out;
-    }
-    char detail[128];
-    switch ((unsigned long)status.dwError) {
-    case 0:
-        break;
-    case (unsigned long)CERT_E_CN_NO_MATCH:
-        rc = fail_verify(c, DCX_VR_HOSTNAME, c->server_name, err);
-        break;
-    case (unsigned long)CERT_E_UNTRUSTEDROOT:
-    case (unsigned long)CERT_E_CHAINING:
-        rc = fail_verify(c, DCX_VR_UNTRUSTED, "its chain does not end in a trusted root", err);
-        break;
-    case (unsigned long)CERT_E_EXPIRED:
-        rc = fail_verify(c, DCX_VR_EXPIRED, "", err);
-        break;
-    case (unsigned long)CERT_E_WRONG_USAGE:
-    case (unsigned long)CERT_E_PURPOSE:
-    case (unsigned long)CERT_E_ROLE:
-    case (unsigned long)TRUST_E_BASIC_CONSTRAINTS:
-        snprintf(detail, sizeof(detail), "not valid for TLS %s authentication (%s)",
-                 c->server_side ? "client" : "server", status_name((SECURITY_STATUS)status.dwError));
-        rc = fail_verify(c, DCX_VR_PURPOSE, detail, err);
-        break;
-    case (unsigned long)CRYPT_E_REVOKED:
-        rc = fail_verify(c, DCX_VR_REVOKED, "revoked by its issuer", err);
-        break;
-    case (unsigned long)TRUST_E_CERT_SIGNATURE:
-        rc = fail_verify(c, DCX_VR_BAD_SIGNATURE, "a signature in its chain does not verify", err);
-        break;
-    case (unsigned long)CERT_E_REVOCATION_FAILURE:
-    case (unsigned long)CRYPT_E_REVOCATION_OFFLINE:
-    case (unsigned long)CRYPT_E_NO_REVOCATION_CHECK:
-        rc = fail_verify(c, DCX_VR_OTHER,
-                         "its revocation status cannot be checked (no CRL or OCSP responder "
-                         "reachable); turn revocation checking off to accept this", err);
-        break;
-    default:
-        snprintf(detail, sizeof(detail), "the TLS chain policy refused it: %s (0x%08lX)",
-                 status_name((SECURITY_STATUS)status.dwError), (unsigned long)status.dwError);
-        rc = fail_verify(c, DCX_VR_OTHER, detail, err);
-    }
-out:
-    if (chain)
-        CertFreeCertificateChain(chain);
-    CertCloseStore(extra, 0);
-    return rc;
-}
-
-static int verify_peer(dcx_conn *c, dcx_error *err)
-{
-    dcx_ctx *ctx = c->ctx;
-    PCCERT_CONTEXT leaf = NULL;
-    if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_REMOTE_CERT_CONTEXT, &leaf) != SEC_E_OK)
-        leaf = NULL;
-    c->peer = leaf;
-    if (!leaf) {
-        if (ctx->verify == DCX_VERIFY_NONE)
-            return DCX_OK;
-        return fail_verify(c, DCX_VR_NO_CERTIFICATE, "", err);
-    }
-    describe_cert(leaf, c->subject, sizeof(c->subject), c->thumbprint, c->not_after,
-                  sizeof(c->not_after));
-    switch (ctx->verify) {
-    case DCX_VERIFY_NONE:
-        return DCX_OK;
-    case DCX_VERIFY_THUMBPRINT: {
-        unsigned char sha1[DCX_SHA1_LEN], sha256[DCX_SHA256_LEN];
-        DWORD n1 = sizeof(sha1), n256 = sizeof(sha256);
-        int ok = CertGetCertificateContextProperty(leaf, CERT_HASH_PROP_ID, sha1, &n1) &&
-                 CryptHashCertificate2(L"SHA256", 0, NULL, leaf->pbCertEncoded,
-                                       leaf->cbCertEncoded, sha256, &n256);
-        EnterCriticalSection(&ctx->lock);
-        ok = ok && dcx_thumbs_match(&ctx->thumbs, sha1, sha256);
-        LeaveCriticalSection(&ctx->lock);
-        return ok ? DCX_OK : fail_verify(c, DCX_VR_THUMBPRINT, "", err);
-    }
-    case DCX_VERIFY_TRUST_CHAIN:
-    default:
-        return verify_chain(c, leaf, err);
-    }
 }
 
 /* ---- socket I/O --------------------------------------------------------- */
@@ -1319,31 +465,33 @@ static int handshake_failure(dcx_conn *c, SECURITY_STATUS s, dcx_error *err)
     case (unsigned long)SEC_E_ILLEGAL_MESSAGE:
         return dcx_fail(err, DCX_E_PROTOCOL,
                         "the %s sent a TLS message SChannel refused (%s): it may have refused us "
-                        "with an alert, or it does not speak TLS correctly", role, status_name(s));
+                        "with an alert, or it does not speak TLS correctly", role,
+                        sch_status_name(s));
     case (unsigned long)SEC_E_MESSAGE_ALTERED:
     case (unsigned long)SEC_E_DECRYPT_FAILURE:
         return dcx_fail(err, DCX_E_PROTOCOL,
                         "a handshake message failed its integrity check (%s): the connection is "
-                        "corrupt or tampered with", status_name(s));
+                        "corrupt or tampered with", sch_status_name(s));
     case (unsigned long)SEC_E_CERT_EXPIRED:
-        return fail_verify(c, DCX_VR_EXPIRED, "", err);
+        return sch_fail_verify(c, DCX_VR_EXPIRED, "", err);
     case (unsigned long)SEC_E_UNTRUSTED_ROOT:
-        return fail_verify(c, DCX_VR_UNTRUSTED, "SChannel does not trust its root", err);
+        return sch_fail_verify(c, DCX_VR_UNTRUSTED, "SChannel does not trust its root", err);
     case (unsigned long)SEC_E_WRONG_PRINCIPAL:
-        return fail_verify(c, DCX_VR_HOSTNAME, c->server_name, err);
+        return sch_fail_verify(c, DCX_VR_HOSTNAME, c->server_name, err);
     case (unsigned long)SEC_E_CERT_WRONG_USAGE:
-        return fail_verify(c, DCX_VR_PURPOSE, "SChannel says it is not valid for this use", err);
+        return sch_fail_verify(c, DCX_VR_PURPOSE, "SChannel says it is not valid for this use",
+                               err);
     case (unsigned long)SEC_E_CERT_UNKNOWN:
-        return fail_verify(c, DCX_VR_OTHER, "SChannel could not process it (SEC_E_CERT_UNKNOWN)",
-                           err);
+        return sch_fail_verify(c, DCX_VR_OTHER,
+                               "SChannel could not process it (SEC_E_CERT_UNKNOWN)", err);
     case (unsigned long)SEC_E_INSUFFICIENT_MEMORY:
         return dcx_fail(err, DCX_E_NOMEM, "out of memory during the TLS handshake");
     case (unsigned long)SEC_E_TARGET_UNKNOWN:
         return dcx_fail(err, DCX_E_CONFIG, "SChannel does not accept server name '%s'",
                         c->server_name);
     default:
-        return dcx_fail(err, DCX_E_PROTOCOL, "TLS handshake failed: %s (0x%08lX)", status_name(s),
-                        (unsigned long)s);
+        return dcx_fail(err, DCX_E_PROTOCOL, "TLS handshake failed: %s (0x%08lX)",
+                        sch_status_name(s), (unsigned long)s);
     }
 }
 
@@ -1406,7 +554,7 @@ static SECURITY_STATUS handshake_call(dcx_conn *c, int64_t deadline, int *io_rc,
                     ISC_REQ_USE_SUPPLIED_CREDS | ISC_REQ_MANUAL_CRED_VALIDATION;
         unsigned char addr[16];
         /* the target name becomes SNI, which must not carry an address (RFC 6066) */
-        SEC_WCHAR *target = c->server_name_w[0] && !ip_literal(c->server_name, addr)
+        SEC_WCHAR *target = c->server_name_w[0] && !sch_ip_literal(c->server_name, addr)
                                 ? c->server_name_w : NULL;
         s = InitializeSecurityContextW(&c->ctx->cred_out, first ? NULL : &c->ctxt, target, req, 0,
                                        0, first ? NULL : input, 0, first ? &c->ctxt : NULL,
@@ -1557,7 +705,7 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
         return remember(c, dcx_fail(err, DCX_E_NOMEM, "cannot set up the TLS record buffers"), err);
     }
     c->plain_cap = c->sizes.cbMaximumMessage + 2048;
-    rc = verify_peer(c, err);
+    rc = sch_verify_peer(c, err);
     if (rc != DCX_OK) {
         DWORD alert = err && err->verify_reason == DCX_VR_NO_CERTIFICATE ? 116 /* certificate required */
                     : err && err->verify_reason == DCX_VR_EXPIRED ? TLS1_ALERT_CERTIFICATE_EXPIRED
@@ -1593,12 +741,12 @@ static int io_failure(dcx_conn *c, SECURITY_STATUS s, const char *doing, dcx_err
     case (unsigned long)SEC_E_DECRYPT_FAILURE:
         return dcx_fail(err, DCX_E_PROTOCOL,
                         "a TLS record failed its integrity check while %s (%s): the data was "
-                        "altered or the connection is corrupt", doing, status_name(s));
+                        "altered or the connection is corrupt", doing, sch_status_name(s));
     case (unsigned long)SEC_E_CONTEXT_EXPIRED:
         return dcx_fail(err, DCX_E_CLOSED, "the TLS session has ended");
     default:
         return dcx_fail(err, DCX_E_PROTOCOL, "TLS error while %s: %s (0x%08lX); the peer may "
-                        "have ended the connection with an alert", doing, status_name(s),
+                        "have ended the connection with an alert", doing, sch_status_name(s),
                         (unsigned long)s);
     }
 }
@@ -1804,29 +952,6 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
     }
     c->dead = 1;
     return rc;
-}
-
-/* SChannel's context is written and read from the caller's thread only. */
-int dcx_conn_duplex(const dcx_conn *c)
-{
-    (void)c;
-    return -1;
-}
-
-long dcx_conn_write_some(dcx_conn *c, const void *buf, size_t len, dcx_error *err)
-{
-    (void)c;
-    (void)buf;
-    (void)len;
-    dcx_error_clear(err);
-    return dcx_fail(err, DCX_E_UNSUPPORTED, "SChannel connections are written with "
-                    "dcx_conn_write(), from one thread");
-}
-
-size_t dcx_conn_unsent(dcx_conn *c)
-{
-    (void)c;
-    return 0;
 }
 
 size_t dcx_conn_peer_cert(dcx_conn *c, unsigned char *buf, size_t cap)
