@@ -191,11 +191,13 @@ def self_signed(common_name: str, *, key_kind: str = "ec256", days: int = 825,
     return Identity(cert, key)
 
 
-def make_crl(ca: Identity, revoked: Iterable[Identity | x509.Certificate | int] = (), *,
+def make_crl(ca: Identity,
+             revoked: Iterable[Identity | x509.Certificate | x509.RevokedCertificate | int] = (), *,
              this_update: dt.datetime | None = None, next_update: dt.datetime | None = None,
              days: int = 7, revoked_on: dt.datetime | None = None,
              reason: x509.ReasonFlags | None = None, number: int = 1) -> x509.CertificateRevocationList:
-    """A CRL signed by ``ca`` revoking ``revoked`` (identities, certificates or serials).
+    """A CRL signed by ``ca`` revoking ``revoked`` (identities, certificates or serials;
+    entries of an earlier CRL are carried over as they are).
 
     ``this_update`` defaults to five minutes ago, ``next_update`` to ``days``
     later, and each revocation to ``revoked_on`` (default: ``this_update``).
@@ -207,6 +209,9 @@ def make_crl(ca: Identity, revoked: Iterable[Identity | x509.Certificate | int] 
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                    ca.private_key.public_key()), False))
     for item in revoked:
+        if isinstance(item, x509.RevokedCertificate):
+            builder = builder.add_revoked_certificate(item)
+            continue
         if isinstance(item, Identity):
             item = item.certificate
         entry = (x509.RevokedCertificateBuilder()
