@@ -67,7 +67,8 @@ typedef enum dcx_verify_reason {
     DCX_VR_REVOKED = 7,
     DCX_VR_BAD_SIGNATURE = 8,
     DCX_VR_PURPOSE = 9,          /* not fit for TLS (key usage, basic constraints) */
-    DCX_VR_OTHER = 10
+    DCX_VR_OTHER = 10,
+    DCX_VR_REVOCATION = 11       /* revocation cannot be checked: no current CRL */
 } dcx_verify_reason;
 
 typedef struct dcx_error {
@@ -120,6 +121,13 @@ typedef struct dcx_config {
     const unsigned char *identity_thumbprint;
     /* TRUST_CHAIN on system stores: the platform's roots plus those of cert_store. */
     int check_revocation;            /* fail when revocation cannot be checked (off: offline is fine) */
+    /* Certificate revocation lists for TRUST_CHAIN, each PEM (possibly several)
+     * or DER.  OpenSSL: CRLs given are always applied, so a certificate they
+     * revoke is refused; check_revocation additionally refuses every
+     * certificate of the chain that has no current CRL.  SChannel fetches
+     * CRLs itself and ignores these (dcxsec refuses crl_files on Windows). */
+    const dcx_blob *crls;
+    size_t crl_count;
 } dcx_config;
 
 typedef struct dcx_ctx dcx_ctx;

@@ -64,7 +64,7 @@ struct dcx_conn {
     unsigned char first[DCX_SNIFF_LEN]; /* the peer's first bytes, to recognise non-TLS */
     size_t first_len;
     int verify_reason;    /* set by the verify callback when it refuses */
-    char verify_detail[256];
+    char verify_detail[400];
     char subject[256];
     char thumbprint[2 * DCX_SHA1_LEN + 1];
     char not_after[32];

@@ -12,8 +12,10 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from dcxsec import pki
 from dcxsec.config import read_private_key
+from dcxsec.crl import CRL_LOGICAL_STORE, StoredCRL, crl_thumbprint, is_crl, load_crls
 from dcxsec.errors import ConfigurationError
 from dcxsec.store import LOGICAL_STORES, CertificateStore, CertStore, StoredCertificate
+from dcxsec.verify import normalize_thumbprint
 
 _SCOPES = {"current-user": CertStore.CURRENT_USER, "local-computer": CertStore.LOCAL_COMPUTER}
 
@@ -29,7 +31,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("logical", nargs="?", choices=LOGICAL_STORES, help="only this logical store")
     p.set_defaults(run=cmd_list)
 
-    p = sub.add_parser("import", help="import PEM, DER or PKCS#12 (.p12/.pfx)")
+    p = sub.add_parser("import", help="import PEM, DER or PKCS#12 (.p12/.pfx), or a CRL (into CA)")
     p.add_argument("file", type=Path)
     p.add_argument("--key", type=Path, help="the private key, for a PEM/DER certificate going into My")
     p.add_argument("--password", help="PKCS#12 or key password (prompted for when needed)")
@@ -46,7 +48,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--password", help="PKCS#12 password (prompted for when not given; empty: none)")
     p.set_defaults(run=cmd_export)
 
-    p = sub.add_parser("remove", help="remove a certificate (and its key)")
+    p = sub.add_parser("remove", help="remove a certificate (and its key), or a CRL by its thumbprint")
     p.add_argument("thumbprint")
     p.add_argument("--from", dest="logical", choices=LOGICAL_STORES, default="My")
     p.set_defaults(run=cmd_remove)
@@ -68,6 +70,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--ip", action="append", default=[], help="subjectAltName IP address (repeatable)")
     p.set_defaults(run=cmd_new)
 
+    p = sub.add_parser("crl", help="issue a CRL from a test CA in My, into CA: the revocations "
+                       "of its latest stored CRL, and --revoke")
+    p.add_argument("issuer", metavar="THUMBPRINT", help="the CA in My that signs it")
+    p.add_argument("--revoke", action="append", default=[], metavar="SERIAL|THUMBPRINT",
+                   help="a serial number (hex) or the thumbprint of a stored certificate (repeatable)")
+    p.add_argument("--days", type=int, default=7, help="until its next update (default 7)")
+    p.set_defaults(run=cmd_crl)
+
 
 def run(args: argparse.Namespace) -> int:
     store = CertificateStore(_SCOPES[args.store] if args.store else None)
@@ -83,14 +93,30 @@ def _row(entry: StoredCertificate) -> list[str]:
             f"{entry.not_after:%Y-%m-%d %H:%M}", "yes" if entry.has_key else "no"]
 
 
-def cmd_list(store: CertificateStore, args: argparse.Namespace) -> int:
-    rows = [_row(e) for logical in ([args.logical] if args.logical else LOGICAL_STORES)
-            for e in store.certificates(logical)]
-    header = ["Store", "Logical", "Thumbprint", "Subject", "Issuer", "NotAfter (UTC)", "HasKey"]
+def _table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
-    if not rows:
+
+
+def _crl_row(store: CertificateStore, entry: StoredCRL) -> list[str]:
+    until = f"{entry.next_update:%Y-%m-%d %H:%M}" if entry.next_update else "-"
+    return [store.scope.name, CRL_LOGICAL_STORE, entry.thumbprint, entry.issuer,
+            f"{entry.this_update:%Y-%m-%d %H:%M}", until + (" EXPIRED" if entry.expired() else ""),
+            str(len(entry.crl))]
+
+
+def cmd_list(store: CertificateStore, args: argparse.Namespace) -> int:
+    rows = [_row(e) for logical in ([args.logical] if args.logical else LOGICAL_STORES)
+            for e in store.certificates(logical)]
+    crls = [_crl_row(store, e) for e in store.crls()] if args.logical in (None, CRL_LOGICAL_STORE) else []
+    if rows or not crls:
+        _table(["Store", "Logical", "Thumbprint", "Subject", "Issuer", "NotAfter (UTC)", "HasKey"], rows)
+    if crls:
+        print("\nCertificate revocation lists:" if rows else "Certificate revocation lists:")
+        _table(["Store", "Logical", "Thumbprint", "Issuer", "ThisUpdate (UTC)", "NextUpdate (UTC)",
+                "Revoked"], crls)
+    if not rows and not crls:
         print(f"(empty: {store.location()})")
     return 0
 
@@ -147,8 +173,20 @@ def _key_pem(key) -> bytes:
                              serialization.NoEncryption())
 
 
+def _import_crls(store: CertificateStore, data: bytes, args: argparse.Namespace) -> int:
+    if args.to not in (None, CRL_LOGICAL_STORE) or args.key:
+        raise ValueError(f"{args.file} is a CRL: CRLs go into {CRL_LOGICAL_STORE}, without a key")
+    for crl in load_crls(data):
+        path = store.add_crl(crl)
+        print(f"imported CRL {crl_thumbprint(crl)} from {crl.issuer.rfc4514_string()} "
+              f"({len(crl)} revoked) into {store.scope.name}\\{CRL_LOGICAL_STORE} ({path})")
+    return 0
+
+
 def cmd_import(store: CertificateStore, args: argparse.Namespace) -> int:
     data = args.file.read_bytes()
+    if is_crl(data):
+        return _import_crls(store, data, args)
     key = None
     if args.file.suffix.lower() in (".p12", ".pfx") or not (b"-----BEGIN" in data or data[:1] == b"\x30"):
         key, cert, extra = _load_pkcs12(data, args)
@@ -195,6 +233,13 @@ def cmd_export(store: CertificateStore, args: argparse.Namespace) -> int:
 
 
 def cmd_remove(store: CertificateStore, args: argparse.Namespace) -> int:
+    # A thumbprint names one object: a CRL's is removed from CA whatever --from says.
+    crl = next((c for c in store.crls() if normalize_thumbprint(args.thumbprint) in
+                (c.thumbprint, crl_thumbprint(c.crl, "sha256"))), None)
+    if crl is not None:
+        store.remove_crl(crl.thumbprint)
+        print(f"removed {crl.describe()} from {store.scope.name}\\{CRL_LOGICAL_STORE}")
+        return 0
     entry = store.remove(args.logical, args.thumbprint)
     print(f"removed {entry.describe()} from {store.scope.name}\\{args.logical}")
     return 0
@@ -226,4 +271,48 @@ def cmd_new(store: CertificateStore, args: argparse.Namespace) -> int:
     print(f"created {identity.thumbprint()} CN={args.common_name} in {store.scope.name}\\My ({path})")
     if args.ca:
         print(f"and trusted it in {store.scope.name}\\Root")
+    return 0
+
+
+def _serial(store: CertificateStore, text: str) -> int:
+    """A serial number in hex, or that of a stored certificate with this thumbprint."""
+    try:
+        thumb = normalize_thumbprint(text)
+    except ValueError:
+        thumb = None
+    for logical in LOGICAL_STORES if thumb else ():
+        for entry in store.certificates(logical):
+            if thumb in (entry.thumbprint, pki.thumbprint(entry.certificate, "sha256")):
+                return entry.certificate.serial_number
+    try:
+        return int(text.replace(":", ""), 16)
+    except ValueError:
+        raise ValueError(f"--revoke {text}: neither a hex serial number nor the thumbprint of "
+                         f"a stored certificate") from None
+
+
+def _latest_crl(store: CertificateStore, issuer: x509.Name) -> tuple[int, list]:
+    """The highest CRL number stored for this issuer (RFC 5280: it only grows) and
+    that CRL's entries, which a new CRL carries over; (0, []) when there is none."""
+    number, entries = 0, []
+    for entry in store.crls():
+        try:
+            found = entry.crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except x509.ExtensionNotFound:
+            continue
+        if entry.crl.issuer == issuer and found >= number:
+            number, entries = found, list(entry.crl)
+    return number, entries
+
+
+def cmd_crl(store: CertificateStore, args: argparse.Namespace) -> int:
+    ca_entry = store.find("My", args.issuer)
+    ca_certs = pki.load_certificates(ca_entry.chain_pem())
+    ca = pki.Identity(ca_certs[0], _load_key(_key_file(ca_entry)), tuple(ca_certs[1:]))
+    number, earlier = _latest_crl(store, ca.certificate.subject)
+    serials = {_serial(store, r) for r in args.revoke} - {e.serial_number for e in earlier}
+    crl = pki.make_crl(ca, [*earlier, *sorted(serials)], days=args.days, number=number + 1)
+    path = store.add_crl(crl)
+    print(f"issued CRL {crl_thumbprint(crl)} from {ca.certificate.subject.rfc4514_string()} "
+          f"({len(crl)} revoked) into {store.scope.name}\\{CRL_LOGICAL_STORE} ({path})")
     return 0

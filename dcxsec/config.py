@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 import ssl
 import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence, Union
 
+from dcxsec.crl import load_crls
 from dcxsec.errors import ConfigurationError
 from dcxsec.store import CertificateStore, CertStore
 from dcxsec.verify import VerificationMethod, normalize_thumbprint, normalize_thumbprints
@@ -33,6 +35,14 @@ class SecurityConfig:
     ``ae_bindings`` (AE title -> thumbprints) ties AE titles to the
     certificates allowed to use them, on both sides.  Versions are
     ``ssl.TLSVersion`` values; TLS 1.2 is the floor (DICOM PS3.15 B.12).
+
+    Revocation (TRUST_CHAIN only): CRLs from ``crl_files`` (PEM, possibly
+    several, or DER) and, with ``use_store_trust``, from the store's CA are
+    always applied, so a certificate they revoke is refused.
+    ``check_revocation`` also refuses a peer when a certificate of its chain
+    has no current CRL (on Windows: when revocation cannot be checked).
+    THUMBPRINT pins certificates, and NONE checks nothing, so neither takes
+    CRLs or ``check_revocation``: to revoke a pinned peer, drop its thumbprint.
     """
 
     certificate: Source | None = None
@@ -52,6 +62,7 @@ class SecurityConfig:
     use_store_trust: bool = True
     ae_bindings: Mapping[str, Union[str, Sequence[str]]] | None = None
     check_revocation: bool = False
+    crl_files: Sequence[Source] = ()
     trusted_folder: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +75,9 @@ class SecurityConfig:
         self.maximum_version = ssl.TLSVersion(self.maximum_version)
         if isinstance(self.trusted_certificates, (str, bytes, os.PathLike)):
             self.trusted_certificates = [self.trusted_certificates]
+        if isinstance(self.crl_files, (str, bytes, os.PathLike)):
+            self.crl_files = [self.crl_files]
+        self._check_revocation_settings()
         if self.handshake_timeout is None or self.handshake_timeout <= 0:
             raise ConfigurationError("handshake_timeout must be a positive number of seconds")
         if self.private_key is not None and self.certificate is None:
@@ -74,6 +88,25 @@ class SecurityConfig:
             raise ConfigurationError(
                 "THUMBPRINT verification needs at least one accepted thumbprint")
         self.version_range()  # fail early on an impossible range
+
+    def _check_revocation_settings(self) -> None:
+        # An option that cannot be honoured is refused, never silently ignored:
+        # a security officer who asked for revocation must not get less.
+        if self.verification_method == VerificationMethod.TRUST_CHAIN:
+            if self.crl_files and sys.platform == "win32":
+                raise ConfigurationError(
+                    "crl_files are not used on Windows: import the CRLs into the CA store "
+                    "(`certutil -addstore CA FILE.crl`), where Windows checks them itself")
+            return
+        method = self.verification_method.name
+        why = ("NONE checks no certificate" if method == "NONE" else
+               "THUMBPRINT pins certificates (to revoke a pinned peer, remove its thumbprint)")
+        if self.check_revocation:
+            raise ConfigurationError(f"check_revocation cannot be honoured with {method} "
+                                     f"verification: {why}; use TRUST_CHAIN")
+        if self.crl_files:
+            raise ConfigurationError(f"crl_files cannot be applied with {method} verification: "
+                                     f"{why}; use TRUST_CHAIN")
 
     def version_range(self) -> tuple[int, int]:
         """The (lowest, highest) protocol versions as wire numbers, 0 = platform's newest."""
@@ -112,6 +145,21 @@ class SecurityConfig:
         """Each trusted certificate (or bundle) as bytes: given ones, then the store's Root."""
         given = [read_source(s, "trusted certificate") for s in self.trusted_certificates]
         return given + (self.store().pem_bundle("Root") if self.use_store_trust else [])
+
+    def crl_bytes(self) -> list[bytes]:
+        """Each CRL file's bytes, checked, then the store's CRLs (TRUST_CHAIN only)."""
+        if self.verification_method != VerificationMethod.TRUST_CHAIN:
+            return []
+        given = []
+        for source in self.crl_files:
+            data = read_source(source, "CRL")
+            try:
+                load_crls(data)
+            except ValueError as exc:
+                where = f"file '{source}'" if not isinstance(source, (bytes, bytearray)) else "given as bytes"
+                raise ConfigurationError(f"CRL {where} cannot be used: {exc}") from None
+            given.append(data)
+        return given + (self.store().crl_pem_bundle() if self.use_store_trust else [])
 
     def intermediate_bytes(self) -> list[bytes]:
         """Intermediate CAs from the store's CA, to complete peers' chains."""

@@ -78,6 +78,7 @@ class TLSContext:
                 cfg.private_key_password = keep[-1]
             cfg.trusted, cfg.trusted_count = blob_array(config.trusted_bytes())
             cfg.intermediates, cfg.intermediate_count = blob_array(config.intermediate_bytes())
+            cfg.crls, cfg.crl_count = blob_array(config.crl_bytes())
             if config.trusted_folder:
                 keep.append(ffi.new("char[]", str(config.trusted_folder).encode()))
                 cfg.trusted_dir = keep[-1]

@@ -33,6 +33,7 @@ _RULES = {
     lib.DCX_VR_THUMBPRINT: "thumbprint",
     lib.DCX_VR_HOSTNAME: "hostname",
     lib.DCX_VR_REVOKED: "revoked",
+    lib.DCX_VR_REVOCATION: "revocation",
     lib.DCX_VR_BAD_SIGNATURE: "bad_signature",
     lib.DCX_VR_PURPOSE: "purpose",
     lib.DCX_VR_OTHER: "other",

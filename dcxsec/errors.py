@@ -38,7 +38,9 @@ class CertificateVerificationError(TLSError, ssl.SSLCertVerificationError):
 
     ``rule`` names the rule that refused it (``"untrusted"``, ``"expired"``,
     ``"not_yet_valid"``, ``"thumbprint"``, ``"no_certificate"``, ``"hostname"``,
-    ...); ``subject``, ``thumbprint`` and ``not_after`` describe the certificate.
+    ``"revoked"`` (a CRL revokes a certificate of the chain), ``"revocation"``
+    (revocation cannot be checked: no current CRL), ...); ``subject``,
+    ``thumbprint`` and ``not_after`` describe the peer's certificate.
     """
 
     def __init__(self, message: str, rule: str, subject: str = "", thumbprint: str = "",

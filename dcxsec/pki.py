@@ -191,6 +191,38 @@ def self_signed(common_name: str, *, key_kind: str = "ec256", days: int = 825,
     return Identity(cert, key)
 
 
+def make_crl(ca: Identity,
+             revoked: Iterable[Identity | x509.Certificate | x509.RevokedCertificate | int] = (), *,
+             this_update: dt.datetime | None = None, next_update: dt.datetime | None = None,
+             days: int = 7, revoked_on: dt.datetime | None = None,
+             reason: x509.ReasonFlags | None = None, number: int = 1) -> x509.CertificateRevocationList:
+    """A CRL signed by ``ca`` revoking ``revoked`` (identities, certificates or serials;
+    entries of an earlier CRL are carried over as they are).
+
+    ``this_update`` defaults to five minutes ago, ``next_update`` to ``days``
+    later, and each revocation to ``revoked_on`` (default: ``this_update``).
+    """
+    start = this_update or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.certificate.subject)
+               .last_update(start).next_update(next_update or start + dt.timedelta(days=days))
+               .add_extension(x509.CRLNumber(number), False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   ca.private_key.public_key()), False))
+    for item in revoked:
+        if isinstance(item, x509.RevokedCertificate):
+            builder = builder.add_revoked_certificate(item)
+            continue
+        if isinstance(item, Identity):
+            item = item.certificate
+        entry = (x509.RevokedCertificateBuilder()
+                 .serial_number(item.serial_number if isinstance(item, x509.Certificate) else int(item))
+                 .revocation_date(revoked_on or start))
+        if reason is not None:
+            entry = entry.add_extension(x509.CRLReason(reason), False)
+        builder = builder.add_revoked_certificate(entry.build())
+    return builder.sign(ca.private_key, _hash_for(ca.private_key))
+
+
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     """Every certificate in ``data``: one DER, or one or more PEM blocks."""
     if b"-----BEGIN CERTIFICATE-----" in data:

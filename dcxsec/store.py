@@ -7,6 +7,7 @@ store, named as on Windows; certificates are files named by SHA-1 thumbprint:
     <scope root>/My/<THUMBPRINT>.key    its private key, mode 0600
     <scope root>/Root/<THUMBPRINT>.pem  a trusted root
     <scope root>/CA/<THUMBPRINT>.pem    an intermediate CA
+    <scope root>/CA/<SHA-1>.crl         a CRL, beside the CAs as on Windows (dcxsec.crl)
 
 The roots can be moved with DCXSEC_CURRENT_USER_STORE and
 DCXSEC_LOCAL_COMPUTER_STORE.
@@ -30,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from dcxsec.crl import CRL_LOGICAL_STORE, FolderCRLs, StoredCRL
 from dcxsec.errors import ConfigurationError
 from dcxsec.pki import load_certificates, thumbprint, write_private
 from dcxsec.verify import normalize_thumbprint
@@ -259,6 +261,35 @@ class CertificateStore:
         """Every certificate of a logical store as PEM bytes (for the engine)."""
         return [entry.certificate.public_bytes(serialization.Encoding.PEM)
                 for entry in self.certificates(logical)]
+
+    def _crl_folder(self) -> FolderCRLs:
+        if not isinstance(self.source, FolderSource):
+            raise ValueError("CRLs in the Windows system stores are Windows' own: import one with "
+                             "`certutil -addstore CA FILE.crl`, and Windows checks revocation "
+                             "itself (check_revocation=True)")
+        return FolderCRLs(self.source.root)
+
+    def crls(self) -> list[StoredCRL]:
+        """The CRLs kept in CA (none listed for a Windows system store: Windows uses its own)."""
+        return self._crl_folder().entries() if isinstance(self.source, FolderSource) else []
+
+    def crl_pem_bundle(self) -> list[bytes]:
+        """Every stored CRL as PEM bytes (for the engine)."""
+        return [entry.pem() for entry in self.crls()]
+
+    def add_crl(self, crl: x509.CertificateRevocationList) -> Path:
+        """Store a CRL in CA; returns its file."""
+        return self._crl_folder().add(crl)
+
+    def remove_crl(self, thumb: str) -> StoredCRL:
+        """Delete the CRL with this thumbprint; returns what was removed."""
+        folder = self._crl_folder()
+        entry = folder.find(thumb)
+        if entry is None:
+            raise ConfigurationError(f"no CRL with thumbprint {thumb} in {self.scope.name}\\"
+                                     f"{CRL_LOGICAL_STORE} ({self.location(CRL_LOGICAL_STORE)})")
+        folder.remove(entry)
+        return entry
 
     def add(self, logical: str, certificates: list[x509.Certificate],
             key_pem: bytes | None = None) -> Path | str:
