@@ -2,10 +2,13 @@
 
 The cdef is read from ``dcxtls.h`` and ``dcxstore.h`` themselves, so the
 headers stay the one declaration of the engine.  Exactly one TLS backend and
-one system-store backend are compiled per platform.
+one system-store backend are compiled per platform.  OpenSSL is found through
+OPENSSL_DIR, else pkg-config, else the compiler's own paths (openssl_location).
 """
 import os
 import re
+import shlex
+import subprocess
 import sys
 
 from cffi import FFI
@@ -51,18 +54,80 @@ def backend_sources():
             ["ssl", "crypto", "pthread"])
 
 
+def openssl_location(environ=os.environ) -> dict:
+    """Where OpenSSL's headers and libraries are, as set_source() keywords.
+
+    OPENSSL_DIR (its include/ and lib/ or lib64/, e.g. Homebrew's
+    $(brew --prefix openssl@3)) wins; then ``pkg-config openssl``; else the
+    compiler's own search paths, where Linux distributions put it.
+    """
+    root = environ.get("OPENSSL_DIR")
+    if root:
+        include = os.path.join(root, "include")
+        if not os.path.isfile(os.path.join(include, "openssl", "ssl.h")):
+            raise SystemExit(f"OPENSSL_DIR={root}: no {include}/openssl/ssl.h there; point it at "
+                             f"an OpenSSL 3 installation (the folder holding include/ and lib/)")
+        libdirs = [os.path.join(root, name) for name in ("lib64", "lib")
+                   if any(f.startswith(("libssl.", "libssl-")) for f in _listdir(os.path.join(root, name)))]
+        if not libdirs:
+            raise SystemExit(f"OPENSSL_DIR={root}: no libssl in {root}/lib or {root}/lib64")
+        # rpath: the engine finds the same libraries at run time, not the system's
+        return {"include_dirs": [include], "library_dirs": libdirs[:1],
+                "runtime_library_dirs": libdirs[:1], "extra_compile_args": [], "extra_link_args": []}
+    flags = {"include_dirs": [], "library_dirs": [], "runtime_library_dirs": [],
+             "extra_compile_args": [], "extra_link_args": []}
+    cflags, libs = _pkg_config("--cflags", environ), _pkg_config("--libs", environ)
+    if cflags is None or libs is None:
+        return flags  # no pkg-config, or no openssl.pc: the compiler's defaults
+    for flag in cflags:
+        (flags["include_dirs"].append(flag[2:]) if flag.startswith("-I")
+         else flags["extra_compile_args"].append(flag))
+    for flag in libs:
+        if flag.startswith("-L"):
+            flags["library_dirs"].append(flag[2:])
+        elif not flag.startswith("-l"):  # ssl and crypto are named in backend_sources()
+            flags["extra_link_args"].append(flag)
+    return flags
+
+
+def _pkg_config(what: str, environ) -> list | None:
+    """``pkg-config <what> openssl`` as a list of flags, or None when it has no answer."""
+    try:
+        found = subprocess.run(["pkg-config", what, "openssl"], capture_output=True, text=True,
+                               timeout=30, env=dict(environ))
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return shlex.split(found.stdout) if found.returncode == 0 else None
+
+
+def _listdir(path: str) -> list:
+    return os.listdir(path) if os.path.isdir(path) else []
+
+
+def build_arguments(environ=os.environ) -> dict:
+    """The keywords of set_source() for this platform."""
+    sources, libraries = backend_sources()
+    arguments = {
+        "sources": [os.path.relpath(os.path.join(HERE, name)) for name in ["dcxtls_common.c", *sources]],
+        "include_dirs": [os.path.relpath(HERE)],
+        "libraries": libraries,
+        "extra_compile_args": [],
+    }
+    if sys.platform == "win32":  # SChannel: the Windows SDK's libraries, nothing to find
+        return arguments
+    openssl = openssl_location(environ)
+    arguments["include_dirs"] += openssl.pop("include_dirs")
+    arguments["extra_compile_args"] = ["-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-Wall",
+                                       *openssl.pop("extra_compile_args")]
+    arguments.update({key: value for key, value in openssl.items() if value})
+    return arguments
+
+
 ffibuilder = FFI()
 _defined = ({"_WIN32"} if sys.platform == "win32" else set())
 ffibuilder.cdef("\n".join(cdef_from_header(header, _defined) for header in HEADERS))
-_sources, _libraries = backend_sources()
-ffibuilder.set_source(
-    "dcxsec._tls",
-    '#include "dcxtls.h"\n#include "dcxthreads.h"\n#include "dcxstore.h"',
-    sources=[os.path.relpath(os.path.join(HERE, name)) for name in ["dcxtls_common.c", *_sources]],
-    include_dirs=[os.path.relpath(HERE)],
-    libraries=_libraries,
-    extra_compile_args=[] if sys.platform == "win32" else ["-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-Wall"],
-)
+ffibuilder.set_source("dcxsec._tls", '#include "dcxtls.h"\n#include "dcxthreads.h"\n#include "dcxstore.h"',
+                      **build_arguments())
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -4,6 +4,8 @@ A TLS engine in C (OpenSSL 3 on Linux and macOS, SChannel on Windows) behind
 ``TLSContext.wrap_socket()``, which pynetdicom uses as its transport on both
 sides of an association.
 """
+import logging
+
 from dcxsec import _native  # noqa: F401 - first, to say plainly when the engine is missing
 from dcxsec import pki
 from dcxsec.config import SecurityConfig
@@ -21,6 +23,10 @@ from dcxsec.tlssocket import TLSSocket
 from dcxsec.verify import VerificationMethod, normalize_thumbprint
 
 __version__ = "0.1.0"
+
+# A library leaves logging to its application: without a handler of its own,
+# dcxsec's warnings would go to stderr through logging's last resort.
+logging.getLogger("dcxsec").addHandler(logging.NullHandler())
 
 __all__ = [
     "CertStore",

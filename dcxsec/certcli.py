@@ -43,9 +43,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("thumbprint")
     p.add_argument("out", type=Path)
     p.add_argument("--from", dest="logical", choices=LOGICAL_STORES, default="My")
-    p.add_argument("--format", choices=("pem", "der", "pkcs12"), default="pem")
-    p.add_argument("--key", action="store_true", help="also write the private key (PEM, 0600) next to it")
-    p.add_argument("--password", help="PKCS#12 password (prompted for when not given; empty: none)")
+    p.add_argument("--format", choices=("pem", "der", "pkcs12"), default=None,
+                   help="default: pkcs12 for a .pfx/.p12 file, der for .der, else pem")
+    p.add_argument("--key", action="store_true", help="with its private key: inside a PKCS#12 file; "
+                   "for PEM/DER a separate unencrypted .key file (PEM, 0600) next to it, as DCMTK needs")
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("--password", help="PKCS#12 password (asked for on a terminal when not given)")
+    secret.add_argument("--no-password", action="store_true",
+                        help="write the PKCS#12 file unencrypted: anyone who can read it has the key")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("remove", help="remove a certificate (and its key), or a CRL by its thumbprint")
@@ -119,14 +124,6 @@ def cmd_list(store: CertificateStore, args: argparse.Namespace) -> int:
     if not rows and not crls:
         print(f"(empty: {store.location()})")
     return 0
-
-
-def _password(args: argparse.Namespace, prompt: str) -> bytes | None:
-    if args.password is not None:
-        return args.password.encode() or None
-    if sys.stdin.isatty():
-        return getpass.getpass(prompt).encode() or None
-    return None
 
 
 def _load_pkcs12(data: bytes, args: argparse.Namespace):
@@ -208,27 +205,67 @@ def cmd_import(store: CertificateStore, args: argparse.Namespace) -> int:
     return 0
 
 
+_SUFFIX_FORMATS = {".pfx": "pkcs12", ".p12": "pkcs12", ".der": "der"}
+
+
+def _export_password(args: argparse.Namespace) -> bytes | None:
+    """The PKCS#12 password: given, or asked for twice on a terminal.
+
+    None only with an explicit ``--no-password``: a key never leaves
+    unencrypted by default, nor because no one was there to type a password.
+    """
+    if args.no_password:
+        return None
+    if args.password:
+        return args.password.encode()
+    if args.password is not None:
+        raise ValueError("an empty --password would write the private key unencrypted: give a "
+                         "password, or --no-password to mean it")
+    if not sys.stdin.isatty():
+        raise ValueError("the PKCS#12 file would hold the private key, and no password was given: "
+                         "give --password (or run on a terminal to be asked), or --no-password "
+                         "to write it unencrypted")
+    first = getpass.getpass("PKCS#12 password: ")
+    if not first:
+        raise ValueError("no password typed: give one, or --no-password to write the private key "
+                         "unencrypted")
+    if getpass.getpass("PKCS#12 password (again): ") != first:
+        raise ValueError("the two passwords differ; nothing was written")
+    return first.encode()
+
+
 def cmd_export(store: CertificateStore, args: argparse.Namespace) -> int:
     entry = store.find(args.logical, args.thumbprint)
     certs = pki.load_certificates(entry.chain_pem())
-    if args.format == "pkcs12":
+    fmt = args.format or _SUFFIX_FORMATS.get(args.out.suffix.lower(), "pem")
+    if fmt != "pkcs12" and (args.no_password or args.password is not None):
+        raise ValueError(f"--password and --no-password are for PKCS#12; a {fmt.upper()} export "
+                         f"writes its key (--key) unencrypted, as DCMTK reads it")
+    key_file = None
+    if fmt == "pkcs12" or args.key:
         if not entry.has_key:
             raise ValueError(f"{entry.describe()} has no private key to export")
-        key = _load_key(_key_file(entry))
-        identity = pki.Identity(certs[0], key, tuple(certs[1:]))
-        pki.write_private(args.out, identity.to_pkcs12(_password(args, "PKCS#12 password: "),
-                                                       certs[0].subject.rfc4514_string()))
-    elif args.format == "der":
+        key_file = _key_file(entry)  # before anything is written: Windows keeps its keys
+    key_out = args.out.with_suffix(".key") if args.key and fmt != "pkcs12" else None
+    if key_out == args.out:
+        raise ValueError(f"the key would overwrite the certificate: name the certificate's file "
+                         f"other than '{args.out}' (e.g. .pem)")
+    if fmt == "pkcs12":  # always with its key: that is what a PFX is for
+        identity = pki.Identity(certs[0], _load_key(key_file), tuple(certs[1:]))
+        password = _export_password(args)
+        pki.write_private(args.out, identity.to_pkcs12(password, certs[0].subject.rfc4514_string()))
+        print(f"exported {entry.describe()} with its private key to {args.out} "
+              f"({'encrypted' if password else 'UNENCRYPTED, as --no-password asked'}, mode 0600)")
+        return 0
+    if fmt == "der":
         args.out.write_bytes(certs[0].public_bytes(serialization.Encoding.DER))
     else:
         args.out.write_bytes(entry.chain_pem())
     print(f"exported {entry.describe()} to {args.out}")
-    if args.key:
-        if not entry.has_key:
-            raise ValueError(f"{entry.describe()} has no private key to export")
-        key_out = args.out.with_suffix(".key")
-        pki.write_private(key_out, read_private_key(_key_file(entry)))
-        print(f"exported its private key to {key_out} (mode 0600)")
+    if key_out is not None:
+        # DCMTK (+tls KEY CERT) reads an unencrypted PEM key: it is created 0600.
+        pki.write_private(key_out, read_private_key(key_file))
+        print(f"exported its private key to {key_out} (unencrypted PEM, mode 0600)")
     return 0
 
 

@@ -183,18 +183,49 @@ def read_source(source: Source, what: str) -> bytes:
 
 
 def read_private_key(source: Source) -> bytes:
-    """The private key's bytes; a key file open to group or others is refused."""
+    """The private key's bytes; a key file that other accounts can read or write is refused.
+
+    Readable by its group (0640, 0440) is accepted when that group is one of
+    this process's own (a Kubernetes secret mounted with fsGroup, a service
+    group): only the service's own accounts can read it then.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
     path = Path(source)
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except FileNotFoundError:
         raise ConfigurationError(f"private key file '{path}' does not exist") from None
     except OSError as exc:
         raise ConfigurationError(f"private key file '{path}' cannot be read: {exc.strerror}") from None
-    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigurationError(
-            f"private key file '{path}' is readable by other accounts (mode "
-            f"{stat.S_IMODE(mode):04o}); make it private with: chmod 600 '{path}'")
+    if os.name == "posix":
+        problem = _key_mode_problem(info)
+        if problem:
+            raise ConfigurationError(
+                f"private key file '{path}' {problem}; make it private with: chmod 600 '{path}'"
+                f" (or, for a service group: chmod 640 '{path}' and chgrp {_group_name(os.getegid())} "
+                f"'{path}')")
     return read_source(path, "private key")
+
+
+def _key_mode_problem(info: os.stat_result) -> str | None:
+    """Why a key file's mode lets other accounts at it, or None when it does not."""
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IRWXO:
+        return f"is readable or writable by other accounts (mode {mode:04o})"
+    if mode & (stat.S_IWGRP | stat.S_IXGRP):
+        return f"is writable by its group (mode {mode:04o})"
+    if mode & stat.S_IRGRP and info.st_gid != os.getegid() and info.st_gid not in os.getgroups():
+        return (f"is readable by group {_group_name(info.st_gid)} (mode {mode:04o}), "
+                f"which this process is not in")
+    return None
+
+
+def _group_name(gid: int) -> str:
+    """A group's name for messages, or its number when it has none."""
+    import grp  # POSIX only
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

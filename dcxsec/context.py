@@ -10,6 +10,7 @@ from dcxsec.aetitle import AEBindings
 from dcxsec.config import SecurityConfig
 from dcxsec.engine import new_error, to_exception
 from dcxsec.pump import free_connection
+from dcxsec.support import check_supported
 from dcxsec.verify import VerificationMethod, normalize_thumbprints
 
 if TYPE_CHECKING:
@@ -28,17 +29,25 @@ class TLSContext:
 
     Give it to pynetdicom as ``ae.associate(..., tls_args=(ctx, None))`` or
     ``ae.start_server(..., ssl_context=ctx)``.  Building it loads and checks
-    the identity and trust once; every association shares it.
+    the identity and trust once; every association shares it.  An option
+    this platform's backend cannot honour is refused then, with a
+    ``ConfigurationError`` that names it.
+
+    Without a configuration it uses ``SecurityConfig()``'s defaults: the
+    identity from the default certificate store (if its My has one), and the
+    peer checked by TRUST_CHAIN against the system's roots and the store's
+    Root.  Accepting any peer (``VerificationMethod.NONE``) is never a
+    default: ask for it in a SecurityConfig.
     """
 
     def __init__(self, config: SecurityConfig | None = None) -> None:
-        self._config = config if config is not None else SecurityConfig(
-            verification_method=VerificationMethod.NONE)
+        self._config = config if config is not None else SecurityConfig()
         self._ctx = self._build(self._config)
         self._bindings = AEBindings(self._config.ae_bindings)
 
     @staticmethod
     def _build(config: SecurityConfig):
+        check_supported(config, sys.platform, lib.dcx_max_supported_version())
         cfg = ffi.new("dcx_config *")
         keep = []  # cffi buffers that must outlive dcx_ctx_new
 

@@ -27,6 +27,68 @@ def test_key_file_readable_by_others_is_refused(pki, tmp_path):
         TLSContext(SecurityConfig(certificate=pki.client.cert_path, private_key=key))
 
 
+FOREIGN_GID = 4242  # a group this process is not in (checked below)
+
+
+def key_copy(pki, tmp_path, mode: int, gid: int) -> Path:
+    """The client's key in a file of its own with this mode and group."""
+    key = tmp_path / f"key-{mode:o}-{gid}.key"
+    key.write_bytes(pki.client.key_path.read_bytes())
+    os.chown(key, -1, gid)
+    key.chmod(mode)
+    return key
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another group needs root")
+@pytest.mark.parametrize("mode", [0o640, 0o440], ids=oct)
+def test_key_readable_by_our_own_group_is_accepted(pki, tmp_path, pair_factory, server_ctx, mode):
+    """A Kubernetes secret mounted 0640 with fsGroup, or a service group's key."""
+    key = key_copy(pki, tmp_path, mode, os.getegid())
+    ctx = TLSContext(SecurityConfig(certificate=pki.client.cert_path, private_key=key,
+                                    trusted_certificates=[pki.ca.cert_path], use_system_trust=False))
+    pair = pair_factory(server_ctx, ctx)
+    assert pair.client_error is None and pair.server_error is None
+    assert pair.server.peer_thumbprint == pki.client.thumbprint  # the key did its work
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another group needs root")
+def test_key_readable_by_another_group_is_refused(pki, tmp_path):
+    assert FOREIGN_GID != os.getegid() and FOREIGN_GID not in os.getgroups()
+    key = key_copy(pki, tmp_path, 0o640, FOREIGN_GID)
+    with pytest.raises(ConfigurationError) as raised:
+        TLSContext(SecurityConfig(certificate=pki.client.cert_path, private_key=key))
+    message = str(raised.value)
+    assert f"readable by group {FOREIGN_GID} (mode 0640), which this process is not in" in message
+    assert f"chmod 600 '{key}'" in message and "chgrp" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another group needs root")
+def test_key_readable_by_a_supplementary_group_is_accepted(pki, tmp_path):
+    """A process whose supplementary groups hold the key's group (as fsGroup gives a pod)."""
+    key = key_copy(pki, tmp_path, 0o640, FOREIGN_GID + 1)
+    build = (f"from dcxsec import SecurityConfig, TLSContext; TLSContext(SecurityConfig("
+             f"certificate={str(pki.client.cert_path)!r}, private_key={str(key)!r}, "
+             f"use_system_trust=False)); print('built')")
+    run = lambda groups: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", build], capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: os.setgroups(groups))
+    done = run([FOREIGN_GID + 1])
+    assert done.returncode == 0 and done.stdout.strip() == "built", done.stderr
+    done = run([])
+    assert done.returncode != 0 and "which this process is not in" in done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another group needs root")
+@pytest.mark.parametrize("mode, words", [(0o660, "writable by its group"),
+                                         (0o620, "writable by its group"),
+                                         (0o604, "by other accounts"),
+                                         (0o602, "by other accounts")], ids=str)
+def test_key_open_to_writers_or_others_is_refused_even_in_our_group(pki, tmp_path, mode, words):
+    key = key_copy(pki, tmp_path, mode, os.getegid())
+    with pytest.raises(ConfigurationError, match=f"{words} \\(mode {mode:04o}\\).*chmod 600"):
+        TLSContext(SecurityConfig(certificate=pki.client.cert_path, private_key=key))
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_unreadable_key_file(pki, tmp_path):
     key = tmp_path / "locked.key"
