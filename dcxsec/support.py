@@ -51,7 +51,7 @@ def check_supported(config: SecurityConfig, platform: str = sys.platform,
 
 def _check_schannel(config: SecurityConfig, where: str) -> None:
     if config.private_key_password is not None and config.private_key is not None:
-        # tls_schannel.c reads plain PKCS#8/PKCS#1/SEC1 only; it cannot decrypt a key.
+        # schannel_identity.c reads plain PKCS#8/PKCS#1/SEC1 only; it cannot decrypt a key.
         raise ConfigurationError(
             f"private_key_password cannot be honoured on {where}: SChannel cannot decrypt a "
             f"private key file; import the certificate and key as PKCS#12 into the My store "

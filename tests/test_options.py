@@ -78,7 +78,7 @@ def test_minimum_version_above_the_platform_is_refused(pki):
 
 
 def test_encrypted_key_file_is_refused_for_schannel(pki):
-    """tls_schannel.c cannot decrypt a key file; OpenSSL can, and does."""
+    """schannel_identity.c cannot decrypt a key file; OpenSSL can, and does."""
     encrypted = pki.client.identity.key_pem(password=b"s3cret")
     config = SecurityConfig(certificate=pki.client.cert_path.read_bytes(), private_key=encrypted,
                             private_key_password="s3cret", use_system_trust=False)

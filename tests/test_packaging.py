@@ -132,7 +132,7 @@ def test_windows_build_is_schannel_and_asks_for_no_openssl(sources, tmp_path):
                           timeout=60, env={**_base_env(), "OPENSSL_DIR": str(tmp_path / "nowhere")})
     assert done.returncode == 0, done.stderr
     assert '"libraries": ["secur32", "crypt32", "ws2_32", "ncrypt"]' in done.stdout
-    assert "csrc/tls_schannel.c" in done.stdout and "tls_openssl" not in done.stdout
+    assert "csrc/schannel.c" in done.stdout and "openssl" not in done.stdout
     assert "-std=c11" not in done.stdout and "nowhere" not in done.stdout
 
 
