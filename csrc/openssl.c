@@ -483,17 +483,19 @@ static void keep_first(failure_record *r, int status, const dcx_error *err)
     if (r->status)
         return;
     r->status = status;
-    if (err)
-        r->why = *err;
-    else
-        dcx_fail(&r->why, status, "the connection failed earlier");
+    if (err && (r->why = malloc(sizeof(*r->why))) != NULL)
+        *r->why = *err;
 }
 
 /* The kept failure as this call's result; 0 if there is none. */
 static int repeat_failure(const failure_record *r, dcx_error *err)
 {
-    if (r->status && err)
-        *err = r->why;
+    if (r->status && err) {
+        if (r->why)
+            *err = *r->why;
+        else
+            dcx_fail(err, r->status, "the connection failed earlier");
+    }
     return r->status;
 }
 
@@ -952,6 +954,8 @@ void dcx_conn_free(dcx_conn *c)
     if (!c)
         return;
     SSL_free(c->ssl);
+    free(c->failure.why);
+    free(c->write_failure.why);
     free(c->out.data);
     in_buffer_give(c->in.data);
     pthread_mutex_destroy(&c->io);

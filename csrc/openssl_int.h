@@ -43,10 +43,11 @@ struct dcx_ctx {
     uint64_t session_clock;
 };
 
-/* The first failure of something, repeated to later calls. */
+/* The first failure of something, repeated to later calls.  Its reason is
+ * allocated only when there is one: an idle association keeps less. */
 typedef struct failure_record {
     int status;           /* 0 while there is none */
-    dcx_error why;
+    dcx_error *why;
 } failure_record;
 
 struct dcx_conn {
