@@ -195,11 +195,15 @@ static void crls_on(HCERTSTORE crls, PCCERT_CONTEXT cert, PCCERT_CONTEXT issuer,
     memset(w, 0, sizeof(*w));
     w->reason = "";
     PCCRL_CONTEXT crl = NULL;
-    while ((crl = CertFindCRLInStore(crls, X509_ASN_ENCODING,
-                                     CRL_FIND_ISSUED_BY_SIGNATURE_FLAG | CRL_FIND_ISSUED_BY_AKI_FLAG,
-                                     CRL_FIND_ISSUED_BY, issuer, crl)) != NULL) {
+    /* those in the issuer's name; only those it signed speak for cert */
+    while ((crl = CertFindCRLInStore(crls, X509_ASN_ENCODING, 0, CRL_FIND_ISSUED_BY, issuer,
+                                     crl)) != NULL) {
         PCRL_INFO info = crl->pCrlInfo;
         PCRL_ENTRY entry = NULL;
+        if (!CryptVerifyCertificateSignatureEx(0, X509_ASN_ENCODING, CRYPT_VERIFY_CERT_SIGN_SUBJECT_CRL,
+                                               (void *)crl, CRYPT_VERIFY_CERT_SIGN_ISSUER_CERT,
+                                               (void *)issuer, 0, NULL))
+            continue; /* not the issuer's: it says nothing (as on OpenSSL) */
         w->found = 1;
         if (CertFindCertificateInCRL(cert, crl, 0, NULL, &entry) && entry && !w->revoked) {
             w->revoked = 1;

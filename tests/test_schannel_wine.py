@@ -64,6 +64,7 @@ CLIENT_CASES = [
     "client.revocation_required_without_crl",
     "client.revocation_not_required_without_crl",
     "client.revocation_refuses_expired_crl",
+    "client.revocation_ignores_forged_crl",
 ]
 EC_CASE = "client.identity_ec_p256"  # Wine's NCrypt cannot import EC keys: skipped there
 STORE_CASES = ["client.identity_from_my_store", "client.unknown_thumbprint_in_my_store"]
@@ -163,7 +164,8 @@ def _write_pki(d: Path) -> None:
 def _write_crls(d: Path, ca: pki.Identity, server: pki.Identity, other: pki.Identity) -> None:
     """CRLs of the conformance CA: one revoking the server's certificate (PEM,
     and DER for the CA store), a current one that does not (DER; it revokes
-    another), an expired one; the revocation's day and the CA's name."""
+    another), an expired one, one in the CA's name signed by another key; the
+    revocation's day and the CA's name."""
     now = dt.datetime.now(dt.timezone.utc)
     revoked_on = (now - dt.timedelta(days=3)).replace(microsecond=0)
     revoking = pki.make_crl(ca, [server], revoked_on=revoked_on, number=1,
@@ -175,6 +177,10 @@ def _write_crls(d: Path, ca: pki.Identity, server: pki.Identity, other: pki.Iden
     (d / "server_revoked.der").write_bytes(revoking.public_bytes(serialization.Encoding.DER))
     (d / "current.crl.der").write_bytes(current.public_bytes(serialization.Encoding.DER))
     (d / "expired.crl").write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+    # the CA's name, another key: a CRL that cannot be used
+    forger = pki.new_ca(ca.certificate.subject.rfc4514_string().removeprefix("CN="), key_kind="rsa2048")
+    assert forger.certificate.subject == ca.certificate.subject
+    (d / "forged.crl").write_bytes(pki.make_crl(forger, [server]).public_bytes(serialization.Encoding.PEM))
     (d / "server_revoked.date").write_text(f"{revoked_on:%Y-%m-%d}\n")
     (d / "ca.name").write_text(ca.certificate.subject.rfc4514_string() + "\n")
 

@@ -1685,6 +1685,27 @@ static int case_crl_expired(void)
                                  (const char *)NULL);
 }
 
+/* forged.crl names the CA as its issuer and revokes the server, but another
+ * key signed it: it says nothing, so the server passes without
+ * check_revocation, and with it has no current CRL. */
+static int case_crl_forged(void)
+{
+    char ca[300], want[340];
+    file_text("ca.name", ca, sizeof(ca));
+    snprintf(want, sizeof(want), "no current CRL from '%s'", ca);
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1, 0, NULL,
+              "forged.crl", 0};
+    if (expect_accept(&o, sserver_port, "localhost") != PASS)
+        return FAIL;
+    o.check_revocation = 1;
+    if (expect_refusal_saying(&o, sserver_port, "localhost", DCX_VR_REVOCATION, want,
+                              (const char *)NULL) != PASS)
+        return FAIL;
+    char said[sizeof(msg)];
+    snprintf(said, sizeof(said), "%s", msg);
+    return say(PASS, "accepted without check_revocation; with it %s", said);
+}
+
 #ifdef _WIN32
 /* Puts a CRL file into Cert:\CurrentUser\CA (as `certutil -user -addstore CA`
  * does), or with name NULL removes every CRL from it.  Removing goes by the
@@ -1786,6 +1807,7 @@ static const struct {
     {"client.revocation_required_without_crl", case_crl_required_missing},
     {"client.revocation_not_required_without_crl", case_crl_not_required_missing},
     {"client.revocation_refuses_expired_crl", case_crl_expired},
+    {"client.revocation_ignores_forged_crl", case_crl_forged},
     {"client.revocation_crl_in_ca_store", case_crl_in_ca_store},
     {"store.wrong_pfx_password", case_store_wrong_password},
     {"store.import_pfx_into_my", case_store_import_pfx},
