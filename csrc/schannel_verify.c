@@ -200,9 +200,10 @@ static void crls_on(HCERTSTORE crls, PCCERT_CONTEXT cert, PCCERT_CONTEXT issuer,
                                      crl)) != NULL) {
         PCRL_INFO info = crl->pCrlInfo;
         PCRL_ENTRY entry = NULL;
-        if (!CryptVerifyCertificateSignatureEx(0, X509_ASN_ENCODING, CRYPT_VERIFY_CERT_SIGN_SUBJECT_CRL,
-                                               (void *)crl, CRYPT_VERIFY_CERT_SIGN_ISSUER_CERT,
-                                               (void *)issuer, 0, NULL))
+        if (!CryptVerifyCertificateSignatureEx(0, X509_ASN_ENCODING,
+                                               CRYPT_VERIFY_CERT_SIGN_SUBJECT_CRL, (void *)crl,
+                                               CRYPT_VERIFY_CERT_SIGN_ISSUER_CERT, (void *)issuer,
+                                               0, NULL))
             continue; /* not the issuer's: it says nothing (as on OpenSSL) */
         w->found = 1;
         if (CertFindCertificateInCRL(cert, crl, 0, NULL, &entry) && entry && !w->revoked) {
@@ -241,7 +242,8 @@ static HCERTSTORE open_ca_store(dcx_store scope)
  * counts, and so does its "good" (a CRL it holds, OCSP), but Wine's engine
  * never says "good" of a certificate without CRL distribution points, nor
  * reads the CA store, so the CRLs at hand are read here as well. */
-static int judge_revocation(dcx_conn *c, PCCERT_CHAIN_CONTEXT chain, HCERTSTORE crls, dcx_error *err)
+static int judge_revocation(dcx_conn *c, PCCERT_CHAIN_CONTEXT chain, HCERTSTORE crls,
+                            dcx_error *err)
 {
     PCERT_SIMPLE_CHAIN simple = chain->rgpChain[0];
     char detail[512], issuer[256], name[256], thumb[41], na[32], when[32];
@@ -256,7 +258,8 @@ static int judge_revocation(dcx_conn *c, PCCERT_CHAIN_CONTEXT chain, HCERTSTORE 
         name_2253(&cert->pCertInfo->Issuer, issuer, sizeof(issuer));
         if (w.revoked || (status & CERT_TRUST_IS_REVOKED)) {
             const char *why = w.reason;
-            PCERT_REVOCATION_CRL_INFO info = el->pRevocationInfo ? el->pRevocationInfo->pCrlInfo : NULL;
+            PCERT_REVOCATION_CRL_INFO info =
+                el->pRevocationInfo ? el->pRevocationInfo->pCrlInfo : NULL;
             if (w.revoked)
                 time_text(&w.revoked_on, when, sizeof(when));
             else if (info && info->pCrlEntry) { /* the engine's own CRL (real Windows says which) */
@@ -265,8 +268,8 @@ static int judge_revocation(dcx_conn *c, PCCERT_CHAIN_CONTEXT chain, HCERTSTORE 
             } else
                 snprintf(when, sizeof(when), "?");
             if (i == 0) {
-                snprintf(detail, sizeof(detail), "revoked on %s by '%s'%s%s%s; the peer needs a new "
-                         "certificate", when, issuer, *why ? " (" : "", why, *why ? ")" : "");
+                snprintf(detail, sizeof(detail), "revoked on %s by '%s'%s%s%s; the peer needs a "
+                         "new certificate", when, issuer, *why ? " (" : "", why, *why ? ")" : "");
             } else {
                 sch_describe_cert(cert, name, sizeof(name), thumb, na, sizeof(na));
                 snprintf(detail, sizeof(detail), "its CA certificate '%s' (thumbprint %s) was "
