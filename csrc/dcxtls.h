@@ -120,12 +120,16 @@ typedef struct dcx_config {
     dcx_store cert_store;
     const unsigned char *identity_thumbprint;
     /* TRUST_CHAIN on system stores: the platform's roots plus those of cert_store. */
-    int check_revocation;            /* fail when revocation cannot be checked (off: offline is fine) */
+    int check_revocation;            /* demand a current CRL for the chain (off: a missing CRL is fine) */
     /* Certificate revocation lists for TRUST_CHAIN, each PEM (possibly several)
-     * or DER.  OpenSSL: CRLs given are always applied, so a certificate they
-     * revoke is refused; check_revocation additionally refuses every
-     * certificate of the chain that has no current CRL.  SChannel fetches
-     * CRLs itself and ignores these (dcxsec refuses crl_files on Windows). */
+     * or DER.  CRLs given are always applied, so a certificate they revoke is
+     * refused (DCX_VR_REVOKED); check_revocation additionally refuses a
+     * certificate of the chain that has no current CRL (DCX_VR_REVOCATION).
+     * OpenSSL checks every certificate of the chain, SChannel every one below
+     * the root (the root's own CRL is the one its intermediates need anyway).
+     * SChannel also counts the CRLs in the CA store of cert_store (where
+     * `certutil -addstore CA FILE.crl` puts them) and what the chain engine
+     * holds itself, and fetches nothing. */
     const dcx_blob *crls;
     size_t crl_count;
 } dcx_config;

@@ -234,6 +234,21 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
             goto fail;
         }
     }
+    ctx->crls = CertOpenStore(CERT_STORE_PROV_MEMORY, 0, 0, 0, NULL);
+    if (!ctx->crls) {
+        dcx_fail(err, DCX_E_NOMEM, "cannot create a certificate store");
+        goto fail;
+    }
+    for (size_t i = 0; i < cfg->crl_count; i++) {
+        int n = sch_add_crls(ctx->crls, &cfg->crls[i]);
+        if (n == 0) {
+            dcx_fail(err, DCX_E_CONFIG,
+                     "CRL #%lu is not a certificate revocation list in PEM or DER",
+                     (unsigned long)(i + 1));
+            goto fail;
+        }
+        ctx->crl_count += (size_t)n;
+    }
     if (cfg->identity_thumbprint) {
         if (sch_identity_from_store(ctx, cfg, err) != DCX_OK)
             goto fail;
@@ -287,6 +302,8 @@ void dcx_ctx_free(dcx_ctx *ctx)
         CertCloseStore(ctx->trusted, 0);
     if (ctx->intermediates)
         CertCloseStore(ctx->intermediates, 0);
+    if (ctx->crls)
+        CertCloseStore(ctx->crls, 0);
     dcx_thumbs_free(&ctx->thumbs);
     DeleteCriticalSection(&ctx->lock);
     free(ctx);

@@ -91,6 +91,28 @@ int sch_add_certificates(HCERTSTORE store, const dcx_blob *b, PCCERT_CONTEXT *fi
     return count;
 }
 
+/* Adds every CRL of a blob (one DER, or PEM "X509 CRL" blocks) to store.
+ * Returns how many were taken. */
+int sch_add_crls(HCERTSTORE store, const dcx_blob *b)
+{
+    if (!b->len)
+        return 0;
+    if (!is_pem(b))
+        return CertAddEncodedCRLToStore(store, X509_ASN_ENCODING, b->data, (DWORD)b->len,
+                                        CERT_STORE_ADD_USE_EXISTING, NULL) ? 1 : 0;
+    int count = 0;
+    size_t pos = 0;
+    DWORD n = 0;
+    unsigned char *der;
+    while ((der = pem_next(b, &pos, "X509 CRL", &n)) != NULL) {
+        if (CertAddEncodedCRLToStore(store, X509_ASN_ENCODING, der, n, CERT_STORE_ADD_USE_EXISTING,
+                                     NULL))
+            count++;
+        free(der);
+    }
+    return count;
+}
+
 void sch_describe_cert(PCCERT_CONTEXT cert, char *subject, size_t subject_cap, char *thumb,
                        char *not_after, size_t not_after_cap)
 {

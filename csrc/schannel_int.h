@@ -9,7 +9,9 @@
  *   schannel_identity.c  certificates and keys from bytes (PEM, DER, PKCS#8),
  *                        the local identity from bytes or from the My store
  *   schannel_verify.c    the trusted certificates folder, and the peer's
- *                        certificate judged with Crypt32, failures explained
+ *                        certificate judged with Crypt32 (revocation by the
+ *                        CRLs given and those of the CA store included),
+ *                        failures explained
  */
 #ifndef DCX_SCHANNEL_INT_H
 #define DCX_SCHANNEL_INT_H
@@ -40,6 +42,9 @@
 #ifndef SECURITY_FLAG_IGNORE_UNKNOWN_CA
 #define SECURITY_FLAG_IGNORE_UNKNOWN_CA 0x00000100
 #endif
+#ifndef SECURITY_FLAG_IGNORE_REVOCATION
+#define SECURITY_FLAG_IGNORE_REVOCATION 0x00000080
+#endif
 #ifndef SECURITY_FLAG_IGNORE_CERT_CN_INVALID
 #define SECURITY_FLAG_IGNORE_CERT_CN_INVALID 0x00001000
 #endif
@@ -62,6 +67,8 @@ struct dcx_ctx {
     HCERTSTORE identity_store;  /* memory store holding the identity and its intermediates */
     HCERTSTORE trusted;         /* extra trusted roots (memory store, possibly empty) */
     HCERTSTORE intermediates;   /* CAs that may complete a peer's chain, not trusted */
+    HCERTSTORE crls;            /* CRLs given in the configuration (memory store, possibly empty) */
+    size_t crl_count;
     size_t trusted_count;
     CRITICAL_SECTION lock;      /* guards thumbs and the lazy inbound credentials */
     dcx_thumbs thumbs;
@@ -118,6 +125,8 @@ const char *sch_status_name(SECURITY_STATUS s);
 /* Adds every certificate of a blob (one DER, or PEM blocks) to store.  Returns
  * how many; *first gets the first one (caller frees) when first is not NULL. */
 int sch_add_certificates(HCERTSTORE store, const dcx_blob *b, PCCERT_CONTEXT *first);
+/* Adds every CRL of a blob (one DER, or PEM "X509 CRL" blocks) to store; returns how many. */
+int sch_add_crls(HCERTSTORE store, const dcx_blob *b);
 /* Subject (RFC 2253 spelling), SHA-1 thumbprint (hex) and notAfter of cert. */
 void sch_describe_cert(PCCERT_CONTEXT cert, char *subject, size_t subject_cap, char *thumb,
                        char *not_after, size_t not_after_cap);

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import ssl
 import stat
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence, Union
@@ -40,7 +39,9 @@ class SecurityConfig:
     several, or DER) and, with ``use_store_trust``, from the store's CA are
     always applied, so a certificate they revoke is refused.
     ``check_revocation`` also refuses a peer when a certificate of its chain
-    has no current CRL (on Windows: when revocation cannot be checked).
+    has no current CRL.  On Windows the same holds: the CRLs of the system CA
+    store (``certutil -addstore CA FILE.crl``) always count there, as do those
+    Windows already holds; nothing is fetched.
     THUMBPRINT pins certificates, and NONE checks nothing, so neither takes
     CRLs or ``check_revocation``: to revoke a pinned peer, drop its thumbprint.
     """
@@ -93,10 +94,6 @@ class SecurityConfig:
         # An option that cannot be honoured is refused, never silently ignored:
         # a security officer who asked for revocation must not get less.
         if self.verification_method == VerificationMethod.TRUST_CHAIN:
-            if self.crl_files and sys.platform == "win32":
-                raise ConfigurationError(
-                    "crl_files are not used on Windows: import the CRLs into the CA store "
-                    "(`certutil -addstore CA FILE.crl`), where Windows checks them itself")
             return
         method = self.verification_method.name
         why = ("NONE checks no certificate" if method == "NONE" else

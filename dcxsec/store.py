@@ -265,12 +265,12 @@ class CertificateStore:
     def _crl_folder(self) -> FolderCRLs:
         if not isinstance(self.source, FolderSource):
             raise ValueError("CRLs in the Windows system stores are Windows' own: import one with "
-                             "`certutil -addstore CA FILE.crl`, and Windows checks revocation "
-                             "itself (check_revocation=True)")
+                             "`certutil -addstore CA FILE.crl` (the engine reads the CA store's "
+                             "CRLs itself), or give it in crl_files")
         return FolderCRLs(self.source.root)
 
     def crls(self) -> list[StoredCRL]:
-        """The CRLs kept in CA (none listed for a Windows system store: Windows uses its own)."""
+        """The CRLs kept in CA (none listed for a Windows system store: the engine reads its CA itself)."""
         return self._crl_folder().entries() if isinstance(self.source, FolderSource) else []
 
     def crl_pem_bundle(self) -> list[bytes]:

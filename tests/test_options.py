@@ -6,6 +6,7 @@ import ssl
 import subprocess
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from conftest import config_for, needs_tools
 from dcxsec import (
@@ -15,6 +16,7 @@ from dcxsec import (
     TLSContext,
     VerificationMethod,
 )
+from dcxsec import pki as pki_module
 from dcxsec.support import check_supported, platform_label
 
 TRUST_CHAIN, THUMBPRINT, NONE = (VerificationMethod.TRUST_CHAIN, VerificationMethod.THUMBPRINT,
@@ -98,3 +100,18 @@ def test_store_trust_off_with_system_trust_on_is_refused_for_windows(pki):
     check_supported(config, "linux")  # here the folder store's Root is not the system's
     config.use_system_trust = False
     check_supported(config, "win32")
+
+
+
+@pytest.mark.parametrize("platform", ["win32", "linux", "darwin"])
+def test_crl_files_and_check_revocation_are_honoured_on_every_platform(pki, tmp_path, monkeypatch,
+                                                                       platform):
+    """SChannel applies crl_files with the meaning OpenSSL gives them (proven
+    under Wine by test_schannel_wine.py), so Windows takes them too."""
+    crl = tmp_path / "ca.crl"
+    crl.write_bytes(pki_module.make_crl(pki.ca.identity).public_bytes(serialization.Encoding.PEM))
+    monkeypatch.setattr("sys.platform", platform)
+    config = config_for(pki.client, TRUST_CHAIN, [pki.ca.cert_path], crl_files=[crl],
+                        check_revocation=True)
+    check_supported(config, platform)
+    assert config.crl_bytes()[0] == crl.read_bytes()

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from conftest import needs_tools
@@ -57,6 +58,13 @@ CLIENT_CASES = [
     "client.identity_from_der",
     "client.peer_not_tls",
     "client.handshake_timeout",
+    # revocation: CRLs given (PEM and DER), check_revocation on and off
+    "client.revocation_refuses_revoked_server",
+    "client.revocation_accepts_current_crl",
+    "client.revocation_required_without_crl",
+    "client.revocation_not_required_without_crl",
+    "client.revocation_refuses_expired_crl",
+    "client.revocation_ignores_forged_crl",
 ]
 EC_CASE = "client.identity_ec_p256"  # Wine's NCrypt cannot import EC keys: skipped there
 STORE_CASES = ["client.identity_from_my_store", "client.unknown_thumbprint_in_my_store"]
@@ -70,6 +78,7 @@ SYSTEM_STORE_CASES = [
     "store.remove_from_root_and_ca",
     "store.remove_identity_with_key",
     "client.identity_chosen_from_my",
+    "client.revocation_crl_in_ca_store",  # a CRL in Cert:\\CurrentUser\\CA counts
 ]
 NO_SYSTEM_STORE = "no system certificate store on this platform"
 # a dead connection repeats why it died, to every later call
@@ -149,6 +158,31 @@ def _write_pki(d: Path) -> None:
         (d / f"{name}.sha1").write_text(ident.thumbprint("sha1") + "\n")
         (d / f"{name}.sha256").write_text(ident.thumbprint("sha256") + "\n")
     (d / "other.sha1").write_text(secrets.token_hex(20).upper() + "\n")
+    _write_crls(d, ca, server, expired)
+
+
+def _write_crls(d: Path, ca: pki.Identity, server: pki.Identity, other: pki.Identity) -> None:
+    """CRLs of the conformance CA: one revoking the server's certificate (PEM,
+    and DER for the CA store), a current one that does not (DER; it revokes
+    another), an expired one, one in the CA's name signed by another key; the
+    revocation's day and the CA's name."""
+    now = dt.datetime.now(dt.timezone.utc)
+    revoked_on = (now - dt.timedelta(days=3)).replace(microsecond=0)
+    revoking = pki.make_crl(ca, [server], revoked_on=revoked_on, number=1,
+                            reason=x509.ReasonFlags.key_compromise)
+    current = pki.make_crl(ca, [other], number=2)
+    expired = pki.make_crl(ca, [], this_update=now - dt.timedelta(days=10),
+                           next_update=now - dt.timedelta(days=1), number=3)
+    (d / "server_revoked.crl").write_bytes(revoking.public_bytes(serialization.Encoding.PEM))
+    (d / "server_revoked.der").write_bytes(revoking.public_bytes(serialization.Encoding.DER))
+    (d / "current.crl.der").write_bytes(current.public_bytes(serialization.Encoding.DER))
+    (d / "expired.crl").write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+    # the CA's name, another key: a CRL that cannot be used
+    forger = pki.new_ca(ca.certificate.subject.rfc4514_string().removeprefix("CN="), key_kind="rsa2048")
+    assert forger.certificate.subject == ca.certificate.subject
+    (d / "forged.crl").write_bytes(pki.make_crl(forger, [server]).public_bytes(serialization.Encoding.PEM))
+    (d / "server_revoked.date").write_text(f"{revoked_on:%Y-%m-%d}\n")
+    (d / "ca.name").write_text(ca.certificate.subject.rfc4514_string() + "\n")
 
 
 def _free_port() -> int:

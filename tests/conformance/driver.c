@@ -267,12 +267,14 @@ typedef struct opts {
     int check_hostname;
     int max_version;              /* 0: the newest */
     const unsigned char *store_sha1; /* identity from Cert:\CurrentUser\My, SHA-1 bytes */
+    const char *crl;              /* one CRL file (PEM or DER), or NULL */
+    int check_revocation;
 } opts;
 
 static dcx_ctx *make_ctx(const opts *o, dcx_error *err)
 {
     dcx_config cfg;
-    dcx_blob trusted = {NULL, 0};
+    dcx_blob trusted = {NULL, 0}, crl = {NULL, 0};
     unsigned char thumbs[2][32], lens[2], identity[20];
     size_t nthumbs = 0;
     memset(&cfg, 0, sizeof(cfg));
@@ -297,6 +299,12 @@ static dcx_ctx *make_ctx(const opts *o, dcx_error *err)
         cfg.trusted = &trusted;
         cfg.trusted_count = 1;
     }
+    if (o->crl) {
+        crl = file_blob(o->crl);
+        cfg.crls = &crl;
+        cfg.crl_count = 1;
+    }
+    cfg.check_revocation = o->check_revocation;
     for (int i = 0; i < 2 && o->thumbs[i]; i++) {
         char text[128];
         file_text(o->thumbs[i], text, sizeof(text));
@@ -313,6 +321,7 @@ static dcx_ctx *make_ctx(const opts *o, dcx_error *err)
     free((void *)cfg.certificate_chain.data);
     free((void *)cfg.private_key.data);
     free((void *)trusted.data);
+    free((void *)crl.data);
     return ctx;
 }
 
@@ -901,7 +910,26 @@ static int expect_accept(const opts *o, int port, const char *name)
 
 static const char *const reason_names[] = {"NONE", "NO_CERTIFICATE", "UNTRUSTED", "EXPIRED",
                                            "NOT_YET_VALID", "THUMBPRINT", "HOSTNAME", "REVOKED",
-                                           "BAD_SIGNATURE", "PURPOSE", "OTHER"};
+                                           "BAD_SIGNATURE", "PURPOSE", "OTHER", "REVOCATION"};
+
+static int expect_refusal(const opts *o, int port, const char *name, int reason);
+
+/* As expect_refusal, and the reason must say each of the words given (NULL-ended). */
+static int expect_refusal_saying(const opts *o, int port, const char *name, int reason, ...)
+{
+    int out = expect_refusal(o, port, name, reason);
+    va_list ap;
+    va_start(ap, reason);
+    for (const char *word; out == PASS && (word = va_arg(ap, const char *)) != NULL;) {
+        if (!strstr(msg, word)) {
+            char said[sizeof(msg)];
+            snprintf(said, sizeof(said), "%s", msg);
+            out = say(FAIL, "the reason does not say \"%s\": %s", word, said);
+        }
+    }
+    va_end(ap);
+    return out;
+}
 
 static int expect_refusal(const opts *o, int port, const char *name, int reason)
 {
@@ -1603,6 +1631,152 @@ static int case_server_untrusted_client(void)
     return server_role(&sc);
 }
 
+/* ---- revocation (CRLs) ----------------------------------------------------
+ * s_server presents server.pem, issued by ca.pem.  server_revoked.crl (PEM)
+ * revokes it (keyCompromise, on the day in server_revoked.date);
+ * current.crl.der (DER) is a current CRL of the same CA that does not;
+ * expired.crl's nextUpdate has passed.  ca.name is the CA's name (RFC 2253). */
+
+static int case_crl_revokes(void)
+{
+    char date[32], ca[300], by[320];
+    file_text("server_revoked.date", date, sizeof(date));
+    file_text("ca.name", ca, sizeof(ca));
+    char on[48];
+    snprintf(on, sizeof(on), "revoked on %s", date);
+    snprintf(by, sizeof(by), "by '%s'", ca);
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1, 0, NULL,
+              "server_revoked.crl", 0};
+    return expect_refusal_saying(&o, sserver_port, "localhost", DCX_VR_REVOKED, on, by,
+                                 "(keyCompromise)", (const char *)NULL);
+}
+
+static int case_crl_current_accepts(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1, 0, NULL,
+              "current.crl.der", 1};
+    return expect_accept(&o, sserver_port, "localhost");
+}
+
+static int case_crl_required_missing(void)
+{
+    char ca[300], want[340];
+    file_text("ca.name", ca, sizeof(ca));
+    snprintf(want, sizeof(want), "no current CRL from '%s'", ca);
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1, 0, NULL, NULL, 1};
+    return expect_refusal_saying(&o, sserver_port, "localhost", DCX_VR_REVOCATION, want,
+                                 (const char *)NULL);
+}
+
+static int case_crl_not_required_missing(void)
+{
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1, 0, NULL, NULL, 0};
+    return expect_accept(&o, sserver_port, "localhost");
+}
+
+static int case_crl_expired(void)
+{
+    char ca[300], want[340];
+    file_text("ca.name", ca, sizeof(ca));
+    snprintf(want, sizeof(want), "the CRL from '%s' expired on ", ca);
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1, 0, NULL,
+              "expired.crl", 1};
+    return expect_refusal_saying(&o, sserver_port, "localhost", DCX_VR_REVOCATION, want,
+                                 (const char *)NULL);
+}
+
+/* forged.crl names the CA as its issuer and revokes the server, but another
+ * key signed it: it says nothing, so the server passes without
+ * check_revocation, and with it has no current CRL. */
+static int case_crl_forged(void)
+{
+    char ca[300], want[340];
+    file_text("ca.name", ca, sizeof(ca));
+    snprintf(want, sizeof(want), "no current CRL from '%s'", ca);
+    opts o = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1, 0, NULL,
+              "forged.crl", 0};
+    if (expect_accept(&o, sserver_port, "localhost") != PASS)
+        return FAIL;
+    o.check_revocation = 1;
+    if (expect_refusal_saying(&o, sserver_port, "localhost", DCX_VR_REVOCATION, want,
+                              (const char *)NULL) != PASS)
+        return FAIL;
+    char said[sizeof(msg)];
+    snprintf(said, sizeof(said), "%s", msg);
+    return say(PASS, "accepted without check_revocation; with it %s", said);
+}
+
+#ifdef _WIN32
+/* Puts a CRL file into Cert:\CurrentUser\CA (as `certutil -user -addstore CA`
+ * does), or with name NULL removes every CRL from it.  Removing goes by the
+ * registry key that holds them: Wine 8.0's CertDeleteCRLFromStore on a system
+ * store releases the CRL once too often ("Assertion failed: ref >= 0" in
+ * crypt32/context.c) and the process dies. */
+static int ca_store_crl(const char *name)
+{
+    if (!name) {
+        LSTATUS rc = RegDeleteTreeW(HKEY_CURRENT_USER,
+                                    L"Software\\Microsoft\\SystemCertificates\\CA\\CRLs");
+        return rc == ERROR_SUCCESS || rc == ERROR_FILE_NOT_FOUND;
+    }
+    HCERTSTORE ca = CertOpenStore(CERT_STORE_PROV_SYSTEM_W, 0, 0, CERT_SYSTEM_STORE_CURRENT_USER,
+                                  L"CA");
+    dcx_blob b = file_blob(name);
+    int ok = ca && b.data && CertAddEncodedCRLToStore(ca, X509_ASN_ENCODING, b.data, (DWORD)b.len,
+                                                      CERT_STORE_ADD_REPLACE_EXISTING, NULL);
+    free((void *)b.data);
+    if (ca)
+        CertCloseStore(ca, 0);
+    return ok;
+}
+
+/* How many CRLs Cert:\CurrentUser\CA holds (-1: it cannot be opened). */
+static int ca_store_crl_count(void)
+{
+    HCERTSTORE ca = CertOpenStore(CERT_STORE_PROV_SYSTEM_W, 0, 0,
+                                  CERT_SYSTEM_STORE_CURRENT_USER | CERT_STORE_READONLY_FLAG, L"CA");
+    int n = 0;
+    PCCRL_CONTEXT crl = NULL;
+    if (!ca)
+        return -1;
+    while ((crl = CertEnumCRLsInStore(ca, crl)) != NULL)
+        n++;
+    CertCloseStore(ca, 0);
+    return n;
+}
+#endif
+
+/* CRLs in the CA store count as the CRLs given do. */
+static int case_crl_in_ca_store(void)
+{
+#ifndef _WIN32
+    return say(SKIP, "no system certificate store on this platform");
+#else
+    char date[32], on[48];
+    file_text("server_revoked.date", date, sizeof(date));
+    snprintf(on, sizeof(on), "revoked on %s", date);
+    opts revoking = {NULL, NULL, NULL, DCX_VERIFY_TRUST_CHAIN, "ca.pem", {NULL, NULL}, 1, 0, NULL,
+                     NULL, 0};
+    opts required = revoking;
+    required.check_revocation = 1;
+    if (!ca_store_crl(NULL) || !ca_store_crl("server_revoked.der") || ca_store_crl_count() != 1)
+        return say(FAIL, "cannot put a CRL into Cert:\\CurrentUser\\CA: 0x%08lX",
+                   (unsigned long)GetLastError());
+    int out = expect_refusal_saying(&revoking, sserver_port, "localhost", DCX_VR_REVOKED, on,
+                                    (const char *)NULL);
+    char first[1024];
+    snprintf(first, sizeof(first), "%s", msg);
+    if (out == PASS && ca_store_crl(NULL) && ca_store_crl("current.crl.der"))
+        out = expect_accept(&required, sserver_port, "localhost");
+    if ((!ca_store_crl(NULL) || ca_store_crl_count() != 0) && out == PASS)
+        out = say(FAIL, "cannot empty Cert:\\CurrentUser\\CA of its CRLs again");
+    if (out == PASS)
+        say(PASS, "a revoking CRL in CA: %s; a current one there with check_revocation: accepted",
+            first);
+    return out;
+#endif
+}
+
 static const struct {
     const char *name;
     int (*run)(void);
@@ -1628,6 +1802,13 @@ static const struct {
     {"client.no_common_version", case_no_common_version},
     {"client.identity_from_der", case_der_identity},
     {"client.identity_ec_p256", case_ec_identity},
+    {"client.revocation_refuses_revoked_server", case_crl_revokes},
+    {"client.revocation_accepts_current_crl", case_crl_current_accepts},
+    {"client.revocation_required_without_crl", case_crl_required_missing},
+    {"client.revocation_not_required_without_crl", case_crl_not_required_missing},
+    {"client.revocation_refuses_expired_crl", case_crl_expired},
+    {"client.revocation_ignores_forged_crl", case_crl_forged},
+    {"client.revocation_crl_in_ca_store", case_crl_in_ca_store},
     {"store.wrong_pfx_password", case_store_wrong_password},
     {"store.import_pfx_into_my", case_store_import_pfx},
     {"store.enumerate_my_with_keys", case_store_enumerate_my},
