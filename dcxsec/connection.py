@@ -38,6 +38,7 @@ _VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
 # Read buffers the engine overwrites: zeroing one first (ffi.new's default) costs
 # 22 us per MiB for nothing.
 read_buffer = ffi.new_allocator(should_clear_after_alloc=False)
+EngineConn = Any  # a cffi "dcx_conn *", freed by the collector (ffi.gc)
 
 
 def milliseconds(timeout: float | None) -> int:
@@ -67,7 +68,7 @@ class Connection:
         self.timeout_ms = milliseconds(timeout)
         self.err = new_error()  # one per connection: calls into the engine hold self.lock
         self.lock = threading.Lock()
-        self.conn = None
+        self.conn: EngineConn = None
         self._keep_ctx = None
         self.read_state = None  # the engine's flag: data it read waits for the next read
         self.handshake_done = False
@@ -86,7 +87,7 @@ class Connection:
         self.timeout = timeout
         self.timeout_ms = milliseconds(timeout)
 
-    def open(self):
+    def open(self) -> EngineConn:
         """The engine's connection on the socket, made on first use; lock held."""
         if self.conn is None:
             sock = self._socket()
@@ -144,7 +145,7 @@ class Connection:
             self._fail(to_exception(err, rc, during_handshake=True))
         self._handshake_finished()
 
-    def established(self):
+    def established(self) -> EngineConn:
         """The live engine connection, handshaken first if need be; lock held."""
         self.refuse_if_inherited()
         if not self.handshake_done:
@@ -262,7 +263,7 @@ class Connection:
 
     # ---- records --------------------------------------------------------
 
-    def io_error(self, err, rc: int, reading: bool) -> OSError:
+    def io_error(self, err: Any, rc: int, reading: bool) -> OSError:
         """The exception for a failed read or write, as ``ssl`` raises it."""
         if rc == lib.DCX_E_TIMEOUT:
             if self.timeout == 0:
@@ -272,7 +273,7 @@ class Connection:
                                 else "The write operation timed out")
         return to_exception(err, rc)
 
-    def read(self, conn, target, size: int) -> int:
+    def read(self, conn: EngineConn, target: Any, size: int) -> int:
         """Plaintext into ``target`` (a cffi pointer); the count, 0 at EOF; lock held."""
         n = lib.dcx_conn_read(conn, target, size, self.timeout_ms, self.err)
         if n == lib.DCX_EOF:
@@ -281,7 +282,7 @@ class Connection:
             raise self.io_error(self.err, n, reading=True)
         return n
 
-    def read_exactly(self, conn, size: int) -> bytes:
+    def read_exactly(self, conn: EngineConn, size: int) -> bytes:
         """``size`` bytes of plaintext, fewer only at EOF; lock held."""
         buf, err, data = read_buffer("char[]", size), new_error(), bytearray()
         while len(data) < size:
@@ -293,7 +294,7 @@ class Connection:
             data += ffi.buffer(buf, n)
         return bytes(data)
 
-    def fill(self, conn, rbuf: "RecvBuffer") -> int:
+    def fill(self, conn: EngineConn, rbuf: "RecvBuffer") -> int:
         """Decrypt the records at hand (at least one) into the empty receive
         buffer; its unread count, 0 at EOF; lock held.  When more records wait
         than a quiet connection's buffer holds, it grows so one call takes
@@ -316,14 +317,14 @@ class Connection:
         rbuf.filled(n, not self.read_state.data_waiting)
         return rbuf.unread
 
-    def write(self, conn, source, size: int) -> int:
+    def write(self, conn: EngineConn, source: Any, size: int) -> int:
         """All of ``source`` (a cffi pointer), in as few records as it takes; lock held."""
         n = lib.dcx_conn_write(conn, source, size, self.timeout_ms, self.err)
         if n < 0:
             raise self.io_error(self.err, n, reading=False)
         return n
 
-    def send_last(self, conn, data: bytes) -> None:
+    def send_last(self, conn: EngineConn, data: bytes) -> None:
         """``data`` and close_notify, whatever becomes of them: the last
         words on an association refused after the handshake; lock held."""
         lib.dcx_conn_write(conn, data, len(data), self.timeout_ms, new_error())
@@ -404,6 +405,7 @@ class Connection:
     # ---- what was negotiated ------------------------------------------------
 
     def session_reused(self) -> bool:
+        """Whether the handshake resumed an earlier session."""
         conn = self.conn
         return bool(conn is not None and lib.dcx_conn_session_reused(conn))
 

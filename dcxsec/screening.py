@@ -14,7 +14,7 @@ from typing import Any
 
 from dcxsec import aetitle
 from dcxsec.certinfo import subject_text
-from dcxsec.connection import Connection
+from dcxsec.connection import Connection, EngineConn
 from dcxsec.errors import CertificateVerificationError
 
 log = logging.getLogger("dcxsec")
@@ -22,7 +22,7 @@ log = logging.getLogger("dcxsec")
 _LONGEST_REQUEST = 1 << 20  # a longer "request" is left to the DICOM layer unread
 
 
-def screen_request(connection: Connection, conn, prefix: bytearray) -> None:
+def screen_request(connection: Connection, conn: EngineConn, prefix: bytearray) -> None:
     """Acceptor: read the A-ASSOCIATE-RQ whole into ``prefix`` (the socket
     serves it first) and reject it unless its calling AE title is bound to
     the requestor's certificate; lock held."""

@@ -18,7 +18,7 @@ from dcxsec import _keepgil, forking, screening
 from dcxsec._native import ffi
 from dcxsec._recvbuf import RecvBuffer
 from dcxsec.certinfo import certificate_dict
-from dcxsec.connection import PLAIN_QUIET, Connection, read_buffer
+from dcxsec.connection import PLAIN_QUIET, Connection, EngineConn, read_buffer
 
 if TYPE_CHECKING:
     from dcxsec.context import TLSContext
@@ -127,11 +127,13 @@ class TLSSocket(ssl.SSLSocket):
         with self._connection.lock:
             self._connection.handshake()
 
-    def _ready_conn(self):
+    def _ready_conn(self) -> EngineConn:
         """The live engine connection, handshaken and screened; lock held."""
         connection = self._connection
         conn = connection.established()
         if not self._screened:
+            # The bindings in force when the handshake ended decide whether
+            # this association's request is screened at all.
             if not connection.bindings_in_force:
                 self._screened = True
             elif self.server_side:
