@@ -49,7 +49,7 @@ def _engine(name: str) -> int:
     return address(ffi.addressof(lib, name))
 
 
-# The close path calls these without letting go of the GIL (see _keepgil.c).
+# The close path calls these without letting go of the GIL (see csrc/python/_keepgil.c).
 _keepgil.bind(close_notify_now=_engine("dcx_conn_close_notify_now"),
               claim=_engine("dcx_pump_claim"), free=_engine("dcx_conn_free"))
 

@@ -16,7 +16,7 @@ import pytest
 
 import dcxsec
 from dcxsec import ConfigurationError, TLSContext, TLSError, _recvbuf
-from dcxsec.tlssocket import _PLAIN_BUSY
+from dcxsec.connection import PLAIN_BUSY
 from conftest import config_for, exit_code_within, listener, read_exactly
 
 
@@ -140,16 +140,16 @@ def test_a_busy_connections_storage_serves_the_next_one(pair_factory, server_ctx
     gc.collect()  # sockets of earlier tests give their storage back now, not mid-test
     _send_records_and_wait(first, pdus)
     assert read_exactly(first.server, 200_000, 4096) == b"".join(pdus)
-    assert first.server._rbuf.size == _PLAIN_BUSY
+    assert first.server._rbuf.size == PLAIN_BUSY
     assert not first.server._rbuf.held
-    kept = _recvbuf.shelved().count(_PLAIN_BUSY)
+    kept = _recvbuf.shelved().count(PLAIN_BUSY)
     assert kept >= 1
     _send_records_and_wait(second, pdus)
     assert second.server.recv(1) == bytes([0])
-    assert second.server._rbuf.size == _PLAIN_BUSY
-    assert _recvbuf.shelved().count(_PLAIN_BUSY) == kept - 1  # taken, not made
+    assert second.server._rbuf.size == PLAIN_BUSY
+    assert _recvbuf.shelved().count(PLAIN_BUSY) == kept - 1  # taken, not made
     assert read_exactly(second.server, 199_999, 4096) == b"".join(pdus)[1:]
-    assert _recvbuf.shelved().count(_PLAIN_BUSY) == kept
+    assert _recvbuf.shelved().count(PLAIN_BUSY) == kept
 
 
 def test_reused_storage_serves_only_its_new_connections_bytes(pair_factory, server_ctx,
@@ -187,11 +187,11 @@ def test_reused_storage_serves_only_its_new_connections_bytes(pair_factory, serv
         data = os.urandom(50_000)
         pair.client.sendall(data)
         time.sleep(0.1)
-        shelved = _recvbuf.shelved().count(_PLAIN_BUSY)
+        shelved = _recvbuf.shelved().count(PLAIN_BUSY)
         assert shelved >= 1
         head = pair.server.recv(6)
-        assert pair.server._rbuf.size == _PLAIN_BUSY
-        assert _recvbuf.shelved().count(_PLAIN_BUSY) == shelved - 1
+        assert pair.server._rbuf.size == PLAIN_BUSY
+        assert _recvbuf.shelved().count(PLAIN_BUSY) == shelved - 1
         assert head + read_exactly(pair.server, len(data) - 6, 4096) == data
 
 

@@ -1,5 +1,5 @@
-"""How dcxsec is built and shipped: OpenSSL found where it is, py.typed in the
-wheel, and a library that logs nothing unless its application asks."""
+"""How dcxsec is built and shipped: OpenSSL found where it is, py.typed and no
+C sources in the wheel, and a library that logs nothing unless its application asks."""
 from __future__ import annotations
 
 import importlib.util
@@ -136,14 +136,36 @@ def test_windows_build_is_schannel_and_asks_for_no_openssl(sources, tmp_path):
     assert "-std=c11" not in done.stdout and "nowhere" not in done.stdout
 
 
-def test_wheel_ships_py_typed(tmp_path):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    """The wheel built from a clean copy of the tree: a build/ left by an
+    earlier build would put its stale files in the wheel."""
+    tree = tmp_path_factory.mktemp("tree") / "dcxsec"
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+        ".benchmarks", "*.so", "*.o", "run"))
+    out = tmp_path_factory.mktemp("wheel")
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(tree), "--no-deps", "-q",
+                           "-w", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (built,) = out.glob("dcxsec-*.whl")
+    return zipfile.ZipFile(built)
+
+
+def test_wheel_ships_py_typed(wheel):
     """PEP 561: type checkers trust dcxsec's hints only when the wheel says so."""
     assert (ROOT / "dcxsec" / "py.typed").is_file()
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q",
-                           "-w", str(tmp_path)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (wheel,) = tmp_path.glob("dcxsec-*.whl")
-    assert "dcxsec/py.typed" in zipfile.ZipFile(wheel).namelist()
+    assert "dcxsec/py.typed" in wheel.namelist()
+
+
+def test_wheel_ships_no_c_sources(wheel):
+    """The C lives in csrc/ and is compiled into the extension modules, which
+    the wheel carries; no source file goes beside them."""
+    names = wheel.namelist()
+    assert not [name for name in names if name.endswith((".c", ".h"))]
+    for module in ("_tls", "_keepgil", "_recvbuf"):
+        assert any(name.startswith(f"dcxsec/{module}.") and name.endswith((".so", ".pyd"))
+                   for name in names), module
 
 
 def test_library_logs_nothing_unless_the_application_configures_logging():

@@ -372,7 +372,7 @@ def test_close_notify_behind_a_full_socket_is_finished_by_a_later_shutdown(
             sent += client.send(b"x" * 2048)
         # A send buffer smaller than what the socket holds takes nothing more.
         client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
-        conn = client._conn
+        conn = client._connection.conn
         assert lib.dcx_conn_close_notify_now(conn, ffi.NULL) == lib.DCX_E_TIMEOUT
         assert lib.dcx_conn_shutdown(conn, 0, 0, ffi.NULL) == lib.DCX_E_TIMEOUT
         with pytest.raises(OSError):

@@ -284,7 +284,7 @@ def test_a_forked_child_is_refused_the_parents_connection(pair_factory, server_c
     got: dict = {}
     waiting = reader(pair.client, 5, got, then_end=False)  # holds the lock in recv()
     deadline = time.monotonic() + 10
-    while not pair.client._lock.locked():
+    while not pair.client._connection.lock.locked():
         assert time.monotonic() < deadline
         time.sleep(0.01)
     pid = os.fork()

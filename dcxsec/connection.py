@@ -1,0 +1,442 @@
+"""One engine TLS connection over one socket, from dcx_conn_new to its free.
+
+``Connection`` makes the engine's connection, runs the handshake (handing an
+accepted one to the engine's handshake thread and claiming it back), reads
+and writes records and maps their errors, sends close_notify and lets the
+engine's state go, and tells the peer's certificate, the version and the
+cipher.  ``TLSSocket`` is the ``ssl.SSLSocket`` face over it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from dcxsec import _keepgil
+from dcxsec import pump as handshake_thread
+from dcxsec._native import ffi, lib
+from dcxsec.engine import address, new_error, to_exception
+from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError, TLSError
+from dcxsec.forking import OwningProcess
+
+if TYPE_CHECKING:
+    from dcxsec.context import TLSContext
+    from dcxsec._recvbuf import RecvBuffer
+
+log = logging.getLogger("dcxsec")
+
+PLAIN_QUIET = 16384  # decrypted bytes held for a quiet connection: one record
+PLAIN_BUSY = 262144  # ... and for one whose records queue up (16 records, 16 PDUs)
+CLOSE_NOTIFY_MS = 100
+_VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
+# Read buffers the engine overwrites: zeroing one first (ffi.new's default) costs
+# 22 us per MiB for nothing.
+read_buffer = ffi.new_allocator(should_clear_after_alloc=False)
+EngineConn = Any  # a cffi "dcx_conn *", freed by the collector (ffi.gc)
+
+
+def milliseconds(timeout: float | None) -> int:
+    """A socket timeout as the engine's deadline: -1 waits for ever."""
+    return -1 if timeout is None else max(0, int(timeout * 1000))
+
+
+class Connection:
+    """The engine's connection on a socket, made on first use.
+
+    Calls into the engine hold ``lock``; ``conn`` is None until the first
+    use and again once the connection failed, closed or was detached.
+    Methods that take ``conn`` use the caller's reference, which keeps the
+    engine's state alive through the call should another thread close the
+    socket meanwhile.
+    """
+
+    def __init__(self, sock: socket.socket, context: "TLSContext", *, server_side: bool,
+                 server_hostname: str | None, timeout: float | None) -> None:
+        # Weakly: the socket holds this connection, and a socket dropped
+        # unclosed must still go (and close its descriptor) at once.
+        self._socket = weakref.ref(sock)
+        self.context = context
+        self.server_side = server_side
+        self.server_hostname = server_hostname
+        self.timeout = timeout
+        self.timeout_ms = milliseconds(timeout)
+        self.err = new_error()  # one per connection: calls into the engine hold self.lock
+        self.lock = threading.Lock()
+        self.conn: EngineConn = None
+        self._keep_ctx = None
+        self.read_state = None  # the engine's flag: data it read waits for the next read
+        self.handshake_done = False
+        self.bindings_in_force = False  # AE-title bindings were set when the handshake ended
+        self.failure: OSError | None = None
+        self.early_failure: OSError | None = None  # found in the accept loop, reported later
+        self.pump = None  # the engine's handshake thread, while it holds this connection
+        self.owner = OwningProcess()
+        self.inherited = False  # in a forked child: the connection is the parent's
+        self.peer_address: Any = None
+        self._peer_der: bytes | None = None
+        self._wrapped_at = time.monotonic()
+
+    def set_timeout(self, timeout: float | None) -> None:
+        """The deadline of every later read and write."""
+        self.timeout = timeout
+        self.timeout_ms = milliseconds(timeout)
+
+    def open(self) -> EngineConn:
+        """The engine's connection on the socket, made on first use; lock held."""
+        if self.conn is None:
+            sock = self._socket()
+            if sock is None or socket.socket.fileno(sock) < 0:
+                raise OSError(9, "the socket is closed")
+            self.conn, self._keep_ctx = self.context._new_connection(
+                socket.socket.fileno(sock), self.server_side, self.server_hostname)
+            self.read_state = lib.dcx_conn_read_state(self.conn)
+            self.owner.adopt()
+            socket.socket.setblocking(sock, False)  # the engine waits with its own deadlines
+        return self.conn
+
+    # ---- handshake ------------------------------------------------------
+
+    def connect(self, host: str, port: int) -> None:
+        """TCP connect and handshake in one engine call: the ClientHello leaves
+        the moment the connection is up, without coming back for the GIL."""
+        conn = self.open()
+        handshake_timeout = self.context.handshake_timeout if self.timeout is None else self.timeout
+        err, connected = new_error(), ffi.new("int *")
+        rc = lib.dcx_conn_connect(conn, host.encode("ascii"), port, self.timeout_ms,
+                                  milliseconds(handshake_timeout), connected, err)
+        if rc == lib.DCX_OK:
+            self._handshake_finished()
+        elif connected[0]:
+            self._fail(to_exception(err, rc, during_handshake=True))
+        else:
+            self.conn = None  # not connected: a later connect() starts afresh, as ssl's does
+            if rc == lib.DCX_E_TIMEOUT:
+                raise TimeoutError("timed out")
+            if err.sys_errno:
+                raise OSError(err.sys_errno, os.strerror(err.sys_errno))
+            raise to_exception(err, rc)
+
+    def handshake(self) -> None:
+        """Run the handshake now, within its deadline; lock held."""
+        self.refuse_if_inherited()
+        if self.handshake_done:
+            return
+        if self.failure is not None:
+            raise self.failure
+        if self.early_failure is not None:
+            early, self.early_failure = self.early_failure, None
+            self._fail(early)
+        conn = self.open()
+        timeout = self.context.handshake_timeout
+        if not self.server_side and self.timeout is not None:
+            timeout = self.timeout
+        timeout_ms, err = milliseconds(timeout), new_error()
+        self.claim_from_pump()
+        rc = lib.dcx_conn_handshake(conn, timeout_ms, err)
+        if rc == lib.DCX_E_TIMEOUT and timeout_ms == 0:
+            raise ssl.SSLWantReadError("The operation did not complete (the handshake waits for the peer)")
+        if rc != lib.DCX_OK:
+            self._fail(to_exception(err, rc, during_handshake=True))
+        self._handshake_finished()
+
+    def established(self) -> EngineConn:
+        """The live engine connection, handshaken first if need be; lock held."""
+        self.refuse_if_inherited()
+        if not self.handshake_done:
+            self.handshake()
+        conn = self.conn
+        if conn is None:
+            raise self.failure or OSError(9, "the TLS connection is closed")
+        return conn
+
+    def _handshake_finished(self) -> None:
+        self.handshake_done = True
+        self.bindings_in_force = bool(self.context.ae_bindings)
+        if self.server_side and log.isEnabledFor(logging.DEBUG):
+            log.debug("TLS handshake with %s: %s %s", self.peer_text(), self.version(),
+                      self.cipher()[0])
+
+    def start_accepted_handshake(self) -> None:
+        """Acceptor, in the accept loop, which must never wait here.
+
+        The engine's handshake thread takes the connection and answers the
+        ClientHello the moment it arrives, while the association's threads
+        start; the requestor's handshake is over before they read.  Where
+        there is no such thread, a ClientHello that has already arrived is
+        answered now.  A failure is kept and reported by the association's
+        thread, as a late one would be.
+        """
+        with self.lock:
+            try:
+                conn = self.open()
+            except OSError:
+                return  # the association's thread meets it again and reports it
+            self.pump = handshake_thread.hand_over(
+                conn, milliseconds(self.context.handshake_timeout))
+            if self.pump is None:
+                self._step_handshake()
+
+    def _step_handshake(self) -> None:
+        """One handshake step with what has arrived, never waiting; lock held."""
+        err = new_error()
+        rc = lib.dcx_conn_handshake(self.conn, 0, err)
+        if rc == lib.DCX_OK:
+            self._handshake_finished()
+        elif rc != lib.DCX_E_TIMEOUT:
+            self.early_failure = to_exception(err, rc, during_handshake=True)
+
+    def claim_from_pump(self) -> None:
+        """Take the connection back from the handshake thread before using it."""
+        pump, self.pump = self.pump, None
+        if pump is not None and self.conn is not None:
+            handshake_thread.claim(pump, self.conn)
+
+    def poll_handshake(self) -> None:
+        """Before the handshake is done, without waiting: take the handshake
+        thread's outcome if it has one, and give up on a silent requestor."""
+        pump, conn = self.pump, self.conn
+        if pump is not None and conn is not None and handshake_thread.settled(pump, conn):
+            self._collect_from_pump()
+        if (not self.handshake_done and self.early_failure is None and self.server_side
+                and self.failure is None):
+            self._check_silent_peer()
+
+    def _collect_from_pump(self) -> None:
+        """The handshake thread is done: take the connection and its outcome."""
+        if not self.lock.acquire(blocking=False):
+            return
+        try:
+            if self.pump is not None and self.conn is not None:
+                self.claim_from_pump()
+                self._step_handshake()
+        finally:
+            self.lock.release()
+
+    def _check_silent_peer(self) -> None:
+        """Give up on an accepted client that has not handshaken in time."""
+        if time.monotonic() - self._wrapped_at <= self.context.handshake_timeout:
+            return
+        if not self.lock.acquire(blocking=False):
+            return
+        try:
+            if not self.handshake_done and self.failure is None:
+                try:
+                    self._fail(HandshakeTimeoutError(
+                        f"no TLS handshake within {self.context.handshake_timeout:g} s: "
+                        "the client connected and sent nothing"))
+                except OSError:
+                    pass
+        finally:
+            self.lock.release()
+
+    def _fail(self, exc: OSError) -> None:
+        """Record, log (accepting side), close, and raise a failed handshake."""
+        self.failure = exc
+        # A refusal is logged where it was decided: always on the accepting side,
+        # and on the requesting side when it refused the acceptor's certificate.
+        level = logging.WARNING if self.server_side or isinstance(
+            exc, CertificateVerificationError) else logging.DEBUG
+        log.log(level, "TLS handshake with %s failed: %s", self.peer_text(), exc)
+        self.claim_from_pump()
+        self.conn = None
+        sock = self._socket()
+        if sock is not None:
+            try:
+                socket.socket.close(sock)
+            except OSError:
+                pass
+        raise exc
+
+    def peer_text(self) -> str:
+        """The peer's address for log lines: "host:port", "[v6]:port"."""
+        address = self.peer_address
+        if isinstance(address, tuple) and len(address) >= 2:
+            host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
+            return f"{host}:{address[1]}"
+        return str(address) if address else "unknown peer"
+
+    # ---- records --------------------------------------------------------
+
+    def io_error(self, err: Any, rc: int, reading: bool) -> OSError:
+        """The exception for a failed read or write, as ``ssl`` raises it."""
+        if rc == lib.DCX_E_TIMEOUT:
+            if self.timeout == 0:
+                return (ssl.SSLWantReadError if reading else ssl.SSLWantWriteError)(
+                    "The operation did not complete")
+            return TimeoutError("The read operation timed out" if reading
+                                else "The write operation timed out")
+        return to_exception(err, rc)
+
+    def read(self, conn: EngineConn, target: Any, size: int) -> int:
+        """Plaintext into ``target`` (a cffi pointer); the count, 0 at EOF; lock held."""
+        n = lib.dcx_conn_read(conn, target, size, self.timeout_ms, self.err)
+        if n == lib.DCX_EOF:
+            return 0
+        if n < 0:
+            raise self.io_error(self.err, n, reading=True)
+        return n
+
+    def read_exactly(self, conn: EngineConn, size: int) -> bytes:
+        """``size`` bytes of plaintext, fewer only at EOF; lock held."""
+        buf, err, data = read_buffer("char[]", size), new_error(), bytearray()
+        while len(data) < size:
+            n = lib.dcx_conn_read(conn, buf, size - len(data), self.timeout_ms, err)
+            if n == lib.DCX_EOF:
+                break
+            if n < 0:
+                raise self.io_error(err, n, reading=True)
+            data += ffi.buffer(buf, n)
+        return bytes(data)
+
+    def fill(self, conn: EngineConn, rbuf: "RecvBuffer") -> int:
+        """Decrypt the records at hand (at least one) into the empty receive
+        buffer; its unread count, 0 at EOF; lock held.  When more records wait
+        than a quiet connection's buffer holds, it grows so one call takes
+        them all and the small reads that follow stay in C."""
+        rbuf.discard()
+        n = lib.dcx_conn_read(conn, ffi.from_buffer(rbuf.storage), rbuf.size, self.timeout_ms,
+                              self.err)
+        if n <= 0:
+            rbuf.filled(0, True)  # nothing came: keep no buffer while waiting
+            if n == lib.DCX_EOF:
+                return 0
+            raise self.io_error(self.err, n, reading=True)
+        if n == rbuf.size < PLAIN_BUSY and self.read_state.data_waiting:
+            rbuf.filled(n, False)
+            rbuf.resize(PLAIN_BUSY)
+            target, end = ffi.from_buffer(rbuf.storage), rbuf.end  # target holds it meanwhile
+            n = lib.dcx_conn_read(conn, target + end, PLAIN_BUSY - end, 0, self.err)
+            n = max(n, 0)  # else nothing whole at hand: an EOF or error comes next call
+        # Caught up: the buffer goes once read, so an idle association keeps none.
+        rbuf.filled(n, not self.read_state.data_waiting)
+        return rbuf.unread
+
+    def write(self, conn: EngineConn, source: Any, size: int) -> int:
+        """All of ``source`` (a cffi pointer), in as few records as it takes; lock held."""
+        n = lib.dcx_conn_write(conn, source, size, self.timeout_ms, self.err)
+        if n < 0:
+            raise self.io_error(self.err, n, reading=False)
+        return n
+
+    def send_last(self, conn: EngineConn, data: bytes) -> None:
+        """``data`` and close_notify, whatever becomes of them: the last
+        words on an association refused after the handshake; lock held."""
+        lib.dcx_conn_write(conn, data, len(data), self.timeout_ms, new_error())
+        lib.dcx_conn_shutdown(conn, CLOSE_NOTIFY_MS, 0, new_error())
+
+    # ---- closing --------------------------------------------------------
+
+    # Closing keeps the GIL wherever nothing waits (see csrc/python/_keepgil.c):
+    # pynetdicom queues a release confirmation and then closes, and the thread
+    # woken by the confirmation must not run before the state machine is idle.
+
+    def send_close_notify(self) -> None:
+        """close_notify, if the handshake is done and no other thread is inside."""
+        conn = self.conn
+        if (conn is None or not self.handshake_done
+                or not self.owner.is_current() or not self.lock.acquire(blocking=False)):
+            return
+        try:
+            if _keepgil.close_notify_now(address(conn)) == lib.DCX_E_TIMEOUT:
+                lib.dcx_conn_shutdown(conn, CLOSE_NOTIFY_MS, 0, new_error())
+        finally:
+            self.lock.release()
+
+    def close(self) -> None:
+        """The socket closes: close_notify, or, when another thread is inside
+        the engine, wake it before the descriptor goes; then let go."""
+        self.claim_from_pump()  # before the descriptor goes: the thread polls it
+        if self.conn is None:
+            return
+        if self.lock.locked():
+            sock = self._socket()
+            try:
+                if sock is not None:
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+        else:
+            self.send_close_notify()
+        self.forget()
+
+    def detach(self) -> None:
+        """The descriptor leaves the connection, without close_notify."""
+        self.claim_from_pump()
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop the engine's connection: freed once the last thread using it lets go."""
+        self.conn = None
+
+    # ---- after a fork -----------------------------------------------------
+
+    def left_in_parent(self) -> bool:
+        """In a forked child: whether there was a connection, now the parent's.
+        No lock a thread of the parent held at the fork is waited for."""
+        self.lock = threading.Lock()
+        if self.conn is None:
+            return False
+        self.inherited = True
+        self.pump = None  # the parent's handshake thread, which the child does not have
+        # Never freed here: SSL_free() may take the context's lock, which a
+        # thread of the parent may have held at the fork.  The child's copy goes at exit.
+        ffi.gc(self.conn, None)
+        return True
+
+    def is_inherited(self) -> bool:
+        """Whether this process is a forked child of the one that made the connection."""
+        return self.conn is not None and not self.owner.is_current()
+
+    def inherited_error(self) -> TLSError:
+        """Why a forked child cannot use the parent's connection."""
+        return self.owner.refusal()
+
+    def refuse_if_inherited(self) -> None:
+        """Raise ``inherited_error()`` in a forked child of the connection's maker."""
+        if self.is_inherited():
+            raise self.owner.refusal()
+
+    # ---- what was negotiated ------------------------------------------------
+
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed an earlier session."""
+        conn = self.conn
+        return bool(conn is not None and lib.dcx_conn_session_reused(conn))
+
+    def version(self) -> str | None:
+        """``"TLSv1.2"`` or ``"TLSv1.3"``; None before the handshake."""
+        conn = self.conn
+        if conn is None or not self.handshake_done:
+            return None
+        return _VERSION_NAMES.get(lib.dcx_conn_version(conn))
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        """(cipher suite, protocol version, secret bits), as ``ssl`` gives it."""
+        conn = self.conn
+        if conn is None or not self.handshake_done:
+            return None
+        return (ffi.string(lib.dcx_conn_cipher(conn)).decode(), self.version() or "",
+                lib.dcx_conn_cipher_bits(conn))
+
+    def peer_certificate_der(self) -> bytes | None:
+        """The peer's certificate (DER), kept once read; ValueError before the handshake."""
+        if not self.handshake_done:
+            raise ValueError("handshake not done yet")
+        if self._peer_der is None and self.conn is not None:
+            size = lib.dcx_conn_peer_cert(self.conn, ffi.NULL, 0)
+            if size:
+                buf = ffi.new("unsigned char[]", size)
+                lib.dcx_conn_peer_cert(self.conn, buf, size)
+                self._peer_der = ffi.buffer(buf, size)[:]
+        return self._peer_der
+
+    def peer_thumbprint(self, algorithm: str) -> str | None:
+        """The peer certificate's ``"sha1"`` or ``"sha256"`` digest, upper-case hex."""
+        der = self.peer_certificate_der()
+        return getattr(hashlib, algorithm)(der).hexdigest().upper() if der else None
