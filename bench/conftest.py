@@ -9,22 +9,20 @@ machine, noise only ever adds time, so the best round is the most repeatable.
 from __future__ import annotations
 
 import ctypes
-import io
+import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import CTImageStorage, Verification
 
-from contenders import make_pki
+from contenders import make_pki, pki_folder
+from peers import RemoteSCP, RemoteSCU, StoreSCP, requestor  # noqa: F401 - the tests' too
 from report import Report
 
 # The test suite's DICOM file maker: the same CT-like objects the tests send.
@@ -32,6 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from pki_fixtures import make_ct_dataset  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+# Each mechanism of dcxsec with and without (contenders.ABLATION_VARIANTS).
+ABLATE = os.environ.get("BENCH_ABLATE", "") not in ("", "0")
+# Scenario 2 again with the SCU and the SCP in this one process (scenario 1 always).
+ONE_PROCESS = os.environ.get("BENCH_ONE_PROCESS", "") not in ("", "0")
+ablation = pytest.mark.skipif(not ABLATE, reason="the ablation runs with BENCH_ABLATE=1")
 KiB, MiB = 1024, 1024 * 1024
 
 
@@ -58,6 +61,10 @@ SIZES = Sizes() if not QUICK else Sizes(
     associations=10, association_rounds=1, small_count=20, large_count=2,
     large_size=8_000_000, store_rounds=1, raw_bytes=64 * MiB, raw_rounds=1, handshakes=30,
     handshake_rounds=1, idle_associations=20)
+
+if os.environ.get("BENCH_ROUNDS"):  # more rounds for scenarios 1, 2 and 4 (the ablation's)
+    SIZES = replace(SIZES, association_rounds=int(os.environ["BENCH_ROUNDS"]),
+                    store_rounds=int(os.environ["BENCH_ROUNDS"]))
 
 REPORT = Report()
 
@@ -110,53 +117,9 @@ def dataset_size(path: Path) -> int:
 
 # ---- pynetdicom on both ends --------------------------------------------------
 
-class StoreSCP:
-    """A pynetdicom Verification and CT Storage SCP that writes what it receives."""
-
-    def __init__(self, ssl_context, directory: Path, max_pdu: int = 16382,
-                 max_associations: int = 10) -> None:
-        self.directory = directory
-        self.dataset_sizes: list[int] = []  # bytes of each dataset as it arrived
-        self.protocol = ""  # TLS version and suite of the last association, if any
-        self.ae = AE("BENCH-SCP")
-        self.ae.maximum_pdu_size = max_pdu
-        self.ae.maximum_associations = max_associations
-        self.ae.network_timeout = self.ae.dimse_timeout = self.ae.acse_timeout = 60
-        self.ae.add_supported_context(Verification)
-        self.ae.add_supported_context(CTImageStorage)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000),
-                    (evt.EVT_ESTABLISHED, self._on_established)]
-        self.server = self.ae.start_server(("127.0.0.1", 0), block=False,
-                                           ssl_context=ssl_context, evt_handlers=handlers)
-        self.port = self.server.server_address[1]
-
-    def _on_store(self, event) -> int:
-        path = self.directory / f"{event.request.AffectedSOPInstanceUID}.dcm"
-        with path.open("wb") as f:
-            f.write(event.encoded_dataset())  # a Part 10 file, as an archive keeps it
-        self.dataset_sizes.append(event.request.DataSet.seek(0, io.SEEK_END))
-        return 0x0000
-
-    def _on_established(self, event) -> None:
-        cipher = getattr(event.assoc.dul.socket.socket, "cipher", lambda: None)()
-        if cipher:
-            self.protocol = f"{cipher[1]} {cipher[0]}"
-
-    def clear(self) -> None:
-        self.dataset_sizes.clear()
-        for path in self.directory.iterdir():
-            path.unlink()
-
-    def received(self) -> tuple[int, list[int]]:
-        """(files on disk, sorted sizes of the datasets received)."""
-        return len(list(self.directory.iterdir())), sorted(self.dataset_sizes)
-
-    def stop(self) -> None:
-        self.server.shutdown()
-
-
 @pytest.fixture
 def scp_factory(tmp_path):
+    """SCPs in this process: ``make(ssl_context, max_pdu=..., ...)``."""
     scps: list[StoreSCP] = []
 
     def make(ssl_context, **kw) -> StoreSCP:
@@ -170,15 +133,35 @@ def scp_factory(tmp_path):
         scp.stop()
 
 
-def requestor(max_pdu: int = 16382) -> AE:
-    """A pynetdicom SCU proposing Verification and CT Image Storage as stored."""
-    ae = AE("BENCH-SCU")
-    ae.maximum_pdu_size = max_pdu
-    ae.add_requested_context(Verification)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)  # nothing is transcoded
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    ae.connection_timeout = 10
-    return ae
+@pytest.fixture
+def remote_scp_factory(tmp_path, pki):
+    """SCPs each in a process of its own: ``make(kind, without=None, max_pdu=...)``;
+    ``without`` is that process's DCXSEC_WITHOUT (None: this process's)."""
+    scps: list[RemoteSCP] = []
+
+    def make(kind: str, without: str | None = None, **kw) -> RemoteSCP:
+        directory = tmp_path / f"remote-scp{len(scps)}"
+        directory.mkdir()
+        scps.append(RemoteSCP(kind, pki_folder(pki), directory, without=without, **kw))
+        return scps[-1]
+
+    yield make
+    for scp in scps:
+        scp.stop()
+
+
+@pytest.fixture
+def remote_scu_factory(pki):
+    """Requestors each in a process of its own: ``make(kind, without=None)``."""
+    scus: list[RemoteSCU] = []
+
+    def make(kind: str, without: str | None = None) -> RemoteSCU:
+        scus.append(RemoteSCU(kind, pki_folder(pki), without=without))
+        return scus[-1]
+
+    yield make
+    for scu in scus:
+        scu.stop()
 
 
 @pytest.fixture(scope="session")
@@ -271,6 +254,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     try:
         out.parent.mkdir(exist_ok=True)
         out.write_text(text)
-        terminalreporter.write_line(f"(also written to {out})")
+        out.with_name("latest-rounds.json").write_text(json.dumps(REPORT.json(), indent=1))
+        terminalreporter.write_line(f"(also written to {out}, each round in latest-rounds.json)")
     except OSError:
         pass

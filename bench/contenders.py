@@ -20,6 +20,13 @@ DCXSEC, SSL, TCP, TCP_NODELAY = "dcxsec", "ssl", "tcp", "tcp+nodelay"
 SSL_NODELAY = "ssl+nodelay"
 PYNETDICOM_CONTENDERS = (DCXSEC, SSL, SSL_NODELAY, TCP, TCP_NODELAY)
 
+# The ablation (BENCH_ABLATE=1): dcxsec with all of its speed mechanisms, and
+# without each one (DCXSEC_WITHOUT, dcxsec/_without.py), in processes started
+# with that switch.
+MECHANISMS = ("keepgil", "recvbuf", "shelf", "readahead")
+WITHOUT_PREFIX = "dcxsec-without-"
+ABLATION_VARIANTS = {DCXSEC: "", **{WITHOUT_PREFIX + m: m for m in MECHANISMS}}
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -35,6 +42,18 @@ class BenchPKI:
     ca: Identity
     server: Identity
     client: Identity
+
+
+def pki_in(folder: Path) -> BenchPKI:
+    """The PKI make_pki() wrote into ``folder``, for a process of its own."""
+    def identity(name: str) -> Identity:
+        return Identity(folder / f"{name}.pem", folder / f"{name}.key")
+
+    return BenchPKI("", identity("ca"), identity("server"), identity("client"))
+
+
+def pki_folder(pki: BenchPKI) -> Path:
+    return pki.ca.cert_path.parent
 
 
 def make_pki(folder: Path, key_kind: str) -> BenchPKI:

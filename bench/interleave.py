@@ -31,9 +31,10 @@ class Contestant:
     prepare: Callable[[], Any] = _nothing  # untimed, before each round
 
 
-def best_rounds(benchmark, contestants: list[Contestant], lead: str, rounds: int
-                ) -> dict[str, float]:
+def best_rounds(benchmark, contestants: list[Contestant], lead: str, rounds: int,
+                every: dict[str, list[float]] | None = None) -> dict[str, float]:
     """The best (shortest) round of each contestant, in seconds, rounds taken in turn.
+    ``every``, if given, gets each contestant's rounds in the order they ran.
 
     Every contestant, the lead included, is timed here by the same clock,
     after its untimed ``prepare``, in an order that turns by one every round.
@@ -50,7 +51,10 @@ def best_rounds(benchmark, contestants: list[Contestant], lead: str, rounds: int
     def timed(contestant: Contestant) -> None:
         start = time.perf_counter()
         contestant.run()
-        best[contestant.name] = min(best[contestant.name], time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        best[contestant.name] = min(best[contestant.name], elapsed)
+        if every is not None:
+            every.setdefault(contestant.name, []).append(elapsed)
 
     def before_lead() -> None:
         nonlocal turn, after_lead

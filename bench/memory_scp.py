@@ -23,7 +23,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from contenders import BenchPKI, Identity, pynetdicom_contender  # noqa: E402
+from contenders import pki_in, pynetdicom_contender  # noqa: E402
 
 # Python hands requests above this size to malloc; smaller ones live in
 # pymalloc's own arenas (mmap), which malloc's statistics do not see.
@@ -62,13 +62,6 @@ def measure() -> dict[str, int]:
     del snapshot
     return {"rss": rss, "malloc": in_use, "tracer": tracer_overhead, "python": traced,
             "python_in_malloc": python_in_malloc, "threads": threading.active_count()}
-
-
-def pki_in(folder: Path) -> BenchPKI:
-    def identity(name: str) -> Identity:
-        return Identity(folder / f"{name}.pem", folder / f"{name}.key")
-
-    return BenchPKI("", identity("ca"), identity("server"), identity("client"))
 
 
 def main() -> None:

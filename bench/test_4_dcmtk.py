@@ -12,6 +12,10 @@ TCP_NODELAY=1 is set, and then every C-STORE waits for a delayed ACK (about
 40 ms).  storescu always runs with TCP_NODELAY=1, and the reference is
 storescp with it too; storescp as started with no environment is shown as well.
 All four SCPs listen at once and take their rounds in turn (see interleave.py).
+
+With BENCH_ABLATE=1, the same ``storescu`` into dcxsec SCPs with and without
+each of dcxsec's speed mechanisms, each SCP in a process of its own started
+with that DCXSEC_WITHOUT (peers.py).
 """
 from __future__ import annotations
 
@@ -24,9 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SIZES
-from contenders import DCXSEC, SSL, pynetdicom_contender
+from conftest import SIZES, ablation
+from contenders import ABLATION_VARIANTS, DCXSEC, SSL, pynetdicom_contender
 from interleave import Contestant, best_rounds
+from report import ABLATION, MAIN
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None or shutil.which("storescp") is None,
                                 reason="DCMTK is not installed (Debian package dcmtk)")
@@ -89,8 +94,6 @@ def storescu(pki, port: int, files: list[Path]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-SCP_NAMES = (STORESCP, STORESCP_NAGLE, DCXSEC, SSL)
-
 
 @pytest.fixture
 def scps(pki, scp_factory, tmp_path):
@@ -128,26 +131,31 @@ class Stores:
         assert file_count(self.server) in (0, len(self.files))
 
 
-def run_storescu_benchmark(benchmark, report, pki, scps, files: list[Path], label: str) -> None:
+def run_storescu_benchmark(benchmark, report, pki, scps, files: list[Path], label: str,
+                           section: str = MAIN) -> None:
     stores = {}
     for name, server in scps.items():
         storescu(pki, server.port, files[:1])  # warm-up
         server.clear()
         stores[name] = Stores(pki, server, files)
+    every: dict[str, list[float]] = {}
     best = best_rounds(benchmark, [Contestant(name, s.run, prepare=s.prepare)
-                                   for name, s in stores.items()], DCXSEC, SIZES.store_rounds)
+                                   for name, s in stores.items()], DCXSEC, SIZES.store_rounds,
+                       every)
     for name, server in scps.items():
         assert file_count(server) == len(files), name
         server.clear()
 
     size = sum(p.stat().st_size for p in files)
-    key = f"4-{label}"
-    report.group(key, f"4 storescu +tls {len(files)} x {label} into ...", "MB/s", ref=STORESCP)
+    key = f"4-{label}-{section}"
+    report.group(key, f"4 storescu +tls {len(files)} x {label} into ...", "MB/s",
+                 ref=STORESCP if section == MAIN else None, section=section)
     notes = {STORESCP: "DCMTK storescp +tls, TCP_NODELAY=1",
              STORESCP_NAGLE: "DCMTK storescp +tls, no environment"}
-    for name in SCP_NAMES:
+    for name in scps:
         note = notes.get(name) or f"pynetdicom SCP on {name}, {scps[name].protocol}"
-        report.add(key, name, size / best[name] / 1e6, note=note)
+        report.add(key, name, size / best[name] / 1e6, note=note,
+                   rounds=[size / s / 1e6 for s in every[name]])
 
 
 def test_storescu_small_objects(benchmark, report, pki, scps, small_files):
@@ -158,3 +166,22 @@ def test_storescu_small_objects(benchmark, report, pki, scps, small_files):
 def test_storescu_large_objects(benchmark, report, pki, scps, large_files):
     run_storescu_benchmark(benchmark, report, pki, scps, large_files,
                            f"{SIZES.large_size / 1e6:g} MB")
+
+
+@pytest.fixture
+def ablation_scps(remote_scp_factory):
+    """dcxsec SCPs with and without each mechanism, each in a process of its own."""
+    return {name: remote_scp_factory(DCXSEC, without=without, max_pdu=MAX_PDU)
+            for name, without in ABLATION_VARIANTS.items()}
+
+
+@ablation
+def test_storescu_ablation_small_objects(benchmark, report, pki, ablation_scps, small_files):
+    run_storescu_benchmark(benchmark, report, pki, ablation_scps, small_files,
+                           f"{SIZES.small_size // 1024} KiB", ABLATION)
+
+
+@ablation
+def test_storescu_ablation_large_objects(benchmark, report, pki, ablation_scps, large_files):
+    run_storescu_benchmark(benchmark, report, pki, ablation_scps, large_files,
+                           f"{SIZES.large_size / 1e6:g} MB", ABLATION)

@@ -21,6 +21,20 @@
 #include <sys/socket.h>
 #endif
 
+int dcx_without(const char *mechanism)
+{
+    const char *p = getenv("DCXSEC_WITHOUT");
+    size_t n = strlen(mechanism);
+    while (p && *p) {
+        p += strspn(p, ", ");
+        size_t k = strcspn(p, ", ");
+        if (k == n && strncmp(p, mechanism, n) == 0)
+            return 1;
+        p += k;
+    }
+    return 0;
+}
+
 void dcx_error_clear(dcx_error *err)
 {
     if (!err)

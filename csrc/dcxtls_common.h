@@ -14,6 +14,10 @@
 #define DCX_SHA256_LEN 32
 #define DCX_SNIFF_LEN 16
 
+/* Whether DCXSEC_WITHOUT (a comma-separated list) names `mechanism`: the
+ * benchmark's ablation switches (dcxsec/_without.py). */
+int dcx_without(const char *mechanism);
+
 /* Fill err (which may be NULL) and return status. */
 int dcx_fail(dcx_error *err, int status, const char *fmt, ...)
 #if defined(__GNUC__)

@@ -142,9 +142,20 @@ static size_t in_avail(const dcx_conn *c)
 #define SHELF_SLOTS 4
 static unsigned char *_Atomic in_shelf[SHELF_SLOTS];
 
+/* DCXSEC_WITHOUT (dcxsec/_without.py), read when the engine is loaded:
+ * "shelf", buffers from malloc and back to free; "readahead", a read
+ * returns after one record. */
+static int without_shelf, without_readahead;
+
+__attribute__((constructor)) static void read_without(void)
+{
+    without_shelf = dcx_without("shelf");
+    without_readahead = dcx_without("readahead");
+}
+
 static unsigned char *in_buffer_take(void)
 {
-    for (int i = 0; i < SHELF_SLOTS; i++) {
+    for (int i = 0; !without_shelf && i < SHELF_SLOTS; i++) {
         unsigned char *p = atomic_exchange(&in_shelf[i], NULL);
         if (p)
             return p;
@@ -154,7 +165,7 @@ static unsigned char *in_buffer_take(void)
 
 static void in_buffer_give(unsigned char *p)
 {
-    for (int i = 0; p && i < SHELF_SLOTS; i++) {
+    for (int i = 0; p && !without_shelf && i < SHELF_SLOTS; i++) {
         unsigned char *empty = NULL;
         if (atomic_compare_exchange_strong(&in_shelf[i], &empty, p))
             return;
@@ -809,6 +820,8 @@ long dcx_conn_read(dcx_conn *c, void *buf, size_t len, int timeout_ms, dcx_error
             break; /* what was read goes back now; an EOF or error comes next call */
         }
         got += (size_t)n;
+        if (without_readahead)
+            break;
     }
     c->read_state.data_waiting = data_waiting(c);
     release_idle_buffers(c);

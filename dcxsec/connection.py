@@ -18,10 +18,11 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from dcxsec import _keepgil
 from dcxsec import pump as handshake_thread
 from dcxsec._native import ffi, lib
 from dcxsec.engine import address, new_error, to_exception
+from dcxsec.engine import keepgil as _keepgil
+from dcxsec._without import WITHOUT
 from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError, TLSError
 from dcxsec.forking import OwningProcess
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dcxsec")
 
 PLAIN_QUIET = 16384  # decrypted bytes held for a quiet connection: one record
+# DCXSEC_WITHOUT=readahead (see _without.py): the buffer takes no more than the first record.
+_READAHEAD = "readahead" not in WITHOUT
 PLAIN_BUSY = 262144  # ... and for one whose records queue up (16 records, 16 PDUs)
 CLOSE_NOTIFY_MS = 100
 _VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
@@ -307,7 +310,7 @@ class Connection:
             if n == lib.DCX_EOF:
                 return 0
             raise self.io_error(self.err, n, reading=True)
-        if n == rbuf.size < PLAIN_BUSY and self.read_state.data_waiting:
+        if n == rbuf.size < PLAIN_BUSY and self.read_state.data_waiting and _READAHEAD:
             rbuf.filled(n, False)
             rbuf.resize(PLAIN_BUSY)
             target, end = ffi.from_buffer(rbuf.storage), rbuf.end  # target holds it meanwhile

@@ -1,8 +1,11 @@
 """The seam to the C engine: status codes and engine errors as Python exceptions."""
 from __future__ import annotations
 
+import socket
+
 from dcxsec import _keepgil
 from dcxsec._native import ffi, lib
+from dcxsec._without import WITHOUT
 from dcxsec.errors import (
     CertificateVerificationError,
     ConfigurationError,
@@ -52,6 +55,34 @@ def _engine(name: str) -> int:
 # The close path calls these without letting go of the GIL (see csrc/python/_keepgil.c).
 _keepgil.bind(close_notify_now=_engine("dcx_conn_close_notify_now"),
               claim=_engine("dcx_pump_claim"), free=_engine("dcx_conn_free"))
+
+
+class _LettingGo:
+    """DCXSEC_WITHOUT=keepgil: _keepgil's calls, made through cffi's lib and
+    the socket module instead, which let the GIL go around each."""
+
+    @staticmethod
+    def close_notify_now(conn: int) -> int:
+        return lib.dcx_conn_close_notify_now(ffi.cast("dcx_conn *", conn), ffi.NULL)
+
+    @staticmethod
+    def shutdown(sock: socket.socket, how: int) -> None:
+        socket.socket.shutdown(sock, how)
+
+    @staticmethod
+    def close(fd: int) -> None:
+        socket.close(fd)
+
+    @staticmethod
+    def free(conn: int, pump: int) -> None:
+        if pump:
+            lib.dcx_pump_claim(ffi.cast("dcx_pump *", pump), ffi.cast("dcx_conn *", conn))
+        lib.dcx_conn_free(ffi.cast("dcx_conn *", conn))
+
+
+# What the socket, the connection and the pump call: _keepgil, or the same
+# calls letting the GIL go (DCXSEC_WITHOUT=keepgil, see _without.py).
+keepgil = _LettingGo if "keepgil" in WITHOUT else _keepgil
 
 
 def new_error():

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import threading
 
-from dcxsec import _keepgil
 from dcxsec._native import ffi, lib
 from dcxsec.engine import address, new_error
+from dcxsec.engine import keepgil as _keepgil
 
 _lock = threading.Lock()
 _pump = None        # the running pump, made on first use

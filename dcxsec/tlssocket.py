@@ -14,16 +14,20 @@ import ssl
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
-from dcxsec import _keepgil, forking, screening
+from dcxsec import forking, screening
 from dcxsec._native import ffi
 from dcxsec._recvbuf import RecvBuffer
+from dcxsec._without import WITHOUT
 from dcxsec.certinfo import certificate_dict
 from dcxsec.connection import PLAIN_QUIET, Connection, EngineConn, read_buffer
+from dcxsec.engine import keepgil as _keepgil
 
 if TYPE_CHECKING:
     from dcxsec.context import TLSContext
 
 _DIRECT_READ = 16384  # reads this large go straight into the caller's buffer
+# DCXSEC_WITHOUT=recvbuf (see _without.py): recv() in Python, reading through the engine.
+_RECVBUF = "recvbuf" not in WITHOUT
 _RESET_ERRNOS = (errno.ENOTCONN, errno.ECONNRESET, errno.ECONNABORTED)  # the peer ended it
 
 
@@ -63,7 +67,8 @@ class TLSSocket(ssl.SSLSocket):
         # Decrypted plaintext, answered by a recv() written in C; it calls the
         # full recv() below only when nothing is buffered.
         self._rbuf = RecvBuffer(PLAIN_QUIET, _refill_for(self))
-        self.recv = self._rbuf.recv
+        if _RECVBUF:
+            self.recv = self._rbuf.recv
         self._screened = False  # the A-ASSOCIATE-RQ has been checked against the AE bindings
         self._prefix = bytearray()  # plaintext read ahead for that check, served first
         forking.watch(self)
@@ -170,7 +175,7 @@ class TLSSocket(ssl.SSLSocket):
                 conn = self._ready_conn()
                 if self._prefix:
                     return self._take_prefix(buflen)
-            if buflen >= _DIRECT_READ:
+            if buflen >= _DIRECT_READ or not _RECVBUF:
                 buf = read_buffer("char[]", buflen)
                 n = connection.read(conn, buf, buflen)
                 return ffi.unpack(buf, n) if n else b""
@@ -197,7 +202,7 @@ class TLSSocket(ssl.SSLSocket):
                     data = self._take_prefix(nbytes)
                     target[:len(data)] = data
                     return len(data)
-            if nbytes >= _DIRECT_READ:  # bulk: records go straight into the caller's buffer
+            if nbytes >= _DIRECT_READ or not _RECVBUF:  # bulk: straight into the caller's buffer
                 return connection.read(conn, ffi.from_buffer(target), nbytes)
             if connection.fill(conn, self._rbuf):
                 return self._rbuf.take_into(target[:nbytes])

@@ -35,10 +35,11 @@ typedef struct {
  * in memory handed back to malloc either. */
 #define SHELF_SLOTS 4
 static PyObject *shelf[SHELF_SLOTS];
+static int without_shelf; /* DCXSEC_WITHOUT names "shelf" (dcxsec/_without.py) */
 
 static PyObject *storage_take(Py_ssize_t size)
 {
-    for (int i = 0; i < SHELF_SLOTS; i++) {
+    for (int i = 0; !without_shelf && i < SHELF_SLOTS; i++) {
         PyObject *storage = shelf[i];
         if (storage && PyByteArray_GET_SIZE(storage) == size) {
             shelf[i] = NULL;
@@ -57,7 +58,7 @@ static void storage_give(PyObject **slot)
     if (!storage)
         return;
     *slot = NULL;
-    if (Py_REFCNT(storage) == 1) {
+    if (Py_REFCNT(storage) == 1 && !without_shelf) {
         int k = 0;
         for (int i = 0; shelf[k] && i < SHELF_SLOTS; i++)
             if (!shelf[i] || PyByteArray_GET_SIZE(shelf[i]) < PyByteArray_GET_SIZE(shelf[k]))
@@ -328,8 +329,24 @@ static struct PyModuleDef recvbuf_module = {
     "A socket's recv() answered in C from decrypted plaintext.", -1, recvbuf_functions,
 };
 
+/* Whether DCXSEC_WITHOUT, a comma-separated list, names `mechanism`. */
+static int without(const char *mechanism)
+{
+    const char *p = getenv("DCXSEC_WITHOUT");
+    size_t n = strlen(mechanism);
+    while (p && *p) {
+        p += strspn(p, ", ");
+        size_t k = strcspn(p, ", ");
+        if (k == n && strncmp(p, mechanism, n) == 0)
+            return 1;
+        p += k;
+    }
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit__recvbuf(void)
 {
+    without_shelf = without("shelf");
     if (PyType_Ready(&RecvBufferType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&recvbuf_module);
