@@ -190,7 +190,9 @@ def test_missing_crl_is_refused_when_revocation_is_required(pki, pair_factory):
 
 
 def test_required_revocation_covers_the_whole_chain(pki, crls, pair_factory):
-    client = lambda files: verifier(pki.client, pki.ca, crl_files=files, check_revocation=True)
+    def client(files):
+        return verifier(pki.client, pki.ca, crl_files=files, check_revocation=True)
+
     server = peer(pki.leaf_via_intermediate)
     exc = pair_factory(server, client([crls.current])).client_error
     assert exc.rule == "revocation"

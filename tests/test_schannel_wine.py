@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
-import shutil
 import socket
 import ssl
 import subprocess
