@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from pki_fixtures import make_ct_dataset  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+
+# pynetdicom installs echoscu, storescu and storescp of its own, without TLS,
+# beside this interpreter: an activated virtualenv would put them before
+# DCMTK's.  The peers meant here are DCMTK's.
+_SCRIPTS = sysconfig.get_path("scripts")
+os.environ["PATH"] = os.pathsep.join(
+    d for d in os.environ.get("PATH", "").split(os.pathsep) if os.path.realpath(d) != os.path.realpath(_SCRIPTS))
 # Each mechanism of dcxsec with and without (contenders.ABLATION_VARIANTS).
 ABLATE = os.environ.get("BENCH_ABLATE", "") not in ("", "0")
 # Scenario 2 again with the SCU and the SCP in this one process (scenario 1 always).

@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import socket
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,13 @@ from dcxsec import SecurityConfig, TLSContext, VerificationMethod
 pytest_plugins = ["pki_fixtures"]
 
 UNDER_CI = os.environ.get("CI", "").lower() == "true"
+
+# pynetdicom installs echoscu, storescu and storescp of its own, without TLS,
+# beside this interpreter: an activated virtualenv would put them before
+# DCMTK's.  The peers meant here are DCMTK's.
+_SCRIPTS = sysconfig.get_path("scripts")
+os.environ["PATH"] = os.pathsep.join(
+    d for d in os.environ.get("PATH", "").split(os.pathsep) if os.path.realpath(d) != os.path.realpath(_SCRIPTS))
 
 
 def needs_tools(*tools: str, install: str) -> pytest.MarkDecorator:
