@@ -1,10 +1,10 @@
 """The SChannel backend, proven under Wine: one conformance suite, two builds.
 
-tests/conformance/driver.c is built natively against the OpenSSL backend and
-with mingw-w64 against the SChannel backend.  The Linux peers (the project's
-own OpenSSL-backed server, i.e. the native driver in ``serve`` mode, and
-``openssl s_server``) run on 127.0.0.1; the SChannel build runs under Wine as
-their client.  Wine 8.0 has no SChannel server role, so the server cases must
+tests/conformance/ (driver.c and the cases_*.c files beside it) is built
+natively against the OpenSSL backend and with mingw-w64 against the SChannel
+backend.  The Linux peers (the project's own OpenSSL-backed server, i.e. the
+native driver in ``serve`` mode, and ``openssl s_server``) run on 127.0.0.1;
+the SChannel build runs under Wine as their client.  Wine 8.0 has no SChannel server role, so the server cases must
 come back SKIPPED with that reason there, and PASS natively.  The system
 certificate store cases (csrc/dcxstore.h) run on Cert:\\CurrentUser under
 Wine and come back SKIPPED natively, where there is no system store.
