@@ -864,9 +864,11 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
 {
     dcx_error_clear(err);
     pthread_mutex_lock(&c->io);
+    int ticket = c->ticket_due;
     long n = write_locked(c, buf, len, dcx_deadline(timeout_ms), err);
     out_trim(c);
-    release_idle_buffers(c); /* OpenSSL took its read buffer to send a ticket */
+    if (ticket) /* OpenSSL set up its read buffer to send the ticket */
+        release_idle_buffers(c);
     pthread_mutex_unlock(&c->io);
     return n;
 }

@@ -2,9 +2,9 @@
 
 For the benchmark's ablation (bench/README.md, "What each mechanism pays"):
 a comma-separated subset of ``MECHANISMS``, read once, when dcxsec is
-imported; each falls back to the plain path.  The C modules read the same
-variable when they are loaded (``dcx_without`` in csrc/dcxtls_common.c,
-``without_shelf`` in csrc/python/_recvbuf.c).
+imported; each falls back to the plain path.  The engine reads the same
+variable when it is loaded (``dcx_without`` in csrc/dcxtls_common.c);
+tlssocket.py hands ``shelf`` to csrc/python/_recvbuf.c.
 
 - keepgil: _keepgil's engine and socket calls go through cffi's lib and the
   socket module, which let the GIL go around each.

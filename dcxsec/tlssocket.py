@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dcxsec import forking, screening
 from dcxsec._native import ffi
-from dcxsec._recvbuf import RecvBuffer
+from dcxsec._recvbuf import RecvBuffer, use_shelf
 from dcxsec._without import WITHOUT
 from dcxsec.certinfo import certificate_dict
 from dcxsec.connection import PLAIN_QUIET, Connection, EngineConn, read_buffer
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 _DIRECT_READ = 16384  # reads this large go straight into the caller's buffer
 # DCXSEC_WITHOUT=recvbuf (see _without.py): recv() in Python, reading through the engine.
 _RECVBUF = "recvbuf" not in WITHOUT
+use_shelf("shelf" not in WITHOUT)
 _RESET_ERRNOS = (errno.ENOTCONN, errno.ECONNRESET, errno.ECONNABORTED)  # the peer ended it
 
 

@@ -35,7 +35,7 @@ typedef struct {
  * in memory handed back to malloc either. */
 #define SHELF_SLOTS 4
 static PyObject *shelf[SHELF_SLOTS];
-static int without_shelf; /* DCXSEC_WITHOUT names "shelf" (dcxsec/_without.py) */
+static int without_shelf; /* DCXSEC_WITHOUT names "shelf": set by use_shelf() */
 
 static PyObject *storage_take(Py_ssize_t size)
 {
@@ -318,7 +318,19 @@ static PyObject *recvbuf_shelved(PyObject *module, PyObject *unused)
     return sizes;
 }
 
+/* use_shelf(flag): DCXSEC_WITHOUT=shelf turns it off (dcxsec/_without.py). */
+static PyObject *recvbuf_use_shelf(PyObject *mod, PyObject *flag)
+{
+    int on = PyObject_IsTrue(flag);
+    if (on < 0)
+        return NULL;
+    without_shelf = !on;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef recvbuf_functions[] = {
+    {"use_shelf", recvbuf_use_shelf, METH_O,
+     "use_shelf(flag): whether storage let go waits on the shelf (DCXSEC_WITHOUT=shelf: no)."},
     {"shelved", recvbuf_shelved, METH_NOARGS,
      "shelved(): sizes of the storage kept for the next buffer that needs it."},
     {NULL, NULL, 0, NULL},
@@ -329,24 +341,8 @@ static struct PyModuleDef recvbuf_module = {
     "A socket's recv() answered in C from decrypted plaintext.", -1, recvbuf_functions,
 };
 
-/* Whether DCXSEC_WITHOUT, a comma-separated list, names `mechanism`. */
-static int without(const char *mechanism)
-{
-    const char *p = getenv("DCXSEC_WITHOUT");
-    size_t n = strlen(mechanism);
-    while (p && *p) {
-        p += strspn(p, ", ");
-        size_t k = strcspn(p, ", ");
-        if (k == n && strncmp(p, mechanism, n) == 0)
-            return 1;
-        p += k;
-    }
-    return 0;
-}
-
 PyMODINIT_FUNC PyInit__recvbuf(void)
 {
-    without_shelf = without("shelf");
     if (PyType_Ready(&RecvBufferType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&recvbuf_module);
