@@ -28,7 +28,7 @@
 #define RECORD_OVERHEAD 64               /* header, nonce, tag and padding of one record, at most */
 
 int dcx_openssl_conn_index = -1;
-static BIO_METHOD *out_method, *in_method;
+static BIO_METHOD *buffers_method;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
 /* ---- outgoing records -------------------------------------------------------
@@ -74,27 +74,6 @@ static int out_write(BIO *bio, const char *data, size_t len, size_t *written)
     return 1;
 }
 
-static long out_ctrl(BIO *bio, int cmd, long num, void *ptr)
-{
-    dcx_conn *c = BIO_get_data(bio);
-    (void)num; (void)ptr;
-    switch (cmd) {
-    case BIO_CTRL_FLUSH:
-        return 1; /* the engine flushes, with its deadline, after each OpenSSL call */
-    case BIO_CTRL_WPENDING:
-    case BIO_CTRL_PENDING:
-        return c ? (long)(c->out.len - c->out.sent) : 0;
-    default:
-        return 0;
-    }
-}
-
-static int bio_create(BIO *bio)
-{
-    BIO_set_init(bio, 1);
-    return 1;
-}
-
 /* Send what OpenSSL wrote, waiting for room until the deadline. */
 static int flush_out(dcx_conn *c, int64_t deadline, dcx_error *err)
 {
@@ -121,7 +100,7 @@ static int flush_out(dcx_conn *c, int64_t deadline, dcx_error *err)
             err->sys_errno = errno;
         return dcx_fail(err, DCX_E_SYSCALL, "socket error while sending: %s", strerror(errno));
     }
-    c->out.len = c->out.sent = 0;
+    c->out.len = c->out.sent = c->ticket_held = 0;
     return DCX_OK;
 }
 
@@ -241,20 +220,31 @@ static int in_read(BIO *bio, char *dst, size_t want, size_t *got)
     return 1;
 }
 
-static long in_ctrl(BIO *bio, int cmd, long num, void *ptr)
+/* ---- the BIO -------------------------------------------------------------
+ * One BIO over both buffers is OpenSSL's view of the socket. */
+
+static long buffers_ctrl(BIO *bio, int cmd, long num, void *ptr)
 {
     dcx_conn *c = BIO_get_data(bio);
     (void)num; (void)ptr;
     switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1; /* the engine flushes, with its deadline, after each OpenSSL call */
     case BIO_CTRL_EOF:
         return c && c->in.eof && in_avail(c) == 0;
     case BIO_CTRL_PENDING:
         return c ? (long)in_avail(c) : 0;
-    case BIO_CTRL_FLUSH:
-        return 1;
+    case BIO_CTRL_WPENDING:
+        return c ? (long)(c->out.len - c->out.sent) : 0;
     default:
         return 0;
     }
+}
+
+static int buffers_create(BIO *bio)
+{
+    BIO_set_init(bio, 1);
+    return 1;
 }
 
 /* Records read from the socket, or plaintext from them, that select() cannot see. */
@@ -279,14 +269,11 @@ static void init_library(void)
 {
     OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL);
     dcx_openssl_conn_index = SSL_get_ex_new_index(0, "dcx_conn", NULL, NULL, NULL);
-    out_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "dcxsec send buffer");
-    BIO_meth_set_write_ex(out_method, out_write);
-    BIO_meth_set_ctrl(out_method, out_ctrl);
-    BIO_meth_set_create(out_method, bio_create);
-    in_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "dcxsec receive buffer");
-    BIO_meth_set_read_ex(in_method, in_read);
-    BIO_meth_set_ctrl(in_method, in_ctrl);
-    BIO_meth_set_create(in_method, bio_create);
+    buffers_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "dcxsec buffers");
+    BIO_meth_set_write_ex(buffers_method, out_write);
+    BIO_meth_set_read_ex(buffers_method, in_read);
+    BIO_meth_set_ctrl(buffers_method, buffers_ctrl);
+    BIO_meth_set_create(buffers_method, buffers_create);
 }
 
 const char *dcx_backend(void)
@@ -350,9 +337,7 @@ dcx_ctx *dcx_ctx_new(const dcx_config *cfg, dcx_error *err)
                                                          : SSL_SESS_CACHE_OFF);
     SSL_CTX_sess_set_new_cb(s, dcx_openssl_remember_session);
     SSL_CTX_sess_set_cache_size(s, SERVER_SESSIONS);
-    /* TLS 1.3 tickets go out with the acceptor's first write, not alone after the
-     * handshake: a lone ticket makes the requestor's socket readable with no data
-     * behind it, and pynetdicom would block in recv() on it. */
+    /* The acceptor's one TLS 1.3 ticket goes out with its first write (queue_ticket). */
     SSL_CTX_set_num_tickets(s, 0);
     ctx->tickets = cfg->session_cache;
     SSL_CTX_set_cert_verify_callback(s, dcx_openssl_verify_peer, NULL);
@@ -431,21 +416,18 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     dcx_conn *c = calloc(1, sizeof(*c));
     if (c)
         pthread_mutex_init(&c->io, NULL);
-    BIO *bio = NULL, *out = NULL;
-    if (!c || !(c->ssl = SSL_new(ctx->ssl_ctx)) ||
-        !(bio = BIO_new(in_method)) || !(out = BIO_new(out_method))) {
-        BIO_free(bio);
+    BIO *bio = NULL;
+    if (!c || !(c->ssl = SSL_new(ctx->ssl_ctx)) || !(bio = BIO_new(buffers_method))) {
         dcx_fail(err, DCX_E_NOMEM, "out of memory");
         goto fail;
     }
     BIO_set_data(bio, c);
-    BIO_set_data(out, c);
     c->ctx = ctx;
     c->fd = fd;
     c->server_side = server_side;
     c->received_alert = -1;
     SSL_set_ex_data(c->ssl, dcx_openssl_conn_index, c);
-    SSL_set_bio(c->ssl, bio, out);
+    SSL_set_bio(c->ssl, bio, bio); /* one reference, for both directions */
     SSL_set_info_callback(c->ssl, track_alerts);
 
     int mode = SSL_VERIFY_PEER; /* the callback decides; NONE accepts anything */
@@ -456,7 +438,10 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     SSL_set_verify(c->ssl, mode, NULL);
 
     if (server_name && *server_name) {
-        snprintf(c->server_name, sizeof(c->server_name), "%s", server_name);
+        if (!(c->server_name = strdup(server_name))) {
+            dcx_fail(err, DCX_E_NOMEM, "out of memory");
+            goto fail;
+        }
         int ip = is_ip_literal(server_name);
         if (!server_side && !ip)
             SSL_set_tlsext_host_name(c->ssl, server_name);
@@ -554,16 +539,17 @@ static int handshake_failure(dcx_conn *c, int ssl_error, dcx_error *err)
     char what[128];
     const char *role = c->server_side ? "client" : "server";
     c->dead = 1;
-    if (err) {
-        snprintf(err->subject, sizeof(err->subject), "%s", c->subject);
-        snprintf(err->thumbprint, sizeof(err->thumbprint), "%s", c->thumbprint);
-        snprintf(err->not_after, sizeof(err->not_after), "%s", c->not_after);
-        err->alert = c->received_alert;
+    const peer_verdict *v = c->verdict;
+    if (err && v) {
+        snprintf(err->subject, sizeof(err->subject), "%s", v->subject);
+        snprintf(err->thumbprint, sizeof(err->thumbprint), "%s", v->thumbprint);
+        snprintf(err->not_after, sizeof(err->not_after), "%s", v->not_after);
     }
+    if (err)
+        err->alert = c->received_alert;
     int rc;
-    if (c->verify_reason) {
-        rc = dcx_fail_verify(err, c->verify_reason, dcx_openssl_method_name(c->ctx->verify),
-                             c->verify_detail);
+    if (v && v->reason) {
+        rc = dcx_fail_verify(err, v->reason, dcx_openssl_method_name(c->ctx->verify), v->detail);
     } else if (has_reason(e, SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)) {
         rc = dcx_fail_verify(err, DCX_VR_NO_CERTIFICATE, dcx_openssl_method_name(c->ctx->verify), "");
     } else if (dcx_sniff_not_tls(c->first, c->first_len, what, sizeof(what))) {
@@ -613,12 +599,25 @@ static int handshake_failure(dcx_conn *c, int ssl_error, dcx_error *err)
     return rc;
 }
 
+/* The acceptor's TLS 1.3 ticket is made here, in the handshake's thread, and
+ * waits in the send buffer for the first write.  Alone, it would make the
+ * requestor's socket readable with no data behind it, and pynetdicom would
+ * block in recv() on it.  Made in the first write's thread instead, its
+ * session ID would cost that thread a random generator of its own (OpenSSL
+ * keeps one per thread, about 4 KiB), and pynetdicom runs a thread per
+ * association. */
+static void queue_ticket(dcx_conn *c)
+{
+    if (SSL_new_session_ticket(c->ssl) != 1 || SSL_do_handshake(c->ssl) != 1)
+        ERR_clear_error(); /* no ticket: the requestor's next visit is a full handshake */
+    c->ticket_held = c->out.len;
+}
 
 static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
 {
     int64_t deadline = dcx_deadline(timeout_ms);
     ERR_clear_error();
-    if (!c->server_side && !c->peer_key[0] && SSL_CTX_get_session_cache_mode(c->ctx->ssl_ctx))
+    if (!c->server_side && !c->peer_key && SSL_CTX_get_session_cache_mode(c->ctx->ssl_ctx))
         dcx_openssl_offer_session(c);
     for (;;) {
         int r = SSL_do_handshake(c->ssl);
@@ -664,11 +663,11 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
         }
     }
     c->handshake_done = 1;
+    free(c->verdict); /* only a refusal needed it */
+    c->verdict = NULL;
     out_trim(c);
-    /* TLS 1.3 tickets go out with the acceptor's first write, not alone after
-     * the handshake: a lone ticket makes the requestor's socket readable with
-     * no data behind it, and pynetdicom would block in recv() on it. */
-    c->ticket_due = c->server_side && c->ctx->tickets && SSL_version(c->ssl) == TLS1_3_VERSION;
+    if (c->server_side && c->ctx->tickets && SSL_version(c->ssl) == TLS1_3_VERSION)
+        queue_ticket(c);
     c->read_state.data_waiting = data_waiting(c); /* records that came behind the handshake */
     release_idle_buffers(c);
     return DCX_OK;
@@ -759,9 +758,9 @@ static long read_some(dcx_conn *c, unsigned char *dst, size_t len, int wait, int
             return DCX_EOF;
         int ok = SSL_read_ex(c->ssl, dst, len, &n);
         int e = ok == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, 0);
-        if (c->out.len) { /* OpenSSL answered something: a KeyUpdate, or an alert */
+        if (c->out.len > c->ticket_held) { /* OpenSSL answered: a KeyUpdate, or an alert */
             if (c->write_dead || flush_out(c, deadline, NULL) != DCX_OK)
-                c->out.len = c->out.sent = 0; /* the failure, if any, says why */
+                c->out.len = c->out.sent = c->ticket_held = 0; /* the failure says why */
             out_trim(c);
         }
         if (ok == 1)
@@ -837,10 +836,6 @@ static long write_locked(dcx_conn *c, const unsigned char *p, size_t len, int64_
         return failed_before(c, err);
     if (c->write_dead)
         return repeat_failure(&c->write_failure, err);
-    if (c->ticket_due) {
-        c->ticket_due = 0;
-        SSL_new_session_ticket(c->ssl); /* OpenSSL writes it ahead of the data */
-    }
     size_t done = 0;
     size_t first = len < OUT_SLICE ? len : OUT_SLICE;
     /* One allocation for the whole write: records of a slice, with their headers and tags. */
@@ -864,11 +859,8 @@ long dcx_conn_write(dcx_conn *c, const void *buf, size_t len, int timeout_ms, dc
 {
     dcx_error_clear(err);
     pthread_mutex_lock(&c->io);
-    int ticket = c->ticket_due;
     long n = write_locked(c, buf, len, dcx_deadline(timeout_ms), err);
     out_trim(c);
-    if (ticket) /* OpenSSL set up its read buffer to send the ticket */
-        release_idle_buffers(c);
     pthread_mutex_unlock(&c->io);
     return n;
 }
@@ -971,6 +963,9 @@ void dcx_conn_free(dcx_conn *c)
     SSL_free(c->ssl);
     free(c->failure.why);
     free(c->write_failure.why);
+    free(c->verdict);
+    free(c->server_name);
+    free(c->peer_key);
     free(c->out.data);
     in_buffer_give(c->in.data);
     pthread_mutex_destroy(&c->io);

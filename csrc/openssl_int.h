@@ -45,6 +45,16 @@ struct dcx_ctx {
 
 /* The first failure of something, repeated to later calls.  Its reason is
  * allocated only when there is one: an idle association keeps less. */
+/* What verification found about the peer, kept only until the handshake
+ * ends: a refusal needs it, an idle association does not. */
+typedef struct peer_verdict {
+    int reason;           /* a dcx_verify_reason once verification refused */
+    char detail[400];
+    char subject[256];
+    char thumbprint[2 * DCX_SHA1_LEN + 1];
+    char not_after[32];
+} peer_verdict;
+
 typedef struct failure_record {
     int status;           /* 0 while there is none */
     dcx_error *why;
@@ -56,7 +66,6 @@ struct dcx_conn {
     dcx_socket fd;
     int server_side;
     int handshake_done;
-    int ticket_due;       /* acceptor: a TLS 1.3 ticket rides on the first write */
     int eof;              /* the peer has closed; reads keep answering DCX_EOF */
     int dead;             /* a fatal error happened, or the connection was shut down */
     int write_dead;       /* the socket refused our records (the peer has gone); reads go on */
@@ -64,18 +73,15 @@ struct dcx_conn {
     int received_alert;   /* fatal alert from the peer, or -1 */
     unsigned char first[DCX_SNIFF_LEN]; /* the peer's first bytes, to recognise non-TLS */
     size_t first_len;
-    int verify_reason;    /* set by the verify callback when it refuses */
-    char verify_detail[400];
-    char subject[256];
-    char thumbprint[2 * DCX_SHA1_LEN + 1];
-    char not_after[32];
-    char server_name[256];
-    char peer_key[320];   /* requesting side: the session cache key, "address:port/name" */
+    peer_verdict *verdict; /* during the handshake, once the peer's certificate came */
+    char *server_name;    /* the name the requestor asked for, or NULL */
+    char *peer_key;       /* requesting side: the session cache key, "address:port/name" */
     dcx_read_state read_state;
     struct {              /* records OpenSSL wrote, not yet sent: one send() per flush */
         unsigned char *data;
         size_t len, cap, sent;
     } out;
+    size_t ticket_held;   /* acceptor: its ticket's bytes at the front of out, for the first write */
     struct {              /* bytes received, not yet taken by OpenSSL: one recv() for many */
         unsigned char *data;
         size_t start, end, cap;
@@ -94,6 +100,7 @@ extern int dcx_openssl_conn_index; /* SSL ex_data slot holding the dcx_conn */
 int dcx_openssl_load_identity(SSL_CTX *sctx, const dcx_config *cfg, dcx_error *err);
 int dcx_openssl_load_trust(dcx_ctx *ctx, const dcx_config *cfg, dcx_error *err);
 int dcx_openssl_verify_peer(X509_STORE_CTX *sctx, void *arg);
+peer_verdict *dcx_openssl_verdict(dcx_conn *c);
 int dcx_openssl_recheck_resumed_peer(dcx_conn *c, dcx_error *err);
 const char *dcx_openssl_method_name(dcx_verify v);
 

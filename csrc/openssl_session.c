@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -36,7 +37,7 @@ static session_slot *session_slot_for(dcx_ctx *ctx, const char *peer, int create
 int dcx_openssl_remember_session(SSL *ssl, SSL_SESSION *session)
 {
     dcx_conn *c = SSL_get_ex_data(ssl, dcx_openssl_conn_index);
-    if (!c || c->server_side || !c->peer_key[0])
+    if (!c || c->server_side || !c->peer_key)
         return 0;
     pthread_mutex_lock(&c->ctx->lock);
     session_slot *slot = session_slot_for(c->ctx, c->peer_key, 1);
@@ -49,7 +50,7 @@ int dcx_openssl_remember_session(SSL *ssl, SSL_SESSION *session)
 
 void dcx_openssl_forget_session(dcx_conn *c)
 {
-    if (c->server_side || !c->peer_key[0])
+    if (c->server_side || !c->peer_key)
         return;
     pthread_mutex_lock(&c->ctx->lock);
     session_slot *slot = session_slot_for(c->ctx, c->peer_key, 0);
@@ -78,7 +79,10 @@ void dcx_openssl_offer_session(dcx_conn *c)
         inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
         port = ntohs(in6->sin6_port);
     }
-    snprintf(c->peer_key, sizeof(c->peer_key), "%s:%d/%s", host, port, c->server_name);
+    char key[sizeof(((session_slot *)0)->peer)];
+    snprintf(key, sizeof(key), "%s:%d/%s", host, port, c->server_name ? c->server_name : "");
+    if (!(c->peer_key = strdup(key)))
+        return; /* out of memory: a full handshake, as with no cache */
     pthread_mutex_lock(&c->ctx->lock);
     session_slot *slot = session_slot_for(c->ctx, c->peer_key, 0);
     if (slot && SSL_SESSION_is_resumable(slot->session)) {

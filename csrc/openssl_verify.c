@@ -8,6 +8,7 @@
 #include "openssl_int.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -341,7 +342,7 @@ static const char *crl_reason_text(const X509_REVOKED *rev)
 /* Why revocation refused the chain's certificate at depth: which CRL said
  * what, and what to do.  OpenSSL forgets the CRL it used once verification
  * ends, so the store's CRLs from the certificate's issuer are looked at again. */
-static void explain_revocation(dcx_conn *c, X509_STORE_CTX *sctx, int code, int depth)
+static void explain_revocation(peer_verdict *v, X509_STORE_CTX *sctx, int code, int depth)
 {
     STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(sctx);
     X509 *cert = chain && depth >= 0 && depth < sk_X509_num(chain) ? sk_X509_value(chain, depth)
@@ -349,7 +350,7 @@ static void explain_revocation(dcx_conn *c, X509_STORE_CTX *sctx, int code, int 
     char issuer[256] = "", name[256] = "", thumb[41] = "", not_after[32], when[32] = "?";
     const char *why = "";
     if (!cert) {
-        snprintf(c->verify_detail, sizeof(c->verify_detail), "%s",
+        snprintf(v->detail, sizeof(v->detail), "%s",
                  X509_verify_cert_error_string(code));
         return;
     }
@@ -368,8 +369,8 @@ static void explain_revocation(dcx_conn *c, X509_STORE_CTX *sctx, int code, int 
                                          X509_CRL_get0_lastUpdate(newest)) > 0)
             newest = crl;
     }
-    char *d = c->verify_detail;
-    size_t cap = sizeof(c->verify_detail);
+    char *d = v->detail;
+    size_t cap = sizeof(v->detail);
     switch (code) {
     case X509_V_ERR_CERT_REVOKED:
         if (depth == 0)
@@ -401,22 +402,22 @@ static void explain_revocation(dcx_conn *c, X509_STORE_CTX *sctx, int code, int 
     sk_X509_CRL_pop_free(crls, X509_CRL_free);
 }
 
-static void explain_chain_failure(dcx_conn *c, X509_STORE_CTX *sctx)
+static void explain_chain_failure(dcx_conn *c, peer_verdict *v, X509_STORE_CTX *sctx)
 {
     int code = X509_STORE_CTX_get_error(sctx);
     int depth = X509_STORE_CTX_get_error_depth(sctx);
     X509 *bad = X509_STORE_CTX_get_current_cert(sctx);
     char name[256] = "";
-    c->verify_reason = reason_of_x509_error(code);
-    switch (c->verify_reason) {
+    v->reason = reason_of_x509_error(code);
+    switch (v->reason) {
     case DCX_VR_UNTRUSTED:
         if (code == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT) {
-            snprintf(c->verify_detail, sizeof(c->verify_detail),
+            snprintf(v->detail, sizeof(v->detail),
                      "it is self-signed and not among the trusted certificates");
         } else {
             if (bad)
                 name_of(X509_get_issuer_name(bad), name, sizeof(name));
-            snprintf(c->verify_detail, sizeof(c->verify_detail), "its issuer '%s' is unknown",
+            snprintf(v->detail, sizeof(v->detail), "its issuer '%s' is unknown",
                      name);
         }
         break;
@@ -425,27 +426,27 @@ static void explain_chain_failure(dcx_conn *c, X509_STORE_CTX *sctx)
         if (bad && depth > 0) { /* an issuer, not the leaf, is out of date */
             char thumb[41], not_after[32];
             describe_cert(bad, name, sizeof(name), thumb, not_after, sizeof(not_after));
-            c->verify_reason = DCX_VR_OTHER;
-            snprintf(c->verify_detail, sizeof(c->verify_detail),
+            v->reason = DCX_VR_OTHER;
+            snprintf(v->detail, sizeof(v->detail),
                      "issuing CA '%s' %s (valid until %s)", name,
                      code == X509_V_ERR_CERT_HAS_EXPIRED ? "has expired" : "is not yet valid",
                      not_after);
         } else if (bad) {
             struct tm tm;
             if (ASN1_TIME_to_tm(X509_get0_notBefore(bad), &tm))
-                strftime(c->verify_detail, sizeof(c->verify_detail),
+                strftime(v->detail, sizeof(v->detail),
                          "valid from %Y-%m-%d %H:%M:%S UTC", &tm);
         }
         break;
     case DCX_VR_HOSTNAME:
-        snprintf(c->verify_detail, sizeof(c->verify_detail), "%s", c->server_name);
+        snprintf(v->detail, sizeof(v->detail), "%s", c->server_name ? c->server_name : "");
         break;
     case DCX_VR_REVOKED:
     case DCX_VR_REVOCATION:
-        explain_revocation(c, sctx, code, depth);
+        explain_revocation(v, sctx, code, depth);
         break;
     default:
-        snprintf(c->verify_detail, sizeof(c->verify_detail), "%s (depth %d)",
+        snprintf(v->detail, sizeof(v->detail), "%s (depth %d)",
                  X509_verify_cert_error_string(code), depth);
     }
 }
@@ -463,6 +464,13 @@ static int thumbprint_accepted(dcx_ctx *ctx, X509 *cert)
     return ok;
 }
 
+peer_verdict *dcx_openssl_verdict(dcx_conn *c)
+{
+    if (!c->verdict)
+        c->verdict = calloc(1, sizeof(*c->verdict));
+    return c->verdict;
+}
+
 /* Replaces OpenSSL's chain check, so that one place decides every method. */
 int dcx_openssl_verify_peer(X509_STORE_CTX *sctx, void *arg)
 {
@@ -470,17 +478,18 @@ int dcx_openssl_verify_peer(X509_STORE_CTX *sctx, void *arg)
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
     dcx_conn *c = SSL_get_ex_data(ssl, dcx_openssl_conn_index);
     X509 *leaf = X509_STORE_CTX_get0_cert(sctx);
-    if (!c || !leaf)
+    peer_verdict *v = c ? dcx_openssl_verdict(c) : NULL;
+    if (!v || !leaf)
         return 0;
-    describe_cert(leaf, c->subject, sizeof(c->subject), c->thumbprint, c->not_after,
-                  sizeof(c->not_after));
+    describe_cert(leaf, v->subject, sizeof(v->subject), v->thumbprint, v->not_after,
+                  sizeof(v->not_after));
     switch (c->ctx->verify) {
     case DCX_VERIFY_NONE:
         return 1;
     case DCX_VERIFY_THUMBPRINT: {
         int ok = thumbprint_accepted(c->ctx, leaf);
         if (!ok) {
-            c->verify_reason = DCX_VR_THUMBPRINT;
+            v->reason = DCX_VR_THUMBPRINT;
             X509_STORE_CTX_set_error(sctx, X509_V_ERR_CERT_REJECTED); /* "bad certificate" */
         }
         return ok;
@@ -489,7 +498,7 @@ int dcx_openssl_verify_peer(X509_STORE_CTX *sctx, void *arg)
     default:
         if (X509_verify_cert(sctx) == 1)
             return 1;
-        explain_chain_failure(c, sctx);
+        explain_chain_failure(c, v, sctx);
         return 0;
     }
 }
@@ -508,13 +517,9 @@ int dcx_openssl_recheck_resumed_peer(dcx_conn *c, dcx_error *err)
         return DCX_OK;
     if (!peer)
         return dcx_fail_verify(err, DCX_VR_NO_CERTIFICATE, dcx_openssl_method_name(c->ctx->verify), "");
-    describe_cert(peer, c->subject, sizeof(c->subject), c->thumbprint, c->not_after,
-                  sizeof(c->not_after));
-    if (err) {
-        snprintf(err->subject, sizeof(err->subject), "%s", c->subject);
-        snprintf(err->thumbprint, sizeof(err->thumbprint), "%s", c->thumbprint);
-        snprintf(err->not_after, sizeof(err->not_after), "%s", c->not_after);
-    }
+    if (err)
+        describe_cert(peer, err->subject, sizeof(err->subject), err->thumbprint, err->not_after,
+                      sizeof(err->not_after));
     if (c->ctx->verify == DCX_VERIFY_THUMBPRINT)
         return thumbprint_accepted(c->ctx, peer)
                    ? DCX_OK : dcx_fail_verify(err, DCX_VR_THUMBPRINT, "THUMBPRINT", "");

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from dcxsec import pump as handshake_thread
 from dcxsec._native import ffi, lib
-from dcxsec.engine import address, new_error, to_exception
+from dcxsec.engine import address, borrow_error, new_error, return_error, to_exception
 from dcxsec.engine import keepgil as _keepgil
 from dcxsec._without import WITHOUT
 from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError, TLSError
@@ -69,7 +69,6 @@ class Connection:
         self.server_hostname = server_hostname
         self.timeout = timeout
         self.timeout_ms = milliseconds(timeout)
-        self.err = new_error()  # one per connection: calls into the engine hold self.lock
         self.lock = threading.Lock()
         self.conn: EngineConn = None
         self._keep_ctx = None
@@ -278,12 +277,12 @@ class Connection:
 
     def read(self, conn: EngineConn, target: Any, size: int) -> int:
         """Plaintext into ``target`` (a cffi pointer); the count, 0 at EOF; lock held."""
-        n = lib.dcx_conn_read(conn, target, size, self.timeout_ms, self.err)
-        if n == lib.DCX_EOF:
-            return 0
-        if n < 0:
-            raise self.io_error(self.err, n, reading=True)
-        return n
+        err = borrow_error()
+        n = lib.dcx_conn_read(conn, target, size, self.timeout_ms, err)
+        if n < 0 and n != lib.DCX_EOF:
+            raise self.io_error(err, n, reading=True)
+        return_error(err)
+        return max(n, 0)
 
     def read_exactly(self, conn: EngineConn, size: int) -> bytes:
         """``size`` bytes of plaintext, fewer only at EOF; lock held."""
@@ -303,28 +302,33 @@ class Connection:
         than a quiet connection's buffer holds, it grows so one call takes
         them all and the small reads that follow stay in C."""
         rbuf.discard()
+        err = borrow_error()
         n = lib.dcx_conn_read(conn, ffi.from_buffer(rbuf.storage), rbuf.size, self.timeout_ms,
-                              self.err)
+                              err)
         if n <= 0:
             rbuf.filled(0, True)  # nothing came: keep no buffer while waiting
-            if n == lib.DCX_EOF:
-                return 0
-            raise self.io_error(self.err, n, reading=True)
+            if n != lib.DCX_EOF:
+                raise self.io_error(err, n, reading=True)
+            return_error(err)
+            return 0
         if n == rbuf.size < PLAIN_BUSY and self.read_state.data_waiting and _READAHEAD:
             rbuf.filled(n, False)
             rbuf.resize(PLAIN_BUSY)
             target, end = ffi.from_buffer(rbuf.storage), rbuf.end  # target holds it meanwhile
-            n = lib.dcx_conn_read(conn, target + end, PLAIN_BUSY - end, 0, self.err)
+            n = lib.dcx_conn_read(conn, target + end, PLAIN_BUSY - end, 0, err)
             n = max(n, 0)  # else nothing whole at hand: an EOF or error comes next call
+        return_error(err)
         # Caught up: the buffer goes once read, so an idle association keeps none.
         rbuf.filled(n, not self.read_state.data_waiting)
         return rbuf.unread
 
     def write(self, conn: EngineConn, source: Any, size: int) -> int:
         """All of ``source`` (a cffi pointer), in as few records as it takes; lock held."""
-        n = lib.dcx_conn_write(conn, source, size, self.timeout_ms, self.err)
+        err = borrow_error()
+        n = lib.dcx_conn_write(conn, source, size, self.timeout_ms, err)
         if n < 0:
-            raise self.io_error(self.err, n, reading=False)
+            raise self.io_error(err, n, reading=False)
+        return_error(err)
         return n
 
     def send_last(self, conn: EngineConn, data: bytes) -> None:

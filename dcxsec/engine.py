@@ -90,6 +90,26 @@ def new_error():
     return ffi.new("dcx_error *")
 
 
+# Errors lent to reads and writes and given back after the call: an idle
+# association holds none (each is 856 bytes), and a busy one does not pay
+# calloc per call.  list.pop and list.append are atomic under the GIL.
+_SPARE_ERRORS: list = []
+_SPARE_LIMIT = 64
+
+
+def borrow_error():
+    """A ``dcx_error`` for one read or write; hand it back with return_error()."""
+    try:
+        return _SPARE_ERRORS.pop()
+    except IndexError:
+        return ffi.new("dcx_error *")
+
+
+def return_error(err) -> None:
+    if len(_SPARE_ERRORS) < _SPARE_LIMIT:
+        _SPARE_ERRORS.append(err)
+
+
 def _text(chars) -> str:
     return ffi.string(chars).decode("utf-8", "replace")
 
