@@ -4,6 +4,7 @@
  */
 #include "dcxtls_common.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,29 @@ int dcx_without(const char *mechanism)
         p += k;
     }
     return 0;
+}
+
+#define ERROR_SHELF 64
+static dcx_error *_Atomic error_shelf[ERROR_SHELF];
+
+void *dcx_error_alloc(size_t size)
+{
+    for (int i = 0; size == sizeof(dcx_error) && i < ERROR_SHELF; i++) {
+        dcx_error *e = atomic_exchange(&error_shelf[i], NULL);
+        if (e)
+            return e;
+    }
+    return malloc(size < sizeof(dcx_error) ? sizeof(dcx_error) : size);
+}
+
+void dcx_error_release(void *err)
+{
+    for (int i = 0; err && i < ERROR_SHELF; i++) {
+        dcx_error *empty = NULL;
+        if (atomic_compare_exchange_strong(&error_shelf[i], &empty, (dcx_error *)err))
+            return;
+    }
+    free(err);
 }
 
 void dcx_error_clear(dcx_error *err)
