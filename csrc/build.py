@@ -44,13 +44,14 @@ def cdef_from_header(path: str, defined: set) -> str:
 
 
 def backend_sources():
-    """The TLS backend, the system-store backend and the handshake pump of
-    this platform, and their libraries."""
+    """The TLS backend, the system-store backend, the handshake pump and the
+    acceptor of this platform, and their libraries."""
     if sys.platform == "win32":
         return (["schannel.c", "schannel_identity.c", "schannel_verify.c",
-                 "store_crypt32.c", "pump_none.c"],
+                 "store_crypt32.c", "pump_none.c", "acceptor_none.c"],
                 ["secur32", "crypt32", "ws2_32", "ncrypt"])
-    return (["openssl.c", "openssl_verify.c", "openssl_session.c", "store_none.c", "pump_posix.c"],
+    return (["openssl.c", "openssl_verify.c", "openssl_session.c", "store_none.c", "pump_posix.c",
+             "acceptor_posix.c"],
             ["ssl", "crypto", "pthread"])
 
 

@@ -86,6 +86,8 @@ static int flush_out(dcx_conn *c, int64_t deadline, dcx_error *err)
         ssize_t n = send(c->fd, c->out.data + c->out.sent, c->out.len - c->out.sent, flags);
         if (n > 0) {
             c->out.sent += (size_t)n;
+            if (!c->handshake_done)
+                c->hs_sent += (uint64_t)n;
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -181,6 +183,8 @@ static long in_fill(dcx_conn *c)
                 memcpy(c->first + c->first_len, c->in.data + c->in.end, k);
                 c->first_len += k;
             }
+            if (!c->handshake_done)
+                c->hs_received += (uint64_t)n;
             c->in.end += (size_t)n;
             return n;
         }
@@ -954,6 +958,15 @@ int dcx_conn_session_reused(const dcx_conn *c)
 dcx_socket dcx_conn_socket(const dcx_conn *c)
 {
     return c->fd;
+}
+
+void dcx_conn_handshake_traffic(const dcx_conn *c, dcx_handshake_traffic *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->received = c->hs_received;
+    t->sent = c->hs_sent;
+    t->first_len = c->first_len < sizeof(t->first) ? c->first_len : sizeof(t->first);
+    memcpy(t->first, c->first, t->first_len);
 }
 
 void dcx_conn_free(dcx_conn *c)

@@ -73,6 +73,7 @@ struct dcx_conn {
     int received_alert;   /* fatal alert from the peer, or -1 */
     unsigned char first[DCX_SNIFF_LEN]; /* the peer's first bytes, to recognise non-TLS */
     size_t first_len;
+    uint64_t hs_received, hs_sent; /* bytes of the handshake, for dcx_conn_handshake_traffic */
     peer_verdict *verdict; /* during the handshake, once the peer's certificate came */
     char *server_name;    /* the name the requestor asked for, or NULL */
     char *peer_key;       /* requesting side: the session cache key, "address:port/name" */

@@ -9,6 +9,7 @@
  */
 #include "dcxthreads.h"
 #include "dcxtls_common.h"
+#include "wakepipe.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,9 +39,7 @@ struct dcx_pump {
 
 static void wake(dcx_pump *p)
 {
-    char byte = 1;
-    ssize_t n = write(p->wake[1], &byte, 1); /* a full pipe is already a wake-up */
-    (void)n;
+    dcx_wakepipe_signal(p->wake[1]);
 }
 
 static entry *find(dcx_pump *p, const dcx_conn *c)
@@ -121,11 +120,8 @@ static void *run(void *arg)
         pthread_mutex_lock(&p->lock);
         if (ready <= 0)
             continue; /* timeout (a deadline to settle) or EINTR */
-        if (fds[0].revents) {
-            char drain[64];
-            while (read(p->wake[0], drain, sizeof(drain)) > 0) {
-            }
-        }
+        if (fds[0].revents)
+            dcx_wakepipe_drain(p->wake[0]);
         for (size_t i = 1; i < n && !p->stop; i++)
             if (fds[i].revents)
                 step(p, conns[i]);
@@ -144,25 +140,16 @@ dcx_pump *dcx_pump_new(dcx_error *err)
         dcx_fail(err, DCX_E_NOMEM, "out of memory");
         return NULL;
     }
-    if (pipe(p->wake) != 0) {
-        if (err)
-            err->sys_errno = errno;
-        dcx_fail(err, DCX_E_SYSCALL, "cannot make the handshake thread's wake-up pipe: %s",
-                 strerror(errno));
+    if (dcx_wakepipe_open(p->wake, "handshake thread", err) != DCX_OK) {
         free(p);
         return NULL;
-    }
-    for (int i = 0; i < 2; i++) {
-        fcntl(p->wake[i], F_SETFL, fcntl(p->wake[i], F_GETFL) | O_NONBLOCK);
-        fcntl(p->wake[i], F_SETFD, FD_CLOEXEC);
     }
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->stepped, NULL);
     int rc = pthread_create(&p->thread, NULL, run, p);
     if (rc != 0) {
         dcx_fail(err, DCX_E_SYSCALL, "cannot start the handshake thread: %s", strerror(rc));
-        close(p->wake[0]);
-        close(p->wake[1]);
+        dcx_wakepipe_close(p->wake);
         pthread_mutex_destroy(&p->lock);
         pthread_cond_destroy(&p->stepped);
         free(p);
@@ -223,8 +210,7 @@ void dcx_pump_free(dcx_pump *p)
     pthread_mutex_unlock(&p->lock);
     wake(p);
     pthread_join(p->thread, NULL);
-    close(p->wake[0]);
-    close(p->wake[1]);
+    dcx_wakepipe_close(p->wake);
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->stepped);
     free(p->entries);

@@ -334,6 +334,8 @@ static int send_all(dcx_conn *c, const unsigned char *p, size_t len, int64_t dea
         if (n > 0) {
             p += n;
             len -= (size_t)n;
+            if (!c->handshake_done)
+                c->hs_sent += (uint64_t)n;
             continue;
         }
         int e = WSAGetLastError();
@@ -374,6 +376,8 @@ static long recv_more(dcx_conn *c, int64_t deadline, const char *doing, dcx_erro
                 memcpy(c->first + c->first_len, c->in + c->in_len, k);
                 c->first_len += k;
             }
+            if (!c->handshake_done)
+                c->hs_received += (uint64_t)n;
             c->in_len += (size_t)n;
             return n;
         }
@@ -1004,6 +1008,15 @@ int dcx_conn_session_reused(const dcx_conn *c)
 dcx_socket dcx_conn_socket(const dcx_conn *c)
 {
     return c->fd;
+}
+
+void dcx_conn_handshake_traffic(const dcx_conn *c, dcx_handshake_traffic *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->received = c->hs_received;
+    t->sent = c->hs_sent;
+    t->first_len = c->first_len < sizeof(t->first) ? c->first_len : sizeof(t->first);
+    memcpy(t->first, c->first, t->first_len);
 }
 
 void dcx_conn_free(dcx_conn *c)

@@ -103,6 +103,7 @@ struct dcx_conn {
     size_t out_rest;            /* close_notify's rest in out, for the next shutdown call */
     unsigned char first[DCX_SNIFF_LEN];
     size_t first_len;
+    uint64_t hs_received, hs_sent; /* bytes of the handshake, for dcx_conn_handshake_traffic */
     PCCERT_CONTEXT peer;
     int version;
     char cipher[96];

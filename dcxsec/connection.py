@@ -16,7 +16,7 @@ import ssl
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from dcxsec import pump as handshake_thread
 from dcxsec._native import ffi, lib
@@ -81,6 +81,8 @@ class Connection:
         self.owner = OwningProcess()
         self.inherited = False  # in a forked child: the connection is the parent's
         self.peer_address: Any = None
+        # The server's report of an AE-title binding refusal (dcxsec.server), if any.
+        self.on_binding_refusal: Callable[[str, str, str], None] | None = None
         self._peer_der: bytes | None = None
         self._wrapped_at = time.monotonic()
 
@@ -101,6 +103,18 @@ class Connection:
             self.owner.adopt()
             socket.socket.setblocking(sock, False)  # the engine waits with its own deadlines
         return self.conn
+
+    def adopt(self, conn: EngineConn, keep_ctx: Any, peer_address: Any) -> None:
+        """Take over an engine connection that the engine's acceptor has
+        handshaken and verified on this socket."""
+        self.conn, self._keep_ctx = conn, keep_ctx
+        self.read_state = lib.dcx_conn_read_state(conn)
+        self.owner.adopt()
+        self.peer_address = peer_address
+        sock = self._socket()
+        if sock is not None:
+            socket.socket.setblocking(sock, False)  # the engine waits with its own deadlines
+        self._handshake_finished()
 
     # ---- handshake ------------------------------------------------------
 

@@ -73,4 +73,6 @@ def _refuse(connection: Connection, what: str, outcome: str) -> CertificateVerif
         rule="ae_title", subject=subject, thumbprint=thumbprint or "")
     log.warning("association with %s refused: %s", connection.peer_text(), exc)
     connection.failure = exc
+    if connection.on_binding_refusal is not None:
+        connection.on_binding_refusal(str(exc), subject, thumbprint or "")
     return exc

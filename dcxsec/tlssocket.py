@@ -52,8 +52,33 @@ class TLSSocket(ssl.SSLSocket):
         if server_side and server_hostname:
             raise ValueError("server_hostname can only be given on the requesting side")
         timeout = sock.gettimeout()
+        self = cls._new(sock.family, sock.proto, sock.detach(), timeout, context,
+                        server_side=server_side, server_hostname=server_hostname,
+                        do_handshake_on_connect=do_handshake_on_connect)
+        if server_side:
+            try:
+                self._connection.peer_address = socket.socket.getpeername(self)
+            except OSError:
+                pass
+            self._connection.start_accepted_handshake()
+        return self
+
+    @classmethod
+    def _adopt(cls, fd: int, family: int, context: "TLSContext", conn: EngineConn, keep: Any,
+               peer_address: Any) -> "TLSSocket":
+        """An accepted socket whose handshake and verification the engine's
+        acceptor (dcxsec.acceptor) has already made: nothing is left to do."""
+        self = cls._new(family, 0, fd, None, context, server_side=True, server_hostname=None,
+                        do_handshake_on_connect=True)
+        self._connection.adopt(conn, keep, peer_address)
+        return self
+
+    @classmethod
+    def _new(cls, family: int, proto: int, fd: int, timeout: float | None, context: "TLSContext",
+             *, server_side: bool, server_hostname: str | None,
+             do_handshake_on_connect: bool) -> "TLSSocket":
         self = cls.__new__(cls)
-        socket.socket.__init__(self, sock.family, sock.type, sock.proto, sock.detach())
+        socket.socket.__init__(self, family, socket.SOCK_STREAM, proto, fd)
         socket.socket.settimeout(self, timeout)
         self._context = context
         self._sslobj = None  # inherited code must see an "unwrapped" socket, never plaintext
@@ -73,15 +98,9 @@ class TLSSocket(ssl.SSLSocket):
         self._screened = False  # the A-ASSOCIATE-RQ has been checked against the AE bindings
         self._prefix = bytearray()  # plaintext read ahead for that check, served first
         forking.watch(self)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
+        if family in (socket.AF_INET, socket.AF_INET6):
             # Handshake flights and small PDUs must not wait for delayed ACKs.
             socket.socket.setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if server_side:
-            try:
-                self._connection.peer_address = socket.socket.getpeername(self)
-            except OSError:
-                pass
-            self._connection.start_accepted_handshake()
         return self
 
     # ---- handshake ------------------------------------------------------
