@@ -114,12 +114,29 @@ static void refuse(dcx_acceptor *a, const char *host, int port, const char *stag
     pthread_mutex_unlock(&a->lock);
 }
 
+static const char *verify_kind(int verify_reason)
+{
+    switch (verify_reason) {
+    case DCX_VR_NO_CERTIFICATE: return "verification failed (no certificate)";
+    case DCX_VR_UNTRUSTED: return "verification failed (untrusted)";
+    case DCX_VR_EXPIRED: return "verification failed (expired)";
+    case DCX_VR_NOT_YET_VALID: return "verification failed (not yet valid)";
+    case DCX_VR_THUMBPRINT: return "verification failed (thumbprint not accepted)";
+    case DCX_VR_HOSTNAME: return "verification failed (host name)";
+    case DCX_VR_REVOKED: return "verification failed (revoked)";
+    case DCX_VR_REVOCATION: return "verification failed (no current CRL)";
+    case DCX_VR_BAD_SIGNATURE: return "verification failed (bad signature)";
+    case DCX_VR_PURPOSE: return "verification failed (not fit for TLS)";
+    default: return "verification failed";
+    }
+}
+
 /* The few words that group a failed handshake with alike ones. */
 static const char *failure_kind(const dcx_error *err, char *buf, size_t cap)
 {
     switch (err->status) {
     case DCX_E_VERIFY:
-        return "verification failed";
+        return verify_kind(err->verify_reason);
     case DCX_E_NOT_TLS: {
         /* "X on the TLS port: ..." -> "not TLS (X)" */
         const char *end = strstr(err->reason, " on the TLS port");

@@ -1,0 +1,389 @@
+"""The engine's acceptor behind dcxsec's servers: only authenticated peers
+become associations, hostile connections are refused with accurate reasons,
+and the gateway keeps serving while they are held open.
+
+Real sockets on loopback, real handshakes, real pynetdicom associations with
+its defaults (maximum_associations 10).  Hostile clients connect from other
+loopback addresses (127.0.x.y), as an attack from many hosts would, so that
+the per-address limit is not what keeps them out.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+import dcxsec
+from conftest import config_for, requestor
+from dcxsec import TLSContext
+
+HANDSHAKE_TIMEOUT = 5.0  # SecurityConfig's default
+
+
+def client_hello() -> bytes:
+    """A real TLS ClientHello, as Python's ssl writes it."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    context = ssl.create_default_context()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+HELLO = client_hello()
+
+
+def connect_from(source: str, port: int) -> socket.socket:
+    """A TCP connection to the server from the loopback address ``source``."""
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def sources(count: int, per_address: int, subnet: int):
+    """``count`` source addresses, ``per_address`` connections from each."""
+    return [f"127.{subnet}.{i // per_address // 250}.{i // per_address % 250 + 1}"
+            for i in range(count)]
+
+
+class Trickle:
+    """Clients that each send a ClientHello one byte a second, until the
+    server closes them."""
+
+    def __init__(self, socks: list[socket.socket], interval: float = 1.0) -> None:
+        self.socks = socks
+        self.interval = interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        sent, alive = 0, list(self.socks)
+        while alive and not self.stop.is_set() and sent < len(HELLO):
+            for sock in list(alive):
+                try:
+                    sock.send(HELLO[sent:sent + 1])
+                except OSError:
+                    alive.remove(sock)
+            sent += 1
+            self.stop.wait(self.interval)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+class Gateway:
+    """An SCP started with dcxsec.start_server(block=False), counting the
+    connections pynetdicom opened and the refusals handed to the hook."""
+
+    def __init__(self, ctx: TLSContext, **limits) -> None:
+        self.opened: list = []
+        self.refusals: list[dcxsec.Refusal] = []
+        self.ae = AE("GATEWAY")
+        self.ae.add_supported_context(Verification)
+        handlers = [(evt.EVT_CONN_OPEN, lambda event: self.opened.append(event.address))]
+        self.server = dcxsec.start_server(self.ae, ("127.0.0.1", 0), ctx, block=False,
+                                          evt_handlers=handlers,
+                                          on_refusal=self.refusals.append, **limits)
+        self.port = self.server.server_address[1]
+
+    def refused(self, count: int, timeout: float = 15.0) -> list[dcxsec.Refusal]:
+        deadline = time.monotonic() + timeout
+        while len(self.refusals) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return list(self.refusals)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def gateway(server_ctx):
+    made = []
+
+    def make(ctx: TLSContext = server_ctx, **limits) -> Gateway:
+        made.append(Gateway(ctx, **limits))
+        return made[-1]
+
+    yield make
+    for g in made:
+        g.stop()
+
+
+def echo(port: int, ctx: TLSContext, ae: AE | None = None) -> tuple[bool, float]:
+    """A mutual-TLS association, a C-ECHO and a release: (succeeded, seconds)."""
+    ae = ae or requestor()
+    started = time.monotonic()
+    assoc = ae.associate("127.0.0.1", port, ae_title="GATEWAY", tls_args=(ctx, None))
+    try:
+        ok = assoc.is_established and assoc.send_c_echo().Status == 0x0000
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return ok, time.monotonic() - started
+
+
+def os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def settle(measure, target: int, timeout: float = 10.0) -> int:
+    """``measure()`` once it is back at ``target`` or lower (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    value = measure()
+    while value > target and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = measure()
+    return value
+
+
+def dcxsec_records(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("dcxsec")]
+
+
+# ---- verified peers ---------------------------------------------------------
+
+
+def test_start_server_serves_verified_peers(gateway, client_ctx):
+    g = gateway()
+    for _ in range(3):
+        ok, _ = echo(g.port, client_ctx)
+        assert ok
+    assert len(g.opened) == 3
+    assert g.refusals == []
+    assert isinstance(g.server, dcxsec.ThreadedAssociationServer)
+
+
+def test_make_server_with_dcxsec_server_class(server_ctx, client_ctx, pki):
+    seen = []
+
+    def on_echo(event) -> int:
+        sock = event.assoc.dul.socket.socket
+        seen.append((type(sock), sock.version(), sock.peer_thumbprint))
+        return 0x0000
+
+    ae = AE("GATEWAY")
+    ae.add_supported_context(Verification)
+    server = ae.make_server(("127.0.0.1", 0), ssl_context=server_ctx,
+                            evt_handlers=[(evt.EVT_C_ECHO, on_echo)],
+                            server_class=dcxsec.ThreadedAssociationServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for _ in range(2):
+            ok, _ = echo(server.server_address[1], client_ctx)
+            assert ok
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert len(seen) == 2
+    for kind, version, thumbprint in seen:
+        assert kind is dcxsec.TLSSocket
+        assert version in ("TLSv1.2", "TLSv1.3")
+        assert thumbprint == pki.client.thumbprint
+    with pytest.raises(OSError):  # the listening socket is closed
+        socket.create_connection(server.server_address, timeout=2)
+
+
+def test_server_needs_a_dcxsec_context_with_an_identity(pki):
+    ae = AE("GATEWAY")
+    ae.add_supported_context(Verification)
+    no_identity = TLSContext(dcxsec.SecurityConfig(trusted_certificates=[pki.ca.cert_path],
+                                                   use_system_trust=False))
+    with pytest.raises(dcxsec.ConfigurationError, match="no identity"):
+        dcxsec.start_server(ae, ("127.0.0.1", 0), no_identity, block=False)
+    with pytest.raises(dcxsec.ConfigurationError, match="dcxsec.TLSContext"):
+        dcxsec.start_server(ae, ("127.0.0.1", 0), ssl.create_default_context(), block=False)
+
+
+# ---- hostile connections held open ------------------------------------------
+
+
+def test_hostile_connections_never_become_associations(gateway, client_ctx, caplog):
+    caplog.set_level(logging.WARNING)
+    g = gateway()
+    ok, _ = echo(g.port, client_ctx)  # warm: the levels below include a served association
+    assert ok
+    threads_before, fds_before = os_threads(), open_descriptors()
+
+    silent = [connect_from(s, g.port) for s in sources(50, 10, 1)]
+    half = [connect_from(s, g.port) for s in sources(50, 10, 2)]
+    for sock in half:
+        sock.sendall(HELLO[:len(HELLO) // 2])
+    slow = [connect_from(s, g.port) for s in sources(50, 10, 3)]
+    trickle = Trickle(slow)
+    names = {id(sock): sock.getsockname() for sock in silent + half + slow}
+    try:
+        time.sleep(0.5)
+        assert g.server.acceptor_stats()["pending"] == 150
+        # maximum_associations is 10: twelve in a row prove no hostile one holds a place.
+        for _ in range(12):
+            ok, seconds = echo(g.port, client_ctx)
+            assert ok
+            assert seconds < 4.0  # at once, not after the hostile ones' 5 s deadline
+        assert g.server.acceptor_stats()["pending"] > 0  # they were still held open meanwhile
+        assert len(g.opened) == 13  # only the real ones fired EVT_CONN_OPEN
+
+        refusals = g.refused(150)
+    finally:
+        trickle.close()
+        for sock in silent + half + slow:
+            sock.close()
+    assert len(refusals) == 150
+    by_peer = {(r.address, r.port): r for r in refusals}
+    assert len(by_peer) == 150  # once per refused connection
+    for group, kind, words in ((silent, "nothing sent", "the client connected and sent nothing in 5 s"),
+                               (half, "partial ClientHello",
+                                f"a partial ClientHello ({len(HELLO) // 2} bytes, then silence"),
+                               (slow, "too slow", "although bytes kept coming")):
+        for sock in group:
+            address, port = names[id(sock)]
+            refusal = by_peer[(address, port)]
+            assert refusal.kind == kind, refusal
+            assert words in refusal.reason
+            assert refusal.stage == "handshake"
+            assert refusal.address == address
+    assert len(g.opened) == 13
+    assert not g.server.active_associations
+
+    # The log stays readable: a few lines, then one summary that counts all 150.
+    g.server.refusals.interval = 0.0
+    g.server.service_actions()
+    lines = [r.getMessage() for r in dcxsec_records(caplog)]
+    assert len(lines) <= 12
+    summary = [line for line in lines if line.startswith("refused 150 connections")]
+    assert summary and "50 nothing sent" in summary[0] and "50 too slow" in summary[0]
+    assert "50 partial ClientHello" in summary[0]
+    assert not any(r.exc_info for r in caplog.records)
+
+    # Everything the hostile ones held is let go.
+    assert settle(os_threads, threads_before) <= threads_before
+    assert settle(open_descriptors, fds_before) <= fds_before
+
+
+# ---- every reason, once per refused connection -------------------------------
+
+
+def test_each_refusal_reason_is_accurate_and_reaches_the_hook(gateway, pki, caplog):
+    caplog.set_level(logging.DEBUG)
+    g = gateway()
+    silent = connect_from("127.0.4.1", g.port)
+    half = connect_from("127.0.4.2", g.port)
+    half.sendall(HELLO[:100])
+    slow = connect_from("127.0.4.3", g.port)
+    trickle = Trickle([slow])
+    http = connect_from("127.0.4.4", g.port)
+    http.sendall(b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n")
+    plain = AE("PLAIN")
+    plain.add_requested_context(Verification)
+    assert not plain.associate("127.0.0.1", g.port, ae_title="GATEWAY").is_established
+    untrusted = TLSContext(config_for(pki.untrusted, trusted=[pki.ca.cert_path]))
+    ok, _ = echo(g.port, untrusted)
+    assert not ok
+    anonymous = TLSContext(dcxsec.SecurityConfig(trusted_certificates=[pki.ca.cert_path],
+                                                 use_system_trust=False))
+    ok, _ = echo(g.port, anonymous)
+    assert not ok
+    try:
+        refusals = g.refused(7)
+    finally:
+        trickle.close()
+        for sock in (silent, half, slow, http):
+            sock.close()
+    assert len(refusals) == 7
+    by_kind = {r.kind: r for r in refusals}
+    assert len(by_kind) == 7, [r.kind for r in refusals]
+    assert by_kind["nothing sent"].address == "127.0.4.1"
+    assert "a partial ClientHello (100 bytes, then silence" in by_kind["partial ClientHello"].reason
+    assert by_kind["too slow"].address == "127.0.4.3"
+    assert by_kind["not TLS (an HTTP request)"].address == "127.0.4.4"
+    dicom = by_kind["not TLS (a plain DICOM A-ASSOCIATE-RQ PDU)"]
+    assert dicom.stage == "handshake" and "not speaking TLS" in dicom.reason
+    bad = by_kind["verification failed (untrusted)"]
+    assert bad.stage == "verification"
+    assert bad.subject == "CN=dcxsec-untrusted"
+    assert bad.thumbprint == pki.untrusted.thumbprint
+    assert "is not trusted" in bad.reason
+    none = by_kind["verification failed (no certificate)"]
+    assert none.stage == "verification" and none.subject is None and none.thumbprint is None
+    assert "presented no certificate" in none.reason
+    assert g.opened == []
+
+    # One WARNING line each, with the peer's address and the same reason.
+    lines = [r for r in dcxsec_records(caplog) if r.name == "dcxsec.server"]
+    assert len(lines) == 7
+    for refusal in refusals:
+        matching = [r for r in lines if refusal.peer() in r.getMessage()]
+        assert len(matching) == 1 and refusal.reason in matching[0].getMessage()
+        assert matching[0].levelno == logging.WARNING
+    assert not any(r.exc_info for r in caplog.records if r.name.startswith("dcxsec"))
+
+
+# ---- limits ---------------------------------------------------------------------
+
+
+def test_per_address_limit_refuses_new_connections_only(gateway, client_ctx):
+    g = gateway()
+    ae = requestor()
+    admitted = ae.associate("127.0.0.1", g.port, ae_title="GATEWAY", tls_args=(client_ctx, None))
+    assert admitted.is_established
+    held = [connect_from("127.0.5.1", g.port) for _ in range(16)]
+    over = connect_from("127.0.5.1", g.port)
+    over_port = over.getsockname()[1]
+    try:
+        refusals = g.refused(1, timeout=4.0)
+        assert len(refusals) == 1
+        refusal = refusals[0]
+        assert refusal.stage == "limit" and refusal.kind == "over a limit"
+        assert refusal.port == over_port
+        assert refusal.reason.startswith("over a limit: 16 pending handshakes from 127.0.5.1")
+        assert over.recv(1) == b""  # closed at once
+        # Another address, and the admitted association, go on.
+        assert admitted.send_c_echo().Status == 0x0000
+        ok, _ = echo(g.port, client_ctx)
+        assert ok
+        assert g.server.acceptor_stats()["pending"] == 16
+    finally:
+        admitted.release()
+        for sock in held + [over]:
+            sock.close()
+
+
+def test_total_limit_refuses_new_connections_only(gateway, client_ctx):
+    g = gateway()
+    ae = requestor()
+    admitted = ae.associate("127.0.0.1", g.port, ae_title="GATEWAY", tls_args=(client_ctx, None))
+    assert admitted.is_established
+    held = [connect_from(s, g.port) for s in sources(256, 16, 6)]
+    over = connect_from("127.0.7.1", g.port)
+    try:
+        refusals = g.refused(1, timeout=4.0)
+        assert [r.stage for r in refusals] == ["limit"]
+        assert refusals[0].reason.startswith("over a limit: 256 pending handshakes in all")
+        assert refusals[0].address == "127.0.7.1"
+        assert over.recv(1) == b""
+        assert admitted.send_c_echo().Status == 0x0000
+    finally:
+        admitted.release()
+        for sock in held + [over]:
+            sock.close()
+    # Those closed by their clients are refused now, not at their deadline.
+    refusals = g.refused(257, timeout=10.0)
+    assert len(refusals) == 257
+    assert {r.kind for r in refusals[1:]} == {"closed before sending anything"}
+    ok, _ = echo(g.port, client_ctx)
+    assert ok
