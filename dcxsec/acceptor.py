@@ -8,8 +8,10 @@ the refusals of the rest.
 """
 from __future__ import annotations
 
+import os
 import socket
 import threading
+import weakref
 
 from dcxsec._native import ffi, lib
 from dcxsec.engine import new_error, to_exception
@@ -19,6 +21,9 @@ from dcxsec.refusals import Refusal
 DEFAULT_MAX_PENDING = 256  # handshakes running plus connections not yet taken, in all
 DEFAULT_MAX_PENDING_PER_ADDRESS = 16  # ... from one source address
 DEFAULT_BACKLOG = 1024  # listen()'s backlog; the OS caps it (Linux: net.core.somaxconn)
+
+
+_RUNNING: "weakref.WeakSet[Acceptor]" = weakref.WeakSet()
 
 
 def _text(chars) -> str:
@@ -56,6 +61,7 @@ class Acceptor:
         self._handle = handle
         self._wakeup = int(lib.dcx_acceptor_wakeup(handle))
         self._dropped_seen = 0
+        _RUNNING.add(self)
 
     def fileno(self) -> int:
         """The descriptor to wait on: readable while something waits to be taken."""
@@ -136,3 +142,15 @@ class Acceptor:
     def __del__(self) -> None:
         if getattr(self, "_handle", None) is not None:
             self.close()
+
+
+def _forget_after_fork() -> None:
+    # A forked child has no acceptor thread to stop (freeing would wait for
+    # it for ever): its copies are dropped unfreed, the parent's acceptors go on.
+    for acceptor in list(_RUNNING):
+        acceptor._handle = None
+        acceptor._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)

@@ -387,3 +387,43 @@ def test_total_limit_refuses_new_connections_only(gateway, client_ctx):
     assert {r.kind for r in refusals[1:]} == {"closed before sending anything"}
     ok, _ = echo(g.port, client_ctx)
     assert ok
+
+
+# ---- AE-title bindings, and stopping ------------------------------------------
+
+
+def test_binding_refusal_reaches_the_hook(gateway, pki, client_ctx):
+    bound_elsewhere = TLSContext(config_for(pki.server, trusted=[pki.ca.cert_path],
+                                            ae_bindings={"CT01": [pki.client.thumbprint]}))
+    g = gateway(bound_elsewhere)
+    ok, _ = echo(g.port, client_ctx)  # calling AE title DCXSEC-SCU, not bound to the client
+    assert not ok
+    ok, _ = echo(g.port, client_ctx, requestor(ae_title="CT01"))
+    assert ok
+    refusals = g.refused(1)
+    assert len(refusals) == 1
+    refusal = refusals[0]
+    assert refusal.stage == "binding"
+    assert "calling AE title 'DCXSEC-SCU' is not bound" in refusal.reason
+    assert refusal.subject == "CN=dcxsec-scu" and refusal.thumbprint == pki.client.thumbprint
+
+
+def test_stopping_frees_every_pending_handshake(gateway, client_ctx):
+    g = gateway()
+    fds_before = open_descriptors()
+    silent = [connect_from("127.0.8.1", g.port) for _ in range(10)]
+    try:
+        deadline = time.monotonic() + 4
+        while g.server.acceptor_stats()["pending"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert g.server.acceptor_stats()["pending"] == 10
+        g.server.shutdown()
+        for sock in silent:
+            sock.settimeout(2.0)  # closed by the stop, long before the 5 s deadline
+            assert sock.recv(1) == b""
+    finally:
+        for sock in silent:
+            sock.close()
+    assert settle(open_descriptors, fds_before) <= fds_before
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", g.port), timeout=2)
