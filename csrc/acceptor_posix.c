@@ -274,7 +274,10 @@ static void admit(dcx_acceptor *a, int fd, const struct sockaddr_storage *ss, so
                      "(max_pending_per_address %d)", from_host, host,
                      a->limits.max_pending_per_address);
         close(fd);
-        refuse(a, host, port, "limit", "over a limit", reason, NULL);
+        refuse(a, host, port, "limit",
+               in_all >= a->limits.max_pending ? "over a limit (in all)"
+                                               : "over a limit (per address)",
+               reason, NULL);
         return;
     }
     int one = 1;

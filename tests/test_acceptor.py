@@ -348,7 +348,7 @@ def test_per_address_limit_refuses_new_connections_only(gateway, client_ctx):
         refusals = g.refused(1, timeout=4.0)
         assert len(refusals) == 1
         refusal = refusals[0]
-        assert refusal.stage == "limit" and refusal.kind == "over a limit"
+        assert refusal.stage == "limit" and refusal.kind == "over a limit (per address)"
         assert refusal.port == over_port
         assert refusal.reason.startswith("over a limit: 16 pending handshakes from 127.0.5.1")
         assert over.recv(1) == b""  # closed at once
@@ -372,7 +372,7 @@ def test_total_limit_refuses_new_connections_only(gateway, client_ctx):
     over = connect_from("127.0.7.1", g.port)
     try:
         refusals = g.refused(1, timeout=4.0)
-        assert [r.stage for r in refusals] == ["limit"]
+        assert [r.kind for r in refusals] == ["over a limit (in all)"]
         assert refusals[0].reason.startswith("over a limit: 256 pending handshakes in all")
         assert refusals[0].address == "127.0.7.1"
         assert over.recv(1) == b""
@@ -427,3 +427,39 @@ def test_stopping_frees_every_pending_handshake(gateway, client_ctx):
     assert settle(open_descriptors, fds_before) <= fds_before
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", g.port), timeout=2)
+
+
+def test_blocking_start_server_and_ipv6(server_ctx, client_ctx):
+    from conftest import free_port
+
+    ae = AE("GATEWAY")
+    ae.add_supported_context(Verification)
+    port = free_port()
+    thread = threading.Thread(target=dcxsec.start_server,
+                              args=(ae, ("127.0.0.1", port), server_ctx), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not ae._servers and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert type(ae._servers[0]) is dcxsec.AssociationServer
+    ok, _ = echo(port, client_ctx)
+    assert ok
+    ae.shutdown()
+    thread.join(5)
+    assert not thread.is_alive()
+
+    if not socket.has_ipv6:
+        return
+    try:
+        server = dcxsec.start_server(ae, ("::1", 0), server_ctx, block=False)
+    except OSError as exc:  # no IPv6 loopback here
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    try:
+        scu = requestor()
+        assoc = scu.associate("::1", server.server_address[1], ae_title="GATEWAY",
+                              tls_args=(client_ctx, None))
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+    finally:
+        server.shutdown()
