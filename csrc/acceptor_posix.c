@@ -33,7 +33,7 @@ typedef struct pending {
     int fd, family, port;
     char host[64];
     int64_t accepted_at, deadline, last_byte_at;
-    uint64_t received_seen;
+    uint64_t received_seen, sent_seen; /* after the last step that left it waiting */
     int finished;              /* handed over or refused: removed after this round */
 } pending;
 
@@ -149,7 +149,7 @@ static const char *failure_kind(const dcx_error *err, char *buf, size_t cap)
     case DCX_E_PEER_ALERT:
         return "TLS alert from the client";
     case DCX_E_SYSCALL:
-        return "socket error";
+        return err->sys_errno == ECONNRESET ? "reset by the client" : "socket error";
     default:
         if (strstr(err->reason, "before sending anything"))
             return "closed before sending anything";
@@ -206,6 +206,25 @@ static void expire(dcx_acceptor *a, pending *e, int64_t now)
     close_entry(e);
 }
 
+/* A client that ended the connection before its ClientHello was whole (we
+ * had answered nothing before the step that failed, which may have sent an
+ * alert): say so, with how much of it came. */
+static void cut_short(pending *e, dcx_error *err, const char **kind)
+{
+    dcx_handshake_traffic t;
+    dcx_conn_handshake_traffic(e->conn, &t);
+    int closed = err->status == DCX_E_PROTOCOL &&
+                 strstr(err->reason, "closed the connection during the handshake");
+    int reset = err->status == DCX_E_SYSCALL && err->sys_errno == ECONNRESET;
+    if (t.received == 0 || e->sent_seen != 0 || !(closed || reset) ||
+        t.first_len == 0 || t.first[0] != 0x16)
+        return;
+    snprintf(err->reason, sizeof(err->reason),
+             "a partial ClientHello (%llu bytes), then the client %s the connection",
+             (unsigned long long)t.received, closed ? "closed" : "reset");
+    *kind = closed ? "partial ClientHello, then closed" : "partial ClientHello, then reset";
+}
+
 /* One non-waiting step of e's handshake: hand it over, refuse it, or wait on. */
 static void step(dcx_acceptor *a, pending *e, int64_t now)
 {
@@ -218,12 +237,15 @@ static void step(dcx_acceptor *a, pending *e, int64_t now)
             e->received_seen = t.received;
             e->last_byte_at = now;
         }
+        e->sent_seen = t.sent;
         return;
     }
     if (rc != DCX_OK) {
         char buf[160];
-        refuse(a, e->host, e->port, rc == DCX_E_VERIFY ? "verification" : "handshake",
-               failure_kind(&err, buf, sizeof(buf)), err.reason, &err);
+        const char *kind = failure_kind(&err, buf, sizeof(buf));
+        cut_short(e, &err, &kind);
+        refuse(a, e->host, e->port, rc == DCX_E_VERIFY ? "verification" : "handshake", kind,
+               err.reason, &err);
         close_entry(e);
         return;
     }

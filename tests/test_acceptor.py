@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import threading
 import time
 
@@ -286,6 +287,15 @@ def test_each_refusal_reason_is_accurate_and_reaches_the_hook(gateway, pki, capl
     half.sendall(HELLO[:100])
     slow = connect_from("127.0.4.3", g.port)
     trickle = Trickle([slow])
+    whole = connect_from("127.0.4.5", g.port)
+    whole.sendall(HELLO)  # answered, then silence
+    for source, how in (("127.0.4.6", "closed"), ("127.0.4.7", "reset")):
+        cut = connect_from(source, g.port)
+        cut.sendall(HELLO[:100])
+        time.sleep(0.2)
+        if how == "reset":
+            cut.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        cut.close()
     http = connect_from("127.0.4.4", g.port)
     http.sendall(b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n")
     plain = AE("PLAIN")
@@ -299,17 +309,24 @@ def test_each_refusal_reason_is_accurate_and_reaches_the_hook(gateway, pki, capl
     ok, _ = echo(g.port, anonymous)
     assert not ok
     try:
-        refusals = g.refused(7)
+        refusals = g.refused(10)
     finally:
         trickle.close()
-        for sock in (silent, half, slow, http):
+        for sock in (silent, half, slow, whole, http):
             sock.close()
-    assert len(refusals) == 7
+    assert len(refusals) == 10
     by_kind = {r.kind: r for r in refusals}
-    assert len(by_kind) == 7, [r.kind for r in refusals]
+    assert len(by_kind) == 10, [r.kind for r in refusals]
     assert by_kind["nothing sent"].address == "127.0.4.1"
     assert "a partial ClientHello (100 bytes, then silence" in by_kind["partial ClientHello"].reason
     assert by_kind["too slow"].address == "127.0.4.3"
+    stopped = by_kind["stopped answering"]
+    assert stopped.address == "127.0.4.5"
+    assert f"({len(HELLO)} bytes received, then silence" in stopped.reason
+    assert by_kind["partial ClientHello, then closed"].reason == (
+        "a partial ClientHello (100 bytes), then the client closed the connection")
+    assert by_kind["partial ClientHello, then reset"].reason == (
+        "a partial ClientHello (100 bytes), then the client reset the connection")
     assert by_kind["not TLS (an HTTP request)"].address == "127.0.4.4"
     dicom = by_kind["not TLS (a plain DICOM A-ASSOCIATE-RQ PDU)"]
     assert dicom.stage == "handshake" and "not speaking TLS" in dicom.reason
@@ -325,7 +342,7 @@ def test_each_refusal_reason_is_accurate_and_reaches_the_hook(gateway, pki, capl
 
     # One WARNING line each, with the peer's address and the same reason.
     lines = [r for r in dcxsec_records(caplog) if r.name == "dcxsec.server"]
-    assert len(lines) == 7
+    assert len(lines) == 10
     for refusal in refusals:
         matching = [r for r in lines if refusal.peer() in r.getMessage()]
         assert len(matching) == 1 and refusal.reason in matching[0].getMessage()
