@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import socketserver
+import sys
 import threading
 import time
 from datetime import datetime
@@ -50,7 +51,9 @@ def check_server_context(ctx: Any) -> TLSContext:
             f"the server needs a dcxsec.TLSContext as its ssl_context, not {type(ctx).__name__}: "
             "build one with dcxsec.TLSContext(dcxsec.SecurityConfig(...))")
     config = ctx.config
-    if config.certificate is None and config.certificate_thumbprint is None:
+    # Windows keeps the identity in its own store; the engine refuses there anyway.
+    if (sys.platform != "win32" and config.certificate is None
+            and config.certificate_thumbprint is None):
         chain, _ = config.identity_bytes()
         if chain is None:
             raise ConfigurationError(
