@@ -149,12 +149,21 @@ static const char *failure_kind(const dcx_error *err, char *buf, size_t cap)
     case DCX_E_PEER_ALERT:
         return "TLS alert from the client";
     case DCX_E_SYSCALL:
-        return err->sys_errno == ECONNRESET ? "reset by the client" : "socket error";
+        return err->sys_errno == ECONNRESET || err->sys_errno == EPIPE ? "reset by the client"
+                                                                      : "socket error";
     default:
         if (strstr(err->reason, "before sending anything"))
             return "closed before sending anything";
         if (strstr(err->reason, "closed the connection"))
             return "closed during the handshake";
+        if (strstr(err->reason, "no TLS version in common"))
+            return "no TLS version in common";
+        if (strstr(err->reason, "no cipher suite in common"))
+            return "no cipher suite in common";
+        if (strncmp(err->reason, "TLS handshake failed: ", 22) == 0) {
+            snprintf(buf, cap, "TLS handshake failed (%.40s)", err->reason + 22);
+            return buf;
+        }
         return "TLS handshake failed";
     }
 }

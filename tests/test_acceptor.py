@@ -16,6 +16,7 @@ import ssl
 import struct
 import threading
 import time
+import warnings
 
 import pytest
 from pynetdicom import AE, evt
@@ -480,3 +481,94 @@ def test_blocking_start_server_and_ipv6(server_ctx, client_ctx):
         assoc.release()
     finally:
         server.shutdown()
+
+
+# ---- a bounded flood of mixed hostile connections ------------------------------
+
+
+def tls10_hello() -> bytes:
+    """A TLS 1.0 ClientHello (refused: TLS 1.2 is the floor)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def flood_payloads() -> dict[str, tuple[bytes, str | None]]:
+    """What each kind of hostile client sends, and the kind of refusal it earns."""
+    return {
+        "tls1.0": (tls10_hello(), "no TLS version in common"),
+        **_FLOOD,
+    }
+
+
+_FLOOD = {
+    "http": (b"GET /index.html HTTP/1.1\r\nHost: pacs\r\n\r\n", "not TLS (an HTTP request)"),
+    "dicom": (bytes([1, 0, 0, 0, 0, 0x44]) + bytes(0x44),
+              "not TLS (a plain DICOM A-ASSOCIATE-RQ PDU)"),
+    "random": (b"\xde\xad" + bytes(range(60)), "not TLS (other data)"),
+    "sslv2": (bytes([0x80, 0x2e, 0x01, 0x03, 0x01]) + bytes(0x2b),
+              "not TLS (an SSLv2-format ClientHello (obsolete and refused))"),
+    "oversized": (b"\x16\x03\x01\xff\xff" + bytes(64), None),
+    "reset": (HELLO[:100], "partial ClientHello, then reset"),
+    "silent": (b"", "nothing sent"),
+    "partial": (HELLO[:120], "partial ClientHello"),
+}
+
+
+def test_gateway_keeps_serving_through_a_mixed_flood(gateway, client_ctx):
+    payloads = flood_payloads()
+    g = gateway()
+    ok, _ = echo(g.port, client_ctx)
+    assert ok
+    threads_before, fds_before = os_threads(), open_descriptors()
+    per_kind = 30
+    held, sent = [], []
+
+    def flood() -> None:
+        for i in range(per_kind):
+            for n, (name, (payload, _)) in enumerate(payloads.items()):
+                sock = connect_from(f"127.9.{i}.{n + 1}", g.port)
+                sent.append(name)
+                if payload:
+                    sock.sendall(payload)
+                if name == "reset":
+                    time.sleep(0.01)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    sock.close()
+                else:
+                    held.append(sock)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    results = []
+    try:
+        while flooder.is_alive() or len(results) < 5:
+            results.append(echo(g.port, client_ctx))
+        flooder.join()
+        total = per_kind * len(payloads)
+        refusals = g.refused(total, timeout=20)
+    finally:
+        for sock in held:
+            sock.close()
+    assert all(ok for ok, _ in results), results
+    assert max(seconds for _, seconds in results) < 4.0
+    assert len(g.opened) == 1 + len(results)  # not one hostile connection among them
+    assert len(refusals) == total
+    kinds = {}
+    for refusal in refusals:
+        kinds[refusal.kind] = kinds.get(refusal.kind, 0) + 1
+    for name, (_, kind) in payloads.items():
+        if kind is not None:
+            assert kinds.get(kind) == per_kind, (name, kinds)
+    oversized = [r for r in refusals if r.kind.startswith("TLS handshake failed")]
+    assert len(oversized) == per_kind, kinds
+    assert settle(os_threads, threads_before) <= threads_before
+    assert settle(open_descriptors, fds_before) <= fds_before
