@@ -572,3 +572,33 @@ def test_gateway_keeps_serving_through_a_mixed_flood(gateway, client_ctx):
     assert len(oversized) == per_kind, kinds
     assert settle(os_threads, threads_before) <= threads_before
     assert settle(open_descriptors, fds_before) <= fds_before
+
+
+def test_a_failing_hook_is_logged_once_and_serving_goes_on(server_ctx, client_ctx, caplog):
+    calls = []
+
+    def broken(refusal: dcxsec.Refusal) -> None:
+        calls.append(refusal)
+        raise RuntimeError("audit store unreachable")
+
+    ae = AE("GATEWAY")
+    ae.add_supported_context(Verification)
+    server = dcxsec.start_server(ae, ("127.0.0.1", 0), server_ctx, block=False,
+                                 on_refusal=broken)
+    try:
+        for _ in range(3):
+            with connect_from("127.0.10.1", server.server_address[1]) as sock:
+                sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                sock.settimeout(4)
+                assert sock.recv(1) == b""
+        deadline = time.monotonic() + 5
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(calls) == 3
+        ok, _ = echo(server.server_address[1], client_ctx)
+        assert ok
+    finally:
+        server.shutdown()
+    failures = [r for r in caplog.records if "on_refusal hook failed" in r.getMessage()]
+    assert len(failures) == 1 and not failures[0].exc_info
+    assert "audit store unreachable" in failures[0].getMessage()
