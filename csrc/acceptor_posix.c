@@ -295,14 +295,19 @@ static void admit(dcx_acceptor *a, int fd, const struct sockaddr_storage *ss, so
     int in_all = a->npending + a->ready_count;
     dcx_ctx *ctx = a->ctx;
     pthread_mutex_unlock(&a->lock);
-    int from_host = count_from(a, host);
+    /* The per-address share applies once the acceptor is half full: a burst
+     * from one busy host is served while there is room, and no one address
+     * can keep the other half from everyone else. */
+    int crowded = 2 * in_all >= a->limits.max_pending;
+    int from_host = crowded ? count_from(a, host) : 0;
     if (in_all >= a->limits.max_pending || from_host >= a->limits.max_pending_per_address) {
         if (in_all >= a->limits.max_pending)
             snprintf(reason, sizeof(reason), "over a limit: %d pending handshakes in all "
                      "(max_pending %d)", in_all, a->limits.max_pending);
         else
             snprintf(reason, sizeof(reason), "over a limit: %d pending handshakes from %s "
-                     "(max_pending_per_address %d)", from_host, host,
+                     "while %d are pending in all (max_pending_per_address %d applies "
+                     "from max_pending/2)", from_host, host, in_all,
                      a->limits.max_pending_per_address);
         close(fd);
         refuse(a, host, port, "limit",

@@ -48,7 +48,8 @@ typedef struct dcx_acceptor dcx_acceptor;
 typedef struct dcx_acceptor_limits {
     int handshake_timeout_ms;     /* from the accept; bytes trickling in do not extend it */
     int max_pending;              /* handshakes running plus connections not yet taken, in all */
-    int max_pending_per_address;  /* the same, from one source address */
+    int max_pending_per_address;  /* the same, from one source address, once max_pending/2
+                                     are pending in all */
     int backlog;                  /* listen()'s backlog (the OS may cap it) */
 } dcx_acceptor_limits;
 

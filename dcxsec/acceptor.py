@@ -19,7 +19,10 @@ from dcxsec.pump import free_connection
 from dcxsec.refusals import Refusal
 
 DEFAULT_MAX_PENDING = 256  # handshakes running plus connections not yet taken, in all
-DEFAULT_MAX_PENDING_PER_ADDRESS = 16  # ... from one source address
+# ... from one source address, once half of max_pending are taken: a burst from
+# one busy host is served while there is room, and no address can hold more
+# than its share of the other half.
+DEFAULT_MAX_PENDING_PER_ADDRESS = 16
 DEFAULT_BACKLOG = 1024  # listen()'s backlog; the OS caps it (Linux: net.core.somaxconn)
 
 

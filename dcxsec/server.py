@@ -168,7 +168,8 @@ class AssociationServer(_AcceptorMixin, transport.AssociationServer):
 
     Takes pynetdicom's arguments, plus ``max_pending`` (handshakes running
     and connections not yet taken, in all; default 256),
-    ``max_pending_per_address`` (the same from one source address; 16),
+    ``max_pending_per_address`` (the same from one source address, once half
+    of ``max_pending`` are taken; 16),
     ``backlog`` (of ``listen()``; 1024, capped by the OS) and ``on_refusal``
     (called with each ``dcxsec.Refusal``).  ``ssl_context`` must be a
     ``dcxsec.TLSContext`` with an identity.

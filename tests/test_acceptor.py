@@ -365,7 +365,13 @@ def test_per_address_limit_refuses_new_connections_only(gateway, client_ctx):
     ae = requestor()
     admitted = ae.associate("127.0.0.1", g.port, ae_title="GATEWAY", tls_args=(client_ctx, None))
     assert admitted.is_established
-    held = [connect_from("127.0.5.1", g.port) for _ in range(16)]
+    # While there is room, a burst from one busy host is served whole.
+    burst = [connect_from("127.0.5.1", g.port) for _ in range(32)]
+    assert g.pending(32) == 32
+    # Once half of max_pending (256) are taken, that host is over its share ...
+    crowd = [connect_from(s, g.port) for s in sources(96, 8, 6)]
+    assert g.pending(128) == 128
+    assert g.refusals == []
     over = connect_from("127.0.5.1", g.port)
     over_port = over.getsockname()[1]
     try:
@@ -374,16 +380,19 @@ def test_per_address_limit_refuses_new_connections_only(gateway, client_ctx):
         refusal = refusals[0]
         assert refusal.stage == "limit" and refusal.kind == "over a limit (per address)"
         assert refusal.port == over_port
-        assert refusal.reason.startswith("over a limit: 16 pending handshakes from 127.0.5.1")
+        assert refusal.reason.startswith(
+            "over a limit: 32 pending handshakes from 127.0.5.1 while 128 are pending in all")
+        over.settimeout(4)
         assert over.recv(1) == b""  # closed at once
-        # Another address, and the admitted association, go on.
+        # ... while other addresses, and the admitted association, go on.
         assert admitted.send_c_echo().Status == 0x0000
         ok, _ = echo(g.port, client_ctx)
         assert ok
-        assert g.server.acceptor_stats()["pending"] == 16
+        assert g.server.acceptor_stats()["pending"] == 128
+        assert len(g.refusals) == 1
     finally:
         admitted.release()
-        for sock in held + [over]:
+        for sock in burst + crowd + [over]:
             sock.close()
 
 
