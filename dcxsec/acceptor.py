@@ -126,9 +126,15 @@ class Acceptor:
         fresh, self._dropped_seen = dropped - self._dropped_seen, dropped
         return max(0, fresh)
 
+    def follow_reload(self) -> None:
+        """After ``ctx.reload_identity()``: connections accepted from now on
+        use the new identity and trust; the old ones live on for those that hold them."""
+        with self._lock:
+            if self._handle is not None:
+                self._follow_reload()
+
     def _follow_reload(self) -> None:
-        # Lock held.  ctx.reload_identity() made a new engine context: later
-        # connections use it, and the old one lives on for those that hold it.
+        # Lock held.
         current = self.context._ctx
         if current is not self._contexts[-1]:
             self._contexts.append(current)

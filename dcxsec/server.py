@@ -135,9 +135,11 @@ class _AcceptorMixin:
         return report
 
     def service_actions(self) -> None:
-        """Every ``poll_interval``: refusals reported, and a summary line
-        when a flood's interval ends."""
+        """Every ``poll_interval``: a reloaded identity taken up, refusals
+        reported, and a summary line when a flood's interval ends."""
         super().service_actions()  # type: ignore[misc]
+        if self.acceptor is not None:
+            self.acceptor.follow_reload()  # a reloaded identity applies within poll_interval
         self.report_refusals()
         self.refusals.flush()
 

@@ -614,3 +614,23 @@ def test_a_failing_hook_is_logged_once_and_serving_goes_on(server_ctx, client_ct
     failures = [r for r in caplog.records if "on_refusal hook failed" in r.getMessage()]
     assert len(failures) == 1 and not failures[0].exc_info
     assert "audit store unreachable" in failures[0].getMessage()
+
+
+def test_reloaded_identity_serves_later_connections(pki, client_ctx):
+    ctx = TLSContext(config_for(pki.server, trusted=[pki.ca.cert_path]))
+    ae = AE("GATEWAY")
+    ae.add_supported_context(Verification)
+    server = dcxsec.start_server(ae, ("127.0.0.1", 0), ctx, block=False)
+    try:
+        assert echo(server.server_address[1], client_ctx)[0]
+        old = ctx._ctx
+        ctx.reload_identity()
+        assert ctx._ctx is not old
+        deadline = time.monotonic() + 5  # taken up within serve_forever's poll_interval
+        while server.acceptor._contexts[-1] is not ctx._ctx and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(2):
+            assert echo(server.server_address[1], client_ctx)[0]
+        assert server.acceptor._contexts[-1] is ctx._ctx  # later handshakes use the new one
+    finally:
+        server.shutdown()
