@@ -12,11 +12,16 @@ import os
 import socket
 import threading
 import weakref
+from typing import TYPE_CHECKING
 
 from dcxsec._native import ffi, lib
 from dcxsec.engine import new_error, to_exception
 from dcxsec.pump import free_connection
 from dcxsec.refusals import Refusal
+
+if TYPE_CHECKING:
+    from dcxsec.context import TLSContext
+    from dcxsec.tlssocket import TLSSocket
 
 DEFAULT_MAX_PENDING = 256  # handshakes running plus connections not yet taken, in all
 # ... from one source address, once half of max_pending are taken: a burst from
@@ -41,7 +46,7 @@ class Acceptor:
     connection or a refusal waits to be taken.
     """
 
-    def __init__(self, context, listener: socket.socket, *,
+    def __init__(self, context: "TLSContext", listener: socket.socket, *,
                  max_pending: int = DEFAULT_MAX_PENDING,
                  max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
                  backlog: int = DEFAULT_BACKLOG) -> None:
@@ -74,7 +79,7 @@ class Acceptor:
     def closed(self) -> bool:
         return self._handle is None
 
-    def take(self):
+    def take(self) -> "TLSSocket | None":
         """The next authenticated connection as a ready ``TLSSocket``, or None."""
         from dcxsec.tlssocket import TLSSocket
 
