@@ -85,7 +85,8 @@ class _AcceptorMixin:
 
     @property
     def on_refusal(self) -> Optional[RefusalHook]:
-        """Called with every ``dcxsec.Refusal``, in the server's thread."""
+        """Called with every ``dcxsec.Refusal``: in the server's thread, or for an
+        AE-title binding refusal in the association's."""
         return self.refusals.hook
 
     @on_refusal.setter
