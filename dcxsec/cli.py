@@ -1,11 +1,11 @@
-"""The ``dcxsec`` command line: ``echo`` over TLS, ``cert`` manages the store,
-``demo`` runs the main job."""
+"""The ``dcxsec`` command line: ``echo`` and ``send`` over TLS, ``cert``
+manages the store, ``demo`` runs the main job."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dcxsec import certcli, echo
+from dcxsec import certcli, echo, send
 
 
 def _version() -> str:
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
     echo.add_parser(commands)
+    send.add_parser(commands)
     certcli.add_parser(commands)
     demo = commands.add_parser("demo", help="a mutually authenticated TLS C-STORE on this machine")
     demo.add_argument("--count", type=int, default=20, help="objects to send (default 20)")
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "cert":
         return certcli.run(args)
-    if args.command == "echo":
+    if args.command in ("echo", "send"):
         return args.run(args)
     if args.command == "demo":
         from dcxsec.demo import run
