@@ -12,8 +12,7 @@ import sys
 
 import pytest
 
-from conftest import config_for, needs_tools
-from dcxsec import TLSContext, VerificationMethod
+from conftest import needs_tools
 from test_dcmtk import storescp_factory  # noqa: F401 - a fixture
 
 
