@@ -1,11 +1,11 @@
-"""The ``dcxsec`` command line: ``echo`` and ``send`` over TLS, ``cert``
-manages the store, ``demo`` runs the main job."""
+"""The ``dcxsec`` command line: ``echo``, ``send`` and ``receive`` over TLS,
+``cert`` manages the store, ``demo`` runs the main job."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dcxsec import certcli, echo, send
+from dcxsec import certcli, echo, receive, send
 
 
 def _version() -> str:
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     echo.add_parser(commands)
     send.add_parser(commands)
+    receive.add_parser(commands)
     certcli.add_parser(commands)
     demo = commands.add_parser("demo", help="a mutually authenticated TLS C-STORE on this machine")
     demo.add_argument("--count", type=int, default=20, help="objects to send (default 20)")
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "cert":
         return certcli.run(args)
-    if args.command in ("echo", "send"):
+    if args.command in ("echo", "send", "receive"):
         return args.run(args)
     if args.command == "demo":
         from dcxsec.demo import run
