@@ -86,6 +86,7 @@ static int flush_out(dcx_conn *c, int64_t deadline, dcx_error *err)
         ssize_t n = send(c->fd, c->out.data + c->out.sent, c->out.len - c->out.sent, flags);
         if (n > 0) {
             c->out.sent += (size_t)n;
+            c->answered = 1;
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -174,6 +175,10 @@ static long in_fill(dcx_conn *c)
     for (;;) {
         ssize_t n = recv(c->fd, c->in.data + c->in.end, c->in.cap - c->in.end, 0);
         if (n > 0) {
+            if (!c->handshake_done) {
+                c->hs_received += (size_t)n;
+                c->last_in_ms = dcx_now_ms();
+            }
             if (!c->handshake_done && c->first_len < DCX_SNIFF_LEN) {
                 /* The peer's first bytes, to tell "not TLS" from a TLS failure. */
                 size_t k = DCX_SNIFF_LEN - c->first_len < (size_t)n ? DCX_SNIFF_LEN - c->first_len
@@ -425,6 +430,7 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     c->ctx = ctx;
     c->fd = fd;
     c->server_side = server_side;
+    c->born_ms = dcx_now_ms();
     c->received_alert = -1;
     SSL_set_ex_data(c->ssl, dcx_openssl_conn_index, c);
     SSL_set_bio(c->ssl, bio, bio); /* one reference, for both directions */
@@ -613,6 +619,16 @@ static void queue_ticket(dcx_conn *c)
     c->ticket_held = c->out.len;
 }
 
+/* The handshake's time is up: why, from what the peer sent by then. */
+static int handshake_timed_out(dcx_conn *c, dcx_error *err)
+{
+    int64_t now = dcx_now_ms();
+    dcx_handshake_progress p = {c->server_side, now - c->born_ms,
+                                now - (c->hs_received ? c->last_in_ms : c->born_ms),
+                                c->hs_received, c->answered, c->first, c->first_len};
+    return dcx_fail_handshake_timeout(err, &p);
+}
+
 static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
 {
     int64_t deadline = dcx_deadline(timeout_ms);
@@ -636,17 +652,7 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
             return dcx_fail(err, DCX_E_TIMEOUT, "the TLS handshake waits for the peer");
         if (w == DCX_E_TIMEOUT) {
             c->dead = 1;
-            if (c->first_len > 0)
-                return dcx_fail(err, DCX_E_TIMEOUT,
-                                "TLS handshake timed out after %d ms: the peer stopped answering",
-                                timeout_ms);
-            return c->server_side
-                       ? dcx_fail(err, DCX_E_TIMEOUT,
-                                  "TLS handshake timed out after %d ms: the client sent nothing",
-                                  timeout_ms)
-                       : dcx_fail(err, DCX_E_TIMEOUT,
-                                  "TLS handshake timed out after %d ms: the server never answered "
-                                  "our ClientHello (is this a TLS port?)", timeout_ms);
+            return handshake_timed_out(c, err);
         }
         if (w != DCX_OK) {
             c->dead = 1;

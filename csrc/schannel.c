@@ -334,6 +334,7 @@ static int send_all(dcx_conn *c, const unsigned char *p, size_t len, int64_t dea
         if (n > 0) {
             p += n;
             len -= (size_t)n;
+            c->answered = 1;
             continue;
         }
         int e = WSAGetLastError();
@@ -368,6 +369,10 @@ static long recv_more(dcx_conn *c, int64_t deadline, const char *doing, dcx_erro
     for (;;) {
         int n = recv((SOCKET)c->fd, (char *)c->in + c->in_len, (int)(c->in_cap - c->in_len), 0);
         if (n >= 0) {
+            if (!c->handshake_done && n > 0) {
+                c->hs_received += (size_t)n;
+                c->last_in_ms = dcx_now_ms();
+            }
             if (!c->handshake_done && c->first_len < DCX_SNIFF_LEN) {
                 size_t k = (size_t)n < DCX_SNIFF_LEN - c->first_len ? (size_t)n
                                                                     : DCX_SNIFF_LEN - c->first_len;
@@ -424,6 +429,7 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     c->fd = fd;
     c->server_side = server_side;
     c->received_alert = -1;
+    c->born_ms = dcx_now_ms();
     if (server_name && *server_name) {
         snprintf(c->server_name, sizeof(c->server_name), "%s", server_name);
         MultiByteToWideChar(CP_UTF8, 0, server_name, -1, c->server_name_w,
@@ -533,18 +539,15 @@ static int handshake_eof(dcx_conn *c, dcx_error *err)
                     c->server_side ? "client" : "server");
 }
 
-static int handshake_timeout(dcx_conn *c, int timeout_ms, dcx_error *err)
+/* The handshake's time is up: why, from what the peer sent by then. */
+static int handshake_timeout(dcx_conn *c, dcx_error *err)
 {
+    int64_t now = dcx_now_ms();
+    dcx_handshake_progress p = {c->server_side, now - c->born_ms,
+                                now - (c->hs_received ? c->last_in_ms : c->born_ms),
+                                c->hs_received, c->answered, c->first, c->first_len};
     c->dead = 1;
-    if (c->first_len > 0)
-        return dcx_fail(err, DCX_E_TIMEOUT,
-                        "TLS handshake timed out after %d ms: the peer stopped answering", timeout_ms);
-    return c->server_side
-               ? dcx_fail(err, DCX_E_TIMEOUT,
-                          "TLS handshake timed out after %d ms: the client sent nothing", timeout_ms)
-               : dcx_fail(err, DCX_E_TIMEOUT,
-                          "TLS handshake timed out after %d ms: the server never answered our "
-                          "ClientHello (is this a TLS port?)", timeout_ms);
+    return dcx_fail_handshake_timeout(err, &p);
 }
 
 /* One SSPI handshake call on what c->in holds; sends what it produces. */
@@ -609,7 +612,7 @@ static int run_handshake(dcx_conn *c, int64_t deadline, int timeout_ms, dcx_erro
             if (n == DCX_E_TIMEOUT && timeout_ms == 0) /* a step: call again later */
                 return dcx_fail(err, DCX_E_TIMEOUT, "the TLS handshake waits for the peer");
             if (n == DCX_E_TIMEOUT)
-                return handshake_timeout(c, timeout_ms, err);
+                return handshake_timeout(c, err);
             if (n < 0) {
                 c->dead = 1;
                 return (int)n;
@@ -629,7 +632,7 @@ static int run_handshake(dcx_conn *c, int64_t deadline, int timeout_ms, dcx_erro
             return handshake_failure(c, s, err);
         if (io_rc != DCX_OK) {
             c->dead = 1;
-            return io_rc == DCX_E_TIMEOUT ? handshake_timeout(c, timeout_ms, err) : io_rc;
+            return io_rc == DCX_E_TIMEOUT ? handshake_timeout(c, err) : io_rc;
         }
         if (s == SEC_E_OK)
             return DCX_OK;

@@ -14,7 +14,7 @@ import ssl
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
-from dcxsec import forking, screening
+from dcxsec import forking, peerend, screening
 from dcxsec._native import ffi
 from dcxsec._recvbuf import RecvBuffer, use_shelf
 from dcxsec._without import WITHOUT
@@ -162,11 +162,23 @@ class TLSSocket(ssl.SSLSocket):
 
         Bytes already decrypted are answered by the C ``recv`` that shadows
         this method on each socket; this one runs when none are buffered.
+        On the accepting side, a connection refused or lost reads as closed
+        once it has been logged (see ``_read_ended``).
         """
         if flags:
             raise ValueError("non-zero flags not allowed in calls to recv() on TLSSocket")
         if buflen <= 0:
             return b""
+        try:
+            data = self._recv(buflen)
+        except OSError as exc:
+            self._read_ended(exc)
+            return b""
+        if not data and self.server_side:
+            self._read_ended(None)
+        return data
+
+    def _recv(self, buflen: int) -> bytes:
         connection = self._connection
         with connection.lock:
             if self._rbuf.unread:
@@ -192,6 +204,16 @@ class TLSSocket(ssl.SSLSocket):
         nbytes = len(target) if nbytes <= 0 else min(nbytes, len(target))
         if nbytes == 0:
             return 0
+        try:
+            count = self._recv_into(target, nbytes)
+        except OSError as exc:
+            self._read_ended(exc)
+            return 0
+        if not count and self.server_side:
+            self._read_ended(None)
+        return count
+
+    def _recv_into(self, target: memoryview, nbytes: int) -> int:
         connection = self._connection
         with connection.lock:
             if self._rbuf.unread:
@@ -208,6 +230,30 @@ class TLSSocket(ssl.SSLSocket):
             if connection.fill(conn, self._rbuf):
                 return self._rbuf.take_into(target[:nbytes])
             return 0
+
+    def _read_ended(self, exc: OSError | None) -> None:
+        """A read met the end of the connection: ``exc``, or a close (None).
+
+        The accepting side that pynetdicom reads answers it as a closed
+        connection, which pynetdicom handles without a traceback, once it has
+        been said in one line: a refusal where it was decided, a connection
+        lost mid-association here (dcxsec.peerend).  Elsewhere ``exc`` is
+        raised, as before.
+        """
+        if not self.server_side or isinstance(exc, (TimeoutError, ssl.SSLWantReadError)):
+            if exc is not None:
+                raise exc
+            return
+        connection = self._connection
+        if exc is not None and exc is connection.failure:  # refused, and logged
+            if peerend.dul_state() is None:
+                raise exc
+            peerend.release_waiting_acceptor()
+            return
+        what = "the peer closed the connection" if exc is None else str(exc)
+        if not peerend.connection_ended(connection.peer_text(), what, exc is not None):
+            if exc is not None:
+                raise exc
 
     def _take_prefix(self, size: int) -> bytes:
         data = bytes(self._prefix[:size])
