@@ -85,6 +85,7 @@ class Connection:
         self.owner = OwningProcess()
         self.inherited = False  # in a forked child: the connection is the parent's
         self.peer_address: Any = None
+        self.end_told = False  # the connection's end has been logged (dcxsec.peerend)
         self._peer_der: bytes | None = None
         self._wrapped_at = time.monotonic()
 
@@ -339,11 +340,16 @@ class Connection:
         rbuf.filled(n, not self.read_state.data_waiting)
         return rbuf.unread
 
-    def write(self, conn: EngineConn, source: Any, size: int) -> int:
-        """All of ``source`` (a cffi pointer), in as few records as it takes; lock held."""
+    def write(self, conn: EngineConn, source: Any, size: int, timeout_ms: int | None = None) -> int:
+        """All of ``source`` (a cffi pointer), in as few records as it takes,
+        within ``timeout_ms`` (the socket's timeout by default); lock held."""
         err = borrow_error()
-        n = lib.dcx_conn_write(conn, source, size, self.timeout_ms, err)
+        timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
+        n = lib.dcx_conn_write(conn, source, size, timeout_ms, err)
         if n < 0:
+            if n == lib.DCX_E_TIMEOUT and timeout_ms != self.timeout_ms:
+                raise TimeoutError(f"the write timed out after {timeout_ms / 1000:g} s (the "
+                                   "association's network_timeout): the peer stopped reading")
             raise self.io_error(err, n, reading=False)
         return_error(err)
         return n

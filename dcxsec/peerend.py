@@ -1,4 +1,4 @@
-"""How the end of an accepted connection reaches pynetdicom's association.
+"""How the end of a connection reaches pynetdicom's association.
 
 pynetdicom's ``ae.start_server(ssl_context=ctx)`` makes an association for
 every accepted socket before its TLS handshake.  Its acceptor thread waits
@@ -9,13 +9,20 @@ that wait runs out.  A connection refused by dcxsec, or closed by its peer
 before a request, ends that wait here: the acceptor wakes as it would at the
 timeout, and goes.
 
-Everything here runs in the thread that reads the socket, which for
+pynetdicom logs an exception from a read with its traceback, and ends the
+association on one from a write without a word.  Here each end is said once,
+in one line (a peer lost mid-association, on either side), and the read
+answers it as a closed connection.  A write where neither the socket nor
+anything else sets a deadline takes the association's ``network_timeout``.
+
+Everything here runs in the thread that uses the socket, which for
 pynetdicom is the association's DUL thread; in any other thread it does
 nothing.
 """
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import weakref
 from typing import Any
@@ -60,14 +67,17 @@ def release_waiting_acceptor() -> None:
     dul.to_user_queue.put(None)  # what receive_pdu() returns when its wait times out
 
 
-def connection_ended(peer: str, what: str, failed: bool) -> bool:
-    """The accepted connection ended (``what`` says how; ``failed``: by an
-    error, not a close).  Lost mid-association, one line says so; before any
-    request, the waiting acceptor goes.  Returns False outside a DUL thread,
-    where the caller reports the end as it would have."""
+def _tell(connection: Any, what: str, failed: bool) -> bool:
+    """Say once how the connection ended: lost mid-association (a WARNING),
+    or, before any request, in an error (a WARNING) and the waiting acceptor
+    goes.  Returns False outside a DUL thread, where nothing is said."""
     state = dul_state()
     if state is None:
         return False
+    if connection.end_told:
+        return True
+    connection.end_told = True
+    peer = connection.peer_text()
     if state in _MID_ASSOCIATION:
         log.warning("association with %s lost: %s, without A-RELEASE or A-ABORT", peer, what)
     elif state in ("Sta1", "Sta2"):
@@ -77,3 +87,40 @@ def connection_ended(peer: str, what: str, failed: bool) -> bool:
     else:
         log.debug("connection with %s ended after the association: %s", peer, what)
     return True
+
+
+def read_ended(connection: Any, exc: OSError | None) -> bool:
+    """A read met the end of ``connection``: ``exc``, or the peer's close
+    (None).  Returns True when the reader is pynetdicom's DUL and the end has
+    been said, so that the read answers it as a closed connection, which
+    pynetdicom handles without a traceback; False when ``exc`` is to be raised.
+    """
+    if exc is not None and exc is connection.failure:
+        # Refused (handshake or AE title), and logged where that was decided.
+        if not connection.server_side or dul_state() is None:
+            return False
+        connection.end_told = True
+        release_waiting_acceptor()
+        return True
+    if isinstance(exc, (TimeoutError, ssl.SSLWantReadError)):
+        return False
+    what = "the peer closed the connection" if exc is None else str(exc)
+    return _tell(connection, what, exc is not None)
+
+
+def write_failed(connection: Any, exc: OSError) -> None:
+    """A write to ``connection`` failed: said once if pynetdicom was writing
+    (it ends the association on any error from a write, without a word)."""
+    if not isinstance(exc, ssl.SSLWantWriteError) and exc is not connection.failure:
+        _tell(connection, str(exc), True)
+
+
+def write_timeout_ms(connection: Any) -> int:
+    """The deadline of a write: the socket's timeout, or, where it has none
+    and pynetdicom writes, the association's ``network_timeout``, so that a
+    peer that stopped reading cannot hold the association for ever."""
+    if connection.timeout_ms >= 0:
+        return connection.timeout_ms
+    dul = _reading_dul()
+    timeout = getattr(getattr(dul, "assoc", None), "network_timeout", None)
+    return -1 if timeout is None else max(1, int(timeout * 1000))

@@ -162,8 +162,8 @@ class TLSSocket(ssl.SSLSocket):
 
         Bytes already decrypted are answered by the C ``recv`` that shadows
         this method on each socket; this one runs when none are buffered.
-        On the accepting side, a connection refused or lost reads as closed
-        once it has been logged (see ``_read_ended``).
+        Read by pynetdicom, a connection refused or lost reads as closed once
+        it has been logged (see ``_read_ended``).
         """
         if flags:
             raise ValueError("non-zero flags not allowed in calls to recv() on TLSSocket")
@@ -174,7 +174,7 @@ class TLSSocket(ssl.SSLSocket):
         except OSError as exc:
             self._read_ended(exc)
             return b""
-        if not data and self.server_side:
+        if not data:
             self._read_ended(None)
         return data
 
@@ -209,7 +209,7 @@ class TLSSocket(ssl.SSLSocket):
         except OSError as exc:
             self._read_ended(exc)
             return 0
-        if not count and self.server_side:
+        if not count:
             self._read_ended(None)
         return count
 
@@ -233,27 +233,10 @@ class TLSSocket(ssl.SSLSocket):
 
     def _read_ended(self, exc: OSError | None) -> None:
         """A read met the end of the connection: ``exc``, or a close (None).
-
-        The accepting side that pynetdicom reads answers it as a closed
-        connection, which pynetdicom handles without a traceback, once it has
-        been said in one line: a refusal where it was decided, a connection
-        lost mid-association here (dcxsec.peerend).  Elsewhere ``exc`` is
-        raised, as before.
-        """
-        if not self.server_side or isinstance(exc, (TimeoutError, ssl.SSLWantReadError)):
-            if exc is not None:
-                raise exc
-            return
-        connection = self._connection
-        if exc is not None and exc is connection.failure:  # refused, and logged
-            if peerend.dul_state() is None:
-                raise exc
-            peerend.release_waiting_acceptor()
-            return
-        what = "the peer closed the connection" if exc is None else str(exc)
-        if not peerend.connection_ended(connection.peer_text(), what, exc is not None):
-            if exc is not None:
-                raise exc
+        Read by pynetdicom, it is answered as a closed connection once it has
+        been said in one line (dcxsec.peerend); elsewhere ``exc`` is raised."""
+        if not peerend.read_ended(self._connection, exc) and exc is not None:
+            raise exc
 
     def _take_prefix(self, size: int) -> bytes:
         data = bytes(self._prefix[:size])
@@ -305,7 +288,11 @@ class TLSSocket(ssl.SSLSocket):
                     self._screened = True
                     screening.check_called_ae(connection, data)
                     self._ready = connection.conn is not None
-            connection.write(conn, source, size)
+            try:
+                connection.write(conn, source, size, peerend.write_timeout_ms(connection))
+            except OSError as exc:
+                peerend.write_failed(connection, exc)
+                raise
         return size
 
     def sendall(self, data: Any, flags: int = 0) -> None:
