@@ -39,6 +39,7 @@ PLAIN_QUIET = 16384  # decrypted bytes held for a quiet connection: one record
 _READAHEAD = "readahead" not in WITHOUT
 PLAIN_BUSY = 262144  # ... and for one whose records queue up (16 records, 16 PDUs)
 CLOSE_NOTIFY_MS = 100
+_STALL_SLICE = 1 << 20  # a write without a socket timeout must make this much progress per deadline
 _VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
 # SO_LINGER on, zero seconds: close() resets the connection.
 _RESET_ON_CLOSE = struct.pack("hh" if os.name == "nt" else "ii", 1, 0)
@@ -340,16 +341,25 @@ class Connection:
         rbuf.filled(n, not self.read_state.data_waiting)
         return rbuf.unread
 
-    def write(self, conn: EngineConn, source: Any, size: int, timeout_ms: int | None = None) -> int:
-        """All of ``source`` (a cffi pointer), in as few records as it takes,
-        within ``timeout_ms`` (the socket's timeout by default); lock held."""
+    def write(self, conn: EngineConn, source: Any, size: int, stall_ms: int | None = None) -> int:
+        """All of ``source`` (a cffi pointer), in as few records as it takes;
+        lock held.  Within the socket's timeout, or, given ``stall_ms``, as
+        long as the peer takes each MiB within that: a large PDU on a slow
+        link is not cut short, a peer that stopped reading is."""
+        if stall_ms is None or stall_ms == self.timeout_ms:
+            return self._write(conn, source, size, self.timeout_ms)
+        for offset in range(0, size, _STALL_SLICE):
+            self._write(conn, source + offset, min(_STALL_SLICE, size - offset), stall_ms)
+        return size
+
+    def _write(self, conn: EngineConn, source: Any, size: int, timeout_ms: int) -> int:
         err = borrow_error()
-        timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
         n = lib.dcx_conn_write(conn, source, size, timeout_ms, err)
         if n < 0:
             if n == lib.DCX_E_TIMEOUT and timeout_ms != self.timeout_ms:
-                raise TimeoutError(f"the write timed out after {timeout_ms / 1000:g} s (the "
-                                   "association's network_timeout): the peer stopped reading")
+                raise TimeoutError(f"the write timed out: the peer took in less than 1 MiB in "
+                                   f"{timeout_ms / 1000:g} s (the association's network_timeout); "
+                                   "it has stopped reading")
             raise self.io_error(err, n, reading=False)
         return_error(err)
         return n
