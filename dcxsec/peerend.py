@@ -104,7 +104,7 @@ def read_ended(connection: Any, exc: OSError | None) -> bool:
         return True
     if isinstance(exc, (TimeoutError, ssl.SSLWantReadError)):
         return False
-    what = "the peer closed the connection" if exc is None else str(exc)
+    what = "the peer closed the connection" if exc is None else _reason(exc)
     return _tell(connection, what, exc is not None)
 
 
@@ -112,7 +112,14 @@ def write_failed(connection: Any, exc: OSError) -> None:
     """A write to ``connection`` failed: said once if pynetdicom was writing
     (it ends the association on any error from a write, without a word)."""
     if not isinstance(exc, ssl.SSLWantWriteError) and exc is not connection.failure:
-        _tell(connection, str(exc), True)
+        _tell(connection, _reason(exc), True)
+
+
+def _reason(exc: OSError) -> str:
+    """An error's text for a log line, without Python's "[Errno N] " in front."""
+    if exc.errno is not None and isinstance(exc.strerror, str):
+        return exc.strerror
+    return str(exc)
 
 
 def write_timeout_ms(connection: Any) -> int:
