@@ -452,3 +452,23 @@ int dcx_fail_handshake_timeout(dcx_error *err, const dcx_handshake_progress *p)
                           "handshake was still arriving (%zu bytes, the last %.1f s before the "
                           "deadline)", secs, peer, p->received, quiet);
 }
+
+int dcx_fail_handshake_closed(dcx_error *err, const dcx_handshake_progress *p)
+{
+    char size[96];
+    if (p->received == 0)
+        return p->server_side
+                   ? dcx_fail(err, DCX_E_PROTOCOL,
+                              "the client closed the connection before sending anything")
+                   : dcx_fail(err, DCX_E_NOT_TLS,
+                              "the server closed the connection without answering the TLS "
+                              "ClientHello: it is probably not speaking TLS on this port, or it "
+                              "refused us without saying why");
+    hello_size(p, size, sizeof(size));
+    if (p->server_side && !p->answered)
+        return dcx_fail(err, DCX_E_PROTOCOL,
+                        "the client closed the connection after a partial ClientHello (%s)", size);
+    return dcx_fail(err, DCX_E_PROTOCOL,
+                    "the %s closed the connection during the handshake (%zu bytes received from it)",
+                    p->server_side ? "client" : "server", p->received);
+}

@@ -72,6 +72,9 @@ typedef struct dcx_handshake_progress {
  * DCX_E_TIMEOUT: nothing sent, a partial hello then silence, too slow, or not
  * TLS, with what was seen. */
 int dcx_fail_handshake_timeout(dcx_error *err, const dcx_handshake_progress *p);
+/* The same for a peer that closed the connection during the handshake:
+ * before sending anything, after a partial ClientHello, or later. */
+int dcx_fail_handshake_closed(dcx_error *err, const dcx_handshake_progress *p);
 
 /* The reason text of a TLS alert number ("unknown CA", ...). */
 const char *dcx_alert_text(int alert);

@@ -86,7 +86,6 @@ static int flush_out(dcx_conn *c, int64_t deadline, dcx_error *err)
         ssize_t n = send(c->fd, c->out.data + c->out.sent, c->out.len - c->out.sent, flags);
         if (n > 0) {
             c->out.sent += (size_t)n;
-            c->answered = 1;
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -537,6 +536,16 @@ static int has_reason(unsigned long e, int reason)
     return ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == reason;
 }
 
+/* How far the handshake got, for the reason it failed. */
+static dcx_handshake_progress progress(const dcx_conn *c)
+{
+    int64_t now = dcx_now_ms();
+    dcx_handshake_progress p = {c->server_side, now - c->born_ms,
+                                now - (c->hs_received ? c->last_in_ms : c->born_ms),
+                                c->hs_received, c->answered, c->first, c->first_len};
+    return p;
+}
+
 /* Turn a failed handshake into the one reason a person needs. */
 static int handshake_failure(dcx_conn *c, int ssl_error, dcx_error *err)
 {
@@ -572,17 +581,8 @@ static int handshake_failure(dcx_conn *c, int ssl_error, dcx_error *err)
     } else if (has_reason(e, SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
                (ssl_error == SSL_ERROR_SYSCALL && e == 0 && sys == 0) ||
                ssl_error == SSL_ERROR_ZERO_RETURN) {
-        if (c->first_len == 0)
-            rc = c->server_side
-                     ? dcx_fail(err, DCX_E_PROTOCOL,
-                                "the client closed the connection before sending anything")
-                     : dcx_fail(err, DCX_E_NOT_TLS,
-                                "the server closed the connection without answering the TLS "
-                                "ClientHello: it is probably not speaking TLS on this port, or "
-                                "it refused us without saying why");
-        else
-            rc = dcx_fail(err, DCX_E_PROTOCOL, "the %s closed the connection during the handshake",
-                          role);
+        dcx_handshake_progress p = progress(c);
+        rc = dcx_fail_handshake_closed(err, &p);
     } else if (ssl_error == SSL_ERROR_SYSCALL && e == 0) {
         if (err)
             err->sys_errno = sys;
@@ -622,10 +622,7 @@ static void queue_ticket(dcx_conn *c)
 /* The handshake's time is up: why, from what the peer sent by then. */
 static int handshake_timed_out(dcx_conn *c, dcx_error *err)
 {
-    int64_t now = dcx_now_ms();
-    dcx_handshake_progress p = {c->server_side, now - c->born_ms,
-                                now - (c->hs_received ? c->last_in_ms : c->born_ms),
-                                c->hs_received, c->answered, c->first, c->first_len};
+    dcx_handshake_progress p = progress(c);
     return dcx_fail_handshake_timeout(err, &p);
 }
 
@@ -643,6 +640,8 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
             dcx_openssl_forget_session(c);
             return handshake_failure(c, e, err);
         }
+        if (c->out.len > c->out.sent)
+            c->answered = 1; /* a flight, not an alert: those are sent above */
         int w = flush_out(c, deadline, err); /* this flight, in one send() */
         if (w == DCX_OK && r == 1)
             break;

@@ -334,7 +334,6 @@ static int send_all(dcx_conn *c, const unsigned char *p, size_t len, int64_t dea
         if (n > 0) {
             p += n;
             len -= (size_t)n;
-            c->answered = 1;
             continue;
         }
         int e = WSAGetLastError();
@@ -518,34 +517,35 @@ static int handshake_failure(dcx_conn *c, SECURITY_STATUS s, dcx_error *err)
     }
 }
 
+/* How far the handshake got, for the reason it failed. */
+static dcx_handshake_progress progress(const dcx_conn *c)
+{
+    int64_t now = dcx_now_ms();
+    dcx_handshake_progress p = {c->server_side, now - c->born_ms,
+                                now - (c->hs_received ? c->last_in_ms : c->born_ms),
+                                c->hs_received, c->answered, c->first, c->first_len};
+    return p;
+}
+
 static int handshake_eof(dcx_conn *c, dcx_error *err)
 {
     c->dead = 1;
+    dcx_handshake_progress p = progress(c);
     if (c->first_len == 0)
-        return c->server_side
-                   ? dcx_fail(err, DCX_E_PROTOCOL,
-                              "the client closed the connection before sending anything")
-                   : dcx_fail(err, DCX_E_NOT_TLS,
-                              "the server closed the connection without answering the TLS "
-                              "ClientHello: it is probably not speaking TLS on this port, or it "
-                              "refused us without saying why");
+        return dcx_fail_handshake_closed(err, &p);
     char what[128];
     if (dcx_sniff_not_tls(c->first, c->first_len, what, sizeof(what)))
         return handshake_failure(c, SEC_E_INVALID_TOKEN, err);
     note_plain_alert(c);
     if (c->received_alert >= 0)
         return handshake_failure(c, SEC_E_ILLEGAL_MESSAGE, err);
-    return dcx_fail(err, DCX_E_PROTOCOL, "the %s closed the connection during the handshake",
-                    c->server_side ? "client" : "server");
+    return dcx_fail_handshake_closed(err, &p);
 }
 
 /* The handshake's time is up: why, from what the peer sent by then. */
 static int handshake_timeout(dcx_conn *c, dcx_error *err)
 {
-    int64_t now = dcx_now_ms();
-    dcx_handshake_progress p = {c->server_side, now - c->born_ms,
-                                now - (c->hs_received ? c->last_in_ms : c->born_ms),
-                                c->hs_received, c->answered, c->first, c->first_len};
+    dcx_handshake_progress p = progress(c);
     c->dead = 1;
     return dcx_fail_handshake_timeout(err, &p);
 }
@@ -585,8 +585,11 @@ static SECURITY_STATUS handshake_call(dcx_conn *c, int64_t deadline, int *io_rc,
         c->have_ctxt = 1;
     /* the token may also be an alert that tells the peer why we stopped */
     *io_rc = DCX_OK;
-    if (out[0].pvBuffer && out[0].cbBuffer)
+    if (out[0].pvBuffer && out[0].cbBuffer) {
+        if (s == SEC_E_OK || s == SEC_I_CONTINUE_NEEDED)
+            c->answered = 1; /* a flight, not an alert */
         *io_rc = send_all(c, out[0].pvBuffer, out[0].cbBuffer, deadline, "handshaking", err);
+    }
     if (out[0].pvBuffer)
         FreeContextBuffer(out[0].pvBuffer);
     if (out[1].pvBuffer)

@@ -71,6 +71,10 @@ def half_hello(sock: socket.socket) -> None:
     sock.sendall(client_hello()[:40])
 
 
+def whole_hello_then_silence(sock: socket.socket) -> None:
+    sock.sendall(client_hello())  # answered by the server, then never continued
+
+
 def trickle(sock: socket.socket) -> None:
     for byte in client_hello()[:20]:  # bytes keep coming, each long before the deadline
         try:
@@ -92,13 +96,21 @@ def close_at_once(sock: socket.socket) -> None:
     sock.close()
 
 
+def half_hello_then_close(sock: socket.socket) -> None:
+    sock.sendall(client_hello()[:40])
+    time.sleep(0.2)
+    sock.close()
+
+
 CASES = [
     (silent, "no TLS handshake within 2.0 s: the client connected and sent nothing"),
     (half_hello, "the client sent a partial ClientHello (40 of the "),
+    (whole_hello_then_silence, "no TLS handshake within 2.0 s: the client stopped answering ("),
     (trickle, "the client was too slow, its ClientHello was still arriving"),
     (plain_dicom, "a plain DICOM A-ASSOCIATE-RQ PDU on the TLS port"),
     (http, "an HTTP request on the TLS port"),
     (close_at_once, "the client closed the connection before sending anything"),
+    (half_hello_then_close, "the client closed the connection after a partial ClientHello (40 of the "),
 ]
 
 
