@@ -79,7 +79,7 @@ def _tell(connection: Any, what: str, failed: bool) -> bool:
     connection.end_told = True
     peer = connection.peer_text()
     if state in _MID_ASSOCIATION:
-        log.warning("association with %s lost: %s, without A-RELEASE or A-ABORT", peer, what)
+        log.warning("association with %s lost without A-RELEASE or A-ABORT: %s", peer, what)
     elif state in ("Sta1", "Sta2"):
         if failed:
             log.warning("connection with %s ended before an association request: %s", peer, what)

@@ -185,7 +185,8 @@ def test_scu_killed_mid_store_frees_the_association_and_is_logged(pki, scp_facto
     assert not scp.received  # the store was cut short
     lines = [m for m in (r.getMessage() for r in caplog.records if r.name == "dcxsec"
                          and r.levelno >= logging.WARNING)]
-    assert len(lines) == 1 and " lost: " in lines[0] and "127.0.0.1:" in lines[0], lines
+    assert len(lines) == 1, lines
+    assert " lost without A-RELEASE or A-ABORT: " in lines[0] and "127.0.0.1:" in lines[0], lines
     no_tracebacks(caplog)
 
 
