@@ -163,3 +163,18 @@ def test_peer_that_closes_after_the_handshake_frees_its_association(pki, scp, ca
     sock.close()
     assert wait_until(lambda: not scp.server.active_associations, 1.0)
     no_tracebacks(caplog)
+
+
+def test_ae_title_refusal_frees_its_association_without_a_traceback(pki, scp_factory, caplog):
+    caplog.set_level(logging.DEBUG)
+    server = TLSContext(config_for(pki.server, trusted=[pki.ca.cert_path],
+                                   ae_bindings={"SOMEONE-ELSE": [pki.client.thumbprint]}))
+    scp = scp_factory(server)
+    client = TLSContext(config_for(pki.client, trusted=[pki.ca.cert_path]))
+    assoc = requestor().associate("127.0.0.1", scp.port, tls_args=(client, None))
+    assert assoc.is_rejected
+    assert wait_until(lambda: not scp.server.active_associations, 1.0)
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "dcxsec" and r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "calling AE title 'DCXSEC-SCU' is not bound" in lines[0], lines
+    no_tracebacks(caplog)
