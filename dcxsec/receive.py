@@ -156,6 +156,34 @@ def _certificate(sock: Any) -> str:
     return f", certificate '{subject}' (thumbprint {hashlib.sha1(der).hexdigest().upper()})"
 
 
+def context(config: Any) -> Any:
+    if config is None:
+        return None
+    from dcxsec.context import TLSContext
+
+    return TLSContext(config)
+
+
+def server_class(tls: bool, reuse_port: bool) -> type:
+    """dcxsec's acceptor (or pynetdicom's plain server), sharing the port with
+    other workers' when ``reuse_port``."""
+    if tls:
+        from dcxsec import ThreadedAssociationServer as base
+    else:
+        from pynetdicom.transport import ThreadedAssociationServer as base
+    if not reuse_port:
+        return base
+
+    class SharedPortServer(base):  # type: ignore[misc, valid-type]
+        def server_bind(self) -> None:
+            import socket
+
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            super().server_bind()
+
+    return SharedPortServer
+
+
 def serve(args: argparse.Namespace, config: Any) -> int:
     """One process's SCP, until SIGTERM or Ctrl-C; then the associations in flight finish."""
     from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES
@@ -163,19 +191,14 @@ def serve(args: argparse.Namespace, config: Any) -> int:
 
     ae = AE(args.aet)
     ae.add_supported_context(Verification)
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     receiver = Receiver(args.out, FLAT_LAYOUT if args.layout == "flat" else args.layout)
-    address = (args.bind_address, args.port)
-    if config is None:
-        server = ae.start_server(address, block=False, evt_handlers=receiver.handlers())
-    else:
-        import dcxsec
-        from dcxsec.context import TLSContext
-
-        server = dcxsec.start_server(ae, address, TLSContext(config), block=False,
-                                     evt_handlers=receiver.handlers(),
-                                     reuse_port=args.workers > 1)
+    server = ae.make_server((args.bind_address, args.port), ssl_context=context(config),
+                            evt_handlers=receiver.handlers(),
+                            server_class=server_class(config is not None, args.workers > 1))
+    ae._servers.append(server)  # as AE.start_server keeps it, for its shutdown()
+    threading.Thread(target=server.serve_forever, name="dcxsec receive", daemon=True).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
