@@ -97,10 +97,16 @@ class Receiver:
         self.out, self.layout = out, layout
         self.lock = threading.Lock()
         self.per_association: dict[int, list[int]] = {}  # id -> [objects, bytes, failures]
+        self.certificates: dict[int, str] = {}  # id -> the peer certificate, for the last line
 
     def _tally(self, event: Any) -> list[int]:
         with self.lock:
             return self.per_association.setdefault(id(event.assoc), [0, 0, 0])
+
+    def on_established(self, event: Any) -> None:
+        who = _certificate(event.assoc.dul.socket.socket)
+        with self.lock:
+            self.certificates[id(event.assoc)] = who
 
     def on_store(self, event: Any) -> int:
         ds = event.dataset
@@ -126,9 +132,8 @@ class Receiver:
     def on_close(self, event: Any) -> None:
         with self.lock:
             objects, nbytes, failures = self.per_association.pop(id(event.assoc), [0, 0, 0])
+            who = self.certificates.pop(id(event.assoc), "")
         assoc = event.assoc
-        sock = getattr(assoc.dul.socket, "socket", None) if assoc.dul.socket else None
-        who = _certificate(sock)
         log.info("association from %s (%s -> %s)%s: %d objects stored, %.1f MB%s",
                  _peer(event), assoc.requestor.ae_title, assoc.acceptor.ae_title, who,
                  objects, nbytes / 1e6, f", {failures} not stored" if failures else "")
@@ -137,7 +142,7 @@ class Receiver:
         from pynetdicom import evt
 
         return [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo),
-                (evt.EVT_CONN_CLOSE, self.on_close)]
+                (evt.EVT_ESTABLISHED, self.on_established), (evt.EVT_CONN_CLOSE, self.on_close)]
 
 
 def _peer(event: Any) -> str:
