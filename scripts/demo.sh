@@ -44,9 +44,10 @@ echo "== the PACS receives on port $PORT"
 DCXSEC_CURRENT_USER_STORE="$WORK/pacs-store" dcxsec receive "$PORT" --out "$WORK/archive" \
     --aet PACS --identity "$PACS" --store current-user &
 RECEIVER=$!
-for _ in $(seq 100); do
-    $PY -c "import socket, sys; socket.create_connection(('127.0.0.1', $PORT), 1)" 2>/dev/null && break
-    sleep 0.1
+for _ in $(seq 50); do  # until it answers
+    DCXSEC_CURRENT_USER_STORE="$WORK/ct01-store" dcxsec echo 127.0.0.1 "$PORT" --aec PACS \
+        --store current-user --json >/dev/null 2>&1 && break
+    sleep 0.2
 done
 
 echo "== a folder of real DICOM files: pydicom's test files and generated CT objects"
@@ -62,7 +63,7 @@ study, count = Path(sys.argv[1]), int(sys.argv[2])
 (study / "series1").mkdir(parents=True)
 (study / "series2").mkdir()
 seen = set()
-for name in ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtdose.dcm", "rtstruct.dcm",
+for name in ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtdose.dcm",
              "waveform_ecg.dcm", "SC_rgb_rle.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm"]:
     uid = dcmread(get_testdata_file(name), stop_before_pixels=True).SOPInstanceUID
     if uid not in seen:  # one file per object: the archive keeps one per SOP Instance UID
