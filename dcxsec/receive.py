@@ -225,6 +225,8 @@ def serve(args: argparse.Namespace, config: Any) -> int:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    # pynetdicom says a line per request at INFO; dcxsec's line per association is the record.
+    logging.getLogger("pynetdicom").setLevel("DEBUG" if args.log_level == "DEBUG" else "WARNING")
     if args.workers < 1:
         print("dcxsec receive: --workers must be at least 1", file=sys.stderr)
         return 2
