@@ -127,7 +127,7 @@ def test_compressed_refused_as_stored_fails_with_a_hint_and_is_listed(pki, store
 
 
 def test_decompress_converts_what_the_peer_takes_only_uncompressed(pki, store_scp, tmp_path):
-    pytest.importorskip("numpy", reason="pydicom decompresses with numpy (the test extra)")
+    import numpy  # noqa: F401 - pydicom decompresses with it (the test extra installs it)
     scp = store_scp(compressed=False)
     source = tmp_path / "rle.dcm"
     shutil.copy(get_testdata_file("SC_rgb_rle.dcm"), source)
