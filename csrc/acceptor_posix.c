@@ -32,8 +32,7 @@ typedef struct pending {
     dcx_conn *conn;
     int fd, family, port;
     char host[64];
-    int64_t accepted_at, deadline, last_byte_at;
-    uint64_t received_seen, sent_seen; /* after the last step that left it waiting */
+    int64_t deadline;          /* the accept's time plus handshake_timeout */
     int finished;              /* handed over or refused: removed after this round */
 } pending;
 
@@ -154,6 +153,8 @@ static const char *failure_kind(const dcx_error *err, char *buf, size_t cap)
     default:
         if (strstr(err->reason, "before sending anything"))
             return "closed before sending anything";
+        if (strstr(err->reason, "after a partial ClientHello"))
+            return "partial ClientHello, then closed";
         if (strstr(err->reason, "closed the connection"))
             return "closed during the handshake";
         if (strstr(err->reason, "no TLS version in common"))
@@ -176,79 +177,62 @@ static void close_entry(pending *e)
     e->finished = 1;
 }
 
-/* The handshake is not done by its deadline: say accurately what the client did. */
-static void expire(dcx_acceptor *a, pending *e, int64_t now)
+/* The few words of a handshake out of time, to count alike ones; the
+ * reason itself is the engine's (dcx_fail_handshake_timeout). */
+static const char *timeout_kind(const dcx_handshake_progress *p, const char *reason, char *buf,
+                                size_t cap)
 {
-    dcx_handshake_traffic t;
-    char reason[512], kind[64], what[128];
-    double limit = a->limits.handshake_timeout_ms / 1000.0;
-    double silent = (now - e->last_byte_at) / 1000.0;
-    dcx_conn_handshake_traffic(e->conn, &t);
-    unsigned long long got = (unsigned long long)t.received;
-    if (t.received == 0) {
-        snprintf(kind, sizeof(kind), "nothing sent");
-        snprintf(reason, sizeof(reason),
-                 "nothing sent: the client connected and sent nothing in %g s", limit);
-    } else if (dcx_sniff_not_tls(t.first, t.first_len, what, sizeof(what))) {
-        snprintf(kind, sizeof(kind), "not TLS (%.50s)",
+    char what[128];
+    if (p->received == 0)
+        return "nothing sent";
+    if (dcx_sniff_not_tls(p->first, p->first_len, what, sizeof(what))) {
+        snprintf(buf, cap, "not TLS (%.50s)",
                  strncmp(what, "data that is not TLS", 20) == 0 ? "other data" : what);
-        snprintf(reason, sizeof(reason),
-                 "%s on the TLS port (%llu bytes, then silence): the peer is not speaking TLS",
-                 what, got);
-    } else if (silent * 2 >= limit && t.sent == 0) {
-        snprintf(kind, sizeof(kind), "partial ClientHello");
-        snprintf(reason, sizeof(reason),
-                 "a partial ClientHello (%llu bytes, then silence for %.1f s): no handshake "
-                 "in %g s", got, silent, limit);
-    } else if (silent * 2 >= limit) {
-        snprintf(kind, sizeof(kind), "stopped answering");
-        snprintf(reason, sizeof(reason),
-                 "the client stopped answering during the handshake (%llu bytes received, "
-                 "then silence for %.1f s): no handshake in %g s", got, silent, limit);
-    } else {
-        snprintf(kind, sizeof(kind), "too slow");
-        snprintf(reason, sizeof(reason),
-                 "too slow: the handshake was not done in %g s although bytes kept coming "
-                 "(%llu bytes received)", limit, got);
+        return buf;
     }
-    refuse(a, e->host, e->port, "handshake", kind, reason, NULL);
+    if (strstr(reason, "partial ClientHello"))
+        return "partial ClientHello";
+    if (strstr(reason, "stopped answering"))
+        return "stopped answering";
+    return "too slow";
+}
+
+/* The handshake is not done by its deadline, counted from the accept. */
+static void expire(dcx_acceptor *a, pending *e)
+{
+    dcx_error err;
+    char buf[160];
+    dcx_handshake_progress p = dcx_conn_progress(e->conn);
+    dcx_error_clear(&err);
+    dcx_fail_handshake_timeout(&err, &p);
+    refuse(a, e->host, e->port, "handshake", timeout_kind(&p, err.reason, buf, sizeof(buf)),
+           err.reason, NULL);
     close_entry(e);
 }
 
-/* A client that ended the connection before its ClientHello was whole (we
- * had answered nothing before the step that failed, which may have sent an
- * alert): say so, with how much of it came. */
+/* A client that reset the connection before its ClientHello was whole (we
+ * had answered nothing): say so, with how much of it came, as the engine
+ * says it of one that closed. */
 static void cut_short(pending *e, dcx_error *err, const char **kind)
 {
-    dcx_handshake_traffic t;
-    dcx_conn_handshake_traffic(e->conn, &t);
-    int closed = err->status == DCX_E_PROTOCOL &&
-                 strstr(err->reason, "closed the connection during the handshake");
-    int reset = err->status == DCX_E_SYSCALL && err->sys_errno == ECONNRESET;
-    if (t.received == 0 || e->sent_seen != 0 || !(closed || reset) ||
-        t.first_len == 0 || t.first[0] != 0x16)
+    dcx_handshake_progress p = dcx_conn_progress(e->conn);
+    int reset = err->status == DCX_E_SYSCALL &&
+                (err->sys_errno == ECONNRESET || err->sys_errno == EPIPE);
+    if (!reset || p.received == 0 || p.answered || p.first_len == 0 || p.first[0] != 0x16)
         return;
     snprintf(err->reason, sizeof(err->reason),
-             "a partial ClientHello (%llu bytes), then the client %s the connection",
-             (unsigned long long)t.received, closed ? "closed" : "reset");
-    *kind = closed ? "partial ClientHello, then closed" : "partial ClientHello, then reset";
+             "the client reset the connection after a partial ClientHello (%zu bytes)",
+             p.received);
+    *kind = "partial ClientHello, then reset";
 }
 
 /* One non-waiting step of e's handshake: hand it over, refuse it, or wait on. */
-static void step(dcx_acceptor *a, pending *e, int64_t now)
+static void step(dcx_acceptor *a, pending *e)
 {
     dcx_error err;
     int rc = dcx_conn_handshake(e->conn, 0, &err);
-    if (rc == DCX_E_TIMEOUT) {
-        dcx_handshake_traffic t;
-        dcx_conn_handshake_traffic(e->conn, &t);
-        if (t.received > e->received_seen) {
-            e->received_seen = t.received;
-            e->last_byte_at = now;
-        }
-        e->sent_seen = t.sent;
-        return;
-    }
+    if (rc == DCX_E_TIMEOUT)
+        return; /* waits for more from the peer; the engine notes what came and when */
     if (rc != DCX_OK) {
         char buf[160];
         const char *kind = failure_kind(&err, buf, sizeof(buf));
@@ -335,7 +319,6 @@ static void admit(dcx_acceptor *a, int fd, const struct sockaddr_storage *ss, so
     e->family = ss->ss_family;
     e->port = port;
     snprintf(e->host, sizeof(e->host), "%s", host);
-    e->accepted_at = e->last_byte_at = now;
     e->deadline = now + a->limits.handshake_timeout_ms;
     a->npending++;
 }
@@ -397,9 +380,9 @@ static void *run(void *arg)
         for (int i = 0; i < a->npending; i++) {
             pending *e = &a->pending[i];
             if (ready > 0 && a->fds[2 + i].revents)
-                step(a, e, now);
+                step(a, e);
             if (!e->finished && e->deadline <= now)
-                expire(a, e, now);
+                expire(a, e);
         }
         compact(a);
         if (ready > 0 && a->fds[1].revents)

@@ -209,17 +209,6 @@ int dcx_conn_session_reused(const dcx_conn *c);
 void dcx_conn_free(dcx_conn *c);
 /* The socket the connection was bound to. */
 dcx_socket dcx_conn_socket(const dcx_conn *c);
-/* What passed in a handshake that has not finished, for an acceptor to say
- * why it did not: bytes received and sent during the handshake, and the
- * first bytes received (a ClientHello cut short, or something not TLS). */
-typedef struct dcx_handshake_traffic {
-    uint64_t received;
-    uint64_t sent;
-    unsigned char first[16];
-    size_t first_len;
-} dcx_handshake_traffic;
-
-void dcx_conn_handshake_traffic(const dcx_conn *c, dcx_handshake_traffic *t);
 
 #ifdef __cplusplus
 }

@@ -414,3 +414,85 @@ int dcx_fail_verify(dcx_error *err, int verify_reason, const char *method, const
                         subject, thumb, method, detail);
     }
 }
+
+/* ---- a handshake out of time ------------------------------------------------
+ * Silence is told from slowness by how long the peer has been quiet: a peer
+ * quiet for two seconds, or for two thirds of the time, stopped; one whose
+ * bytes were still coming was too slow.  A trickle never extends the deadline. */
+
+static int went_quiet(const dcx_handshake_progress *p)
+{
+    return p->quiet_ms >= 2000 || 3 * p->quiet_ms >= 2 * p->elapsed_ms;
+}
+
+/* "N of the M bytes its record announced" for a partial TLS hello, else "N bytes". */
+static void hello_size(const dcx_handshake_progress *p, char *out, size_t cap)
+{
+    if (p->first_len >= 5 && p->first[0] == 0x16) {
+        size_t announced = 5 + ((size_t)p->first[3] << 8 | p->first[4]);
+        if (announced > p->received) {
+            snprintf(out, cap, "%zu of the %zu bytes its record announced", p->received, announced);
+            return;
+        }
+    }
+    snprintf(out, cap, "%zu byte%s", p->received, p->received == 1 ? "" : "s");
+}
+
+int dcx_fail_handshake_timeout(dcx_error *err, const dcx_handshake_progress *p)
+{
+    double secs = (double)p->elapsed_ms / 1000.0, quiet = (double)p->quiet_ms / 1000.0;
+    const char *peer = p->server_side ? "client" : "server";
+    char what[128], size[96];
+    if (p->received == 0)
+        return p->server_side
+                   ? dcx_fail(err, DCX_E_TIMEOUT,
+                              "no TLS handshake within %.1f s: the client connected and sent nothing",
+                              secs)
+                   : dcx_fail(err, DCX_E_TIMEOUT,
+                              "TLS handshake timed out after %.1f s: the server never answered our "
+                              "ClientHello (is this a TLS port?)", secs);
+    hello_size(p, size, sizeof(size));
+    if (dcx_sniff_not_tls(p->first, p->first_len, what, sizeof(what)))
+        return dcx_fail(err, DCX_E_TIMEOUT,
+                        "no TLS handshake within %.1f s: the %s sent %zu byte%s of %s, the last "
+                        "%.1f s before the deadline: it is not speaking TLS",
+                        secs, peer, p->received, p->received == 1 ? "" : "s", what, quiet);
+    if (!p->answered && p->server_side)
+        return went_quiet(p)
+                   ? dcx_fail(err, DCX_E_TIMEOUT,
+                              "no TLS handshake within %.1f s: the client sent a partial ClientHello "
+                              "(%s), then nothing for %.1f s", secs, size, quiet)
+                   : dcx_fail(err, DCX_E_TIMEOUT,
+                              "no TLS handshake within %.1f s: the client was too slow, its "
+                              "ClientHello was still arriving (%s, the last %.1f s before the "
+                              "deadline)", secs, size, quiet);
+    return went_quiet(p)
+               ? dcx_fail(err, DCX_E_TIMEOUT,
+                          "no TLS handshake within %.1f s: the %s stopped answering (%zu bytes "
+                          "received from it, then nothing for %.1f s)",
+                          secs, peer, p->received, quiet)
+               : dcx_fail(err, DCX_E_TIMEOUT,
+                          "no TLS handshake within %.1f s: the %s was too slow, its part of the "
+                          "handshake was still arriving (%zu bytes, the last %.1f s before the "
+                          "deadline)", secs, peer, p->received, quiet);
+}
+
+int dcx_fail_handshake_closed(dcx_error *err, const dcx_handshake_progress *p)
+{
+    char size[96];
+    if (p->received == 0)
+        return p->server_side
+                   ? dcx_fail(err, DCX_E_PROTOCOL,
+                              "the client closed the connection before sending anything")
+                   : dcx_fail(err, DCX_E_NOT_TLS,
+                              "the server closed the connection without answering the TLS "
+                              "ClientHello: it is probably not speaking TLS on this port, or it "
+                              "refused us without saying why");
+    hello_size(p, size, sizeof(size));
+    if (p->server_side && !p->answered)
+        return dcx_fail(err, DCX_E_PROTOCOL,
+                        "the client closed the connection after a partial ClientHello (%s)", size);
+    return dcx_fail(err, DCX_E_PROTOCOL,
+                    "the %s closed the connection during the handshake (%zu bytes received from it)",
+                    p->server_side ? "client" : "server", p->received);
+}

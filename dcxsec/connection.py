@@ -13,17 +13,19 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
+from dcxsec import peerend
 from dcxsec import pump as handshake_thread
 from dcxsec._native import ffi, lib
 from dcxsec.engine import address, borrow_error, new_error, return_error, to_exception
 from dcxsec.engine import keepgil as _keepgil
 from dcxsec._without import WITHOUT
-from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError, TLSError
+from dcxsec.errors import CertificateVerificationError, NotTLSError, TLSError
 from dcxsec.forking import OwningProcess
 
 if TYPE_CHECKING:
@@ -37,7 +39,10 @@ PLAIN_QUIET = 16384  # decrypted bytes held for a quiet connection: one record
 _READAHEAD = "readahead" not in WITHOUT
 PLAIN_BUSY = 262144  # ... and for one whose records queue up (16 records, 16 PDUs)
 CLOSE_NOTIFY_MS = 100
+_STALL_SLICE = 1 << 20  # a write without a socket timeout must make this much progress per deadline
 _VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
+# SO_LINGER on, zero seconds: close() resets the connection.
+_RESET_ON_CLOSE = struct.pack("hh" if os.name == "nt" else "ii", 1, 0)
 # Read buffers the engine overwrites: zeroing one first (ffi.new's default) costs
 # 22 us per MiB for nothing.
 read_buffer = ffi.new_allocator(should_clear_after_alloc=False)
@@ -81,6 +86,7 @@ class Connection:
         self.owner = OwningProcess()
         self.inherited = False  # in a forked child: the connection is the parent's
         self.peer_address: Any = None
+        self.end_told = False  # the connection's end has been logged (dcxsec.peerend)
         # The server's report of an AE-title binding refusal (dcxsec.server), if any.
         self.on_binding_refusal: Callable[[str, str, str], None] | None = None
         self._peer_der: bytes | None = None
@@ -150,7 +156,9 @@ class Connection:
             self._fail(early)
         conn = self.open()
         timeout = self.context.handshake_timeout
-        if not self.server_side and self.timeout is not None:
+        if self.server_side:  # counted from the accept: a trickle of bytes does not extend it
+            timeout = max(0.001, timeout - (time.monotonic() - self._wrapped_at))
+        elif self.timeout is not None:
             timeout = self.timeout
         timeout_ms, err = milliseconds(timeout), new_error()
         self.claim_from_pump()
@@ -221,7 +229,7 @@ class Connection:
             self._collect_from_pump()
         if (not self.handshake_done and self.early_failure is None and self.server_side
                 and self.failure is None):
-            self._check_silent_peer()
+            self._check_deadline()
 
     def _collect_from_pump(self) -> None:
         """The handshake thread is done: take the connection and its outcome."""
@@ -234,20 +242,25 @@ class Connection:
         finally:
             self.lock.release()
 
-    def _check_silent_peer(self) -> None:
-        """Give up on an accepted client that has not handshaken in time."""
-        if time.monotonic() - self._wrapped_at <= self.context.handshake_timeout:
-            return
-        if not self.lock.acquire(blocking=False):
+    def _check_deadline(self) -> None:
+        """Give up on an accepted client that has not handshaken in time: the
+        engine finishes with what is left of the deadline and says why (nothing
+        sent, a partial ClientHello, too slow, not TLS)."""
+        left = self.context.handshake_timeout - (time.monotonic() - self._wrapped_at)
+        if left > 0 or not self.lock.acquire(blocking=False):
             return
         try:
-            if not self.handshake_done and self.failure is None:
-                try:
-                    self._fail(HandshakeTimeoutError(
-                        f"no TLS handshake within {self.context.handshake_timeout:g} s: "
-                        "the client connected and sent nothing"))
-                except OSError:
-                    pass
+            if not self.handshake_done and self.failure is None and self.conn is not None:
+                self.claim_from_pump()
+                err = new_error()
+                rc = lib.dcx_conn_handshake(self.conn, 1, err)
+                if rc == lib.DCX_OK:
+                    self._handshake_finished()
+                else:
+                    try:
+                        self._fail(to_exception(err, rc, during_handshake=True))
+                    except OSError:
+                        pass  # recorded: the reader meets it as the end of the connection
         finally:
             self.lock.release()
 
@@ -264,9 +277,15 @@ class Connection:
         sock = self._socket()
         if sock is not None:
             try:
+                if self.server_side and isinstance(exc, NotTLSError):
+                    # It cannot read an alert: a reset tells a plain client at once.
+                    socket.socket.setsockopt(sock, socket.SOL_SOCKET, socket.SO_LINGER,
+                                             _RESET_ON_CLOSE)
                 socket.socket.close(sock)
             except OSError:
                 pass
+        if self.server_side:
+            peerend.release_waiting_acceptor()
         raise exc
 
     def peer_text(self) -> str:
@@ -336,11 +355,25 @@ class Connection:
         rbuf.filled(n, not self.read_state.data_waiting)
         return rbuf.unread
 
-    def write(self, conn: EngineConn, source: Any, size: int) -> int:
-        """All of ``source`` (a cffi pointer), in as few records as it takes; lock held."""
+    def write(self, conn: EngineConn, source: Any, size: int, stall_ms: int | None = None) -> int:
+        """All of ``source`` (a cffi pointer), in as few records as it takes;
+        lock held.  Within the socket's timeout, or, given ``stall_ms``, as
+        long as the peer takes each MiB within that: a large PDU on a slow
+        link is not cut short, a peer that stopped reading is."""
+        if stall_ms is None or stall_ms == self.timeout_ms:
+            return self._write(conn, source, size, self.timeout_ms)
+        for offset in range(0, size, _STALL_SLICE):
+            self._write(conn, source + offset, min(_STALL_SLICE, size - offset), stall_ms)
+        return size
+
+    def _write(self, conn: EngineConn, source: Any, size: int, timeout_ms: int) -> int:
         err = borrow_error()
-        n = lib.dcx_conn_write(conn, source, size, self.timeout_ms, err)
+        n = lib.dcx_conn_write(conn, source, size, timeout_ms, err)
         if n < 0:
+            if n == lib.DCX_E_TIMEOUT and timeout_ms != self.timeout_ms:
+                raise TimeoutError(f"the write timed out: the peer took in less than 1 MiB in "
+                                   f"{timeout_ms / 1000:g} s (the association's network_timeout); "
+                                   "it has stopped reading")
             raise self.io_error(err, n, reading=False)
         return_error(err)
         return n

@@ -254,10 +254,12 @@ def test_hostile_connections_never_become_associations(gateway, client_ctx, capl
     assert len(refusals) == 150
     by_peer = {(r.address, r.port): r for r in refusals}
     assert len(by_peer) == 150  # once per refused connection
-    for group, kind, words in ((silent, "nothing sent", "the client connected and sent nothing in 5 s"),
+    for group, kind, words in ((silent, "nothing sent", "the client connected and sent nothing"),
                                (half, "partial ClientHello",
-                                f"a partial ClientHello ({len(HELLO) // 2} bytes, then silence"),
-                               (slow, "too slow", "although bytes kept coming")):
+                                f"the client sent a partial ClientHello ({len(HELLO) // 2} of the "
+                                f"{len(HELLO)} bytes its record announced), then nothing for"),
+                               (slow, "too slow", "the client was too slow, its ClientHello was "
+                                                  "still arriving")):
         for sock in group:
             address, port = names[id(sock)]
             refusal = by_peer[(address, port)]
@@ -325,15 +327,17 @@ def test_each_refusal_reason_is_accurate_and_reaches_the_hook(gateway, pki, capl
     by_kind = {r.kind: r for r in refusals}
     assert len(by_kind) == 10, [r.kind for r in refusals]
     assert by_kind["nothing sent"].address == "127.0.4.1"
-    assert "a partial ClientHello (100 bytes, then silence" in by_kind["partial ClientHello"].reason
+    assert (f"sent a partial ClientHello (100 of the {len(HELLO)} bytes its record announced), "
+            "then nothing for") in by_kind["partial ClientHello"].reason
     assert by_kind["too slow"].address == "127.0.4.3"
     stopped = by_kind["stopped answering"]
     assert stopped.address == "127.0.4.5"
-    assert f"({len(HELLO)} bytes received, then silence" in stopped.reason
+    assert f"the client stopped answering ({len(HELLO)} bytes received from it" in stopped.reason
     assert by_kind["partial ClientHello, then closed"].reason == (
-        "a partial ClientHello (100 bytes), then the client closed the connection")
+        "the client closed the connection after a partial ClientHello "
+        f"(100 of the {len(HELLO)} bytes its record announced)")
     assert by_kind["partial ClientHello, then reset"].reason == (
-        "a partial ClientHello (100 bytes), then the client reset the connection")
+        "the client reset the connection after a partial ClientHello (100 bytes)")
     assert by_kind["not TLS (an HTTP request)"].address == "127.0.4.4"
     dicom = by_kind["not TLS (a plain DICOM A-ASSOCIATE-RQ PDU)"]
     assert dicom.stage == "handshake" and "not speaking TLS" in dicom.reason
