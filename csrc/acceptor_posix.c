@@ -218,11 +218,14 @@ static void cut_short(pending *e, dcx_error *err, const char **kind)
     dcx_handshake_progress p = dcx_conn_progress(e->conn);
     int reset = err->status == DCX_E_SYSCALL &&
                 (err->sys_errno == ECONNRESET || err->sys_errno == EPIPE);
-    if (!reset || p.received == 0 || p.answered || p.first_len == 0 || p.first[0] != 0x16)
+    if (!reset || p.answered || p.first_len < 5 || p.first[0] != 0x16)
         return;
+    size_t announced = 5 + ((size_t)p.first[3] << 8 | p.first[4]); /* the record's length */
+    if (p.received >= announced)
+        return; /* the hello was whole: the engine's reason stands */
     snprintf(err->reason, sizeof(err->reason),
-             "the client reset the connection after a partial ClientHello (%zu bytes)",
-             p.received);
+             "the client reset the connection after a partial ClientHello (%zu of the %zu bytes "
+             "its record announced)", p.received, announced);
     *kind = "partial ClientHello, then reset";
 }
 

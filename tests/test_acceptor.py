@@ -337,7 +337,8 @@ def test_each_refusal_reason_is_accurate_and_reaches_the_hook(gateway, pki, capl
         "the client closed the connection after a partial ClientHello "
         f"(100 of the {len(HELLO)} bytes its record announced)")
     assert by_kind["partial ClientHello, then reset"].reason == (
-        "the client reset the connection after a partial ClientHello (100 bytes)")
+        "the client reset the connection after a partial ClientHello "
+        f"(100 of the {len(HELLO)} bytes its record announced)")
     assert by_kind["not TLS (an HTTP request)"].address == "127.0.4.4"
     dicom = by_kind["not TLS (a plain DICOM A-ASSOCIATE-RQ PDU)"]
     assert dicom.stage == "handshake" and "not speaking TLS" in dicom.reason
