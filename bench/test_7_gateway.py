@@ -55,6 +55,10 @@ class Flood(Peer):
         super().__init__(["flood", str(port)], None, script="gateway.py")
 
     def request_stop(self) -> None:
+        """Tell it to stop, once; it answers what it sent and ends."""
+        if getattr(self, "stopping", False):
+            return
+        self.stopping = True
         self.proc.stdin.write(json.dumps("quit") + "\n")
         self.proc.stdin.flush()
 

@@ -431,11 +431,12 @@ static void hello_size(const dcx_handshake_progress *p, char *out, size_t cap)
     if (p->first_len >= 5 && p->first[0] == 0x16) {
         size_t announced = 5 + ((size_t)p->first[3] << 8 | p->first[4]);
         if (announced > p->received) {
-            snprintf(out, cap, "%zu of the %zu bytes its record announced", p->received, announced);
+            snprintf(out, cap, "%lu of the %lu bytes its record announced",
+                     (unsigned long)p->received, (unsigned long)announced);
             return;
         }
     }
-    snprintf(out, cap, "%zu byte%s", p->received, p->received == 1 ? "" : "s");
+    snprintf(out, cap, "%lu byte%s", (unsigned long)p->received, p->received == 1 ? "" : "s");
 }
 
 int dcx_fail_handshake_timeout(dcx_error *err, const dcx_handshake_progress *p)
@@ -454,9 +455,10 @@ int dcx_fail_handshake_timeout(dcx_error *err, const dcx_handshake_progress *p)
     hello_size(p, size, sizeof(size));
     if (dcx_sniff_not_tls(p->first, p->first_len, what, sizeof(what)))
         return dcx_fail(err, DCX_E_TIMEOUT,
-                        "no TLS handshake within %.1f s: the %s sent %zu byte%s of %s, the last "
+                        "no TLS handshake within %.1f s: the %s sent %lu byte%s of %s, the last "
                         "%.1f s before the deadline: it is not speaking TLS",
-                        secs, peer, p->received, p->received == 1 ? "" : "s", what, quiet);
+                        secs, peer, (unsigned long)p->received, p->received == 1 ? "" : "s",
+                        what, quiet);
     if (!p->answered && p->server_side)
         return went_quiet(p)
                    ? dcx_fail(err, DCX_E_TIMEOUT,
@@ -468,13 +470,13 @@ int dcx_fail_handshake_timeout(dcx_error *err, const dcx_handshake_progress *p)
                               "deadline)", secs, size, quiet);
     return went_quiet(p)
                ? dcx_fail(err, DCX_E_TIMEOUT,
-                          "no TLS handshake within %.1f s: the %s stopped answering (%zu bytes "
+                          "no TLS handshake within %.1f s: the %s stopped answering (%lu bytes "
                           "received from it, then nothing for %.1f s)",
-                          secs, peer, p->received, quiet)
+                          secs, peer, (unsigned long)p->received, quiet)
                : dcx_fail(err, DCX_E_TIMEOUT,
                           "no TLS handshake within %.1f s: the %s was too slow, its part of the "
-                          "handshake was still arriving (%zu bytes, the last %.1f s before the "
-                          "deadline)", secs, peer, p->received, quiet);
+                          "handshake was still arriving (%lu bytes, the last %.1f s before the "
+                          "deadline)", secs, peer, (unsigned long)p->received, quiet);
 }
 
 int dcx_fail_handshake_closed(dcx_error *err, const dcx_handshake_progress *p)
@@ -493,6 +495,6 @@ int dcx_fail_handshake_closed(dcx_error *err, const dcx_handshake_progress *p)
         return dcx_fail(err, DCX_E_PROTOCOL,
                         "the client closed the connection after a partial ClientHello (%s)", size);
     return dcx_fail(err, DCX_E_PROTOCOL,
-                    "the %s closed the connection during the handshake (%zu bytes received from it)",
-                    p->server_side ? "client" : "server", p->received);
+                    "the %s closed the connection during the handshake (%lu bytes received from it)",
+                    p->server_side ? "client" : "server", (unsigned long)p->received);
 }
