@@ -1,0 +1,106 @@
+"""A fuzzing run of any length, from tests/:
+
+    python -m fuzzing --cases 40 --seed 1 --timeout 2 --report ../docs/fuzzing.md
+
+``--cases`` mutations per configuration (dcxsec as server, as client and
+against itself, TLS 1.2 and 1.3, socket and pynetdicom).  Exits 1 when a
+dcxsec end crashed, hung, closed late or accepted an altered record.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dcxsec
+
+from . import FAILURES, Campaign, Config, Verdict, summary
+from .peers import openssl_version
+
+CONFIGS = [Config(role, version) for role in ("server", "client", "both") for version in ("1.2", "1.3")]
+PYNETDICOM = [Config("both", version, "pynetdicom") for version in ("1.2", "1.3")]
+
+
+def line(v: Verdict) -> str:
+    what = v.mutation.describe() if v.mutation else "no alteration"
+    elapsed = f"{v.elapsed:.2f} s" if v.elapsed is not None else "-"
+    return f"{v.config} | {v.end} | {what} | {v.outcome} | {elapsed} | {v.error[:160]}"
+
+
+def report(verdicts: list[Verdict], args, seconds: float, restarts: int) -> str:
+    """The run's result as the Markdown section docs/fuzzing.md ends with."""
+    s = summary(verdicts)
+    worst: Verdict | None = s["worst"]
+    rows = "\n".join(f"| {name} | {count} |" for name, count in sorted(s["outcomes"].items()))
+    by_config = "\n".join(
+        f"| {c} | {sum(1 for v in verdicts if v.config == c)} | "
+        f"{max((v.elapsed for v in verdicts if v.config == c and v.elapsed is not None), default=0):.2f} s |"
+        for c in dict.fromkeys(v.config for v in verdicts))
+    failures = "\n".join(f"- {line(v)}" for v in s["failures"]) or "none"
+    worst_text = (f"{worst.elapsed:.2f} s ({worst.end} end, {worst.config}; "
+                  f"{worst.mutation.describe() if worst.mutation else ''}; outcome {worst.outcome})"
+                  if worst else "-")
+    return f"""## Latest run
+
+- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s
+- Versions: dcxsec {dcxsec.__version__} on {dcxsec.backend()}; {openssl_version()} (peers);
+  Python {platform.python_version()}; {platform.system()} {platform.machine()}
+- Command: `scripts/fuzz.sh --cases {args.cases} --seed {args.seed} --timeout {args.timeout:g}`
+- Cases: {s['cases']} mutations, {s['ends']} dcxsec ends judged; worker restarts: {restarts}
+- Deadlines: handshake_timeout and socket timeout {args.timeout:g} s, judged with {1.5:g} s of grace
+- Worst time to close, beyond the handshake's start or the last byte received: {worst_text}
+
+| outcome | dcxsec ends |
+|---|---|
+{rows}
+
+| configuration | ends | worst time to close |
+|---|---|---|
+{by_config}
+
+Failures ({', '.join(FAILURES)}): {failures}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fuzzing", description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=20, help="mutations per configuration")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=2.0,
+                        help="handshake_timeout and socket timeout of the dcxsec ends (s)")
+    parser.add_argument("--report", type=Path, help="append nothing: write the result section here")
+    parser.add_argument("--budget", type=float, default=0, help="stop starting cases after this (s)")
+    parser.add_argument("--verbose", action="store_true", help="a line per judged end")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="dcxsec-fuzz-") as tmp:
+        campaign = Campaign(Path(tmp), timeout=args.timeout)
+        try:
+            for config in CONFIGS + PYNETDICOM:
+                if args.budget and time.monotonic() - started > args.budget:
+                    print(f"budget spent: {config} and later not run", file=sys.stderr)
+                    break
+                count = args.cases if config.mode == "socket" else max(1, args.cases // 2)
+                campaign.fuzz(config, count, args.seed, only_handshake=config.mode == "pynetdicom",
+                              progress=(lambda v: print(line(v), flush=True)) if args.verbose else None)
+                print(f"{config}: done", file=sys.stderr, flush=True)
+        finally:
+            campaign.close()
+            logs = {p.name: p.read_text(errors="replace") for p in Path(tmp).glob("worker-*.log")}
+    text = report(campaign.verdicts, args, time.monotonic() - started, campaign.restarts)
+    print(text)
+    for name, content in logs.items():
+        if "ERROR: AddressSanitizer" in content or "runtime error:" in content:
+            print(f"sanitizer report in {name}:\n{content[-4000:]}", file=sys.stderr)
+            return 1
+    if args.report:
+        args.report.write_text(text)
+    return 1 if summary(campaign.verdicts)["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
