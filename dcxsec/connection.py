@@ -74,6 +74,8 @@ class Connection:
         self._keep_ctx = None
         self.read_state = None  # the engine's flag: data it read waits for the next read
         self.handshake_done = False
+        # When a read had to finish the handshake: the first data is due by then.
+        self.first_data_by: float | None = None
         self.bindings_in_force = False  # AE-title bindings were set when the handshake ended
         self.failure: OSError | None = None
         self.early_failure: OSError | None = None  # found in the accept loop, reported later
@@ -152,6 +154,11 @@ class Connection:
         self.refuse_if_inherited()
         if not self.handshake_done:
             self.handshake()
+            if self.timeout is None:
+                # The caller was woken by the handshake's last flight (pynetdicom
+                # reads when select() says so): on a socket without a timeout,
+                # the read would wait past every deadline for data that may never come.
+                self.first_data_by = time.monotonic() + self.context.handshake_timeout
         conn = self.conn
         if conn is None:
             raise self.failure or OSError(9, "the TLS connection is closed")
@@ -265,8 +272,23 @@ class Connection:
 
     # ---- records --------------------------------------------------------
 
+    def read_ms(self) -> int:
+        """A read's deadline: the socket's, or the one left for the first data
+        after a handshake that a read had to finish."""
+        if self.first_data_by is None:
+            return self.timeout_ms
+        return max(0, int((self.first_data_by - time.monotonic()) * 1000))
+
     def io_error(self, err: Any, rc: int, reading: bool) -> OSError:
         """The exception for a failed read or write, as ``ssl`` raises it."""
+        if rc == lib.DCX_E_TIMEOUT and reading and self.first_data_by is not None:
+            self.first_data_by = None
+            exc = HandshakeTimeoutError(
+                f"the {'client' if self.server_side else 'server'} finished the TLS handshake "
+                f"but sent nothing within {self.context.handshake_timeout:g} s")
+            if self.server_side:
+                log.warning("TLS connection with %s closed: %s", self.peer_text(), exc)
+            return exc
         if rc == lib.DCX_E_TIMEOUT:
             if self.timeout == 0:
                 return (ssl.SSLWantReadError if reading else ssl.SSLWantWriteError)(
@@ -278,9 +300,10 @@ class Connection:
     def read(self, conn: EngineConn, target: Any, size: int) -> int:
         """Plaintext into ``target`` (a cffi pointer); the count, 0 at EOF; lock held."""
         err = borrow_error()
-        n = lib.dcx_conn_read(conn, target, size, self.timeout_ms, err)
+        n = lib.dcx_conn_read(conn, target, size, self.read_ms(), err)
         if n < 0 and n != lib.DCX_EOF:
             raise self.io_error(err, n, reading=True)
+        self.first_data_by = None
         return_error(err)
         return max(n, 0)
 
@@ -288,11 +311,12 @@ class Connection:
         """``size`` bytes of plaintext, fewer only at EOF; lock held."""
         buf, err, data = read_buffer("char[]", size), new_error(), bytearray()
         while len(data) < size:
-            n = lib.dcx_conn_read(conn, buf, size - len(data), self.timeout_ms, err)
+            n = lib.dcx_conn_read(conn, buf, size - len(data), self.read_ms(), err)
             if n == lib.DCX_EOF:
                 break
             if n < 0:
                 raise self.io_error(err, n, reading=True)
+            self.first_data_by = None
             data += ffi.buffer(buf, n)
         return bytes(data)
 
@@ -303,12 +327,14 @@ class Connection:
         them all and the small reads that follow stay in C."""
         rbuf.discard()
         err = borrow_error()
-        n = lib.dcx_conn_read(conn, ffi.from_buffer(rbuf.storage), rbuf.size, self.timeout_ms,
+        n = lib.dcx_conn_read(conn, ffi.from_buffer(rbuf.storage), rbuf.size, self.read_ms(),
                               err)
         if n <= 0:
             rbuf.filled(0, True)  # nothing came: keep no buffer while waiting
             if n != lib.DCX_EOF:
                 raise self.io_error(err, n, reading=True)
+        self.first_data_by = None
+        if n <= 0:
             return_error(err)
             return 0
         if n == rbuf.size < PLAIN_BUSY and self.read_state.data_waiting and _READAHEAD:
@@ -325,6 +351,7 @@ class Connection:
     def write(self, conn: EngineConn, source: Any, size: int) -> int:
         """All of ``source`` (a cffi pointer), in as few records as it takes; lock held."""
         err = borrow_error()
+        self.first_data_by = None  # the caller writes first: its reads keep the socket's timeout
         n = lib.dcx_conn_write(conn, source, size, self.timeout_ms, err)
         if n < 0:
             raise self.io_error(err, n, reading=False)

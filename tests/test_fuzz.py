@@ -86,3 +86,133 @@ def test_pynetdicom_ends_keep_their_deadlines(campaign, config):
     verdicts = campaign.fuzz(config, 3, SEED, only_handshake=True)
     failures = summary(verdicts)["failures"]
     assert not failures, "\n".join(line(v) for v in failures)
+
+
+# ---- the deadline after a handshake that a read had to finish ---------------
+# pynetdicom reads an accepted socket when select() says it is readable.  The
+# bytes that woke it may be the handshake's last flight, which the engine's
+# handshake thread was about to take: the read then finishes the handshake
+# and, on a socket without a timeout, waited for data for ever.  A requestor
+# that handshook and went silent kept its connection, and the association's
+# two threads, past acse_timeout (Association.kill() waits for the reader).
+
+QUIET_HANDSHAKE_TIMEOUT = 3.0
+
+
+@pytest.fixture
+def quick_server_ctx(pki):
+    from conftest import config_for
+    from dcxsec import TLSContext
+    return TLSContext(config_for(pki.server, trusted=[pki.ca.cert_path],
+                                 handshake_timeout=QUIET_HANDSHAKE_TIMEOUT))
+
+
+def silent_client(client_ctx, address):
+    """A requestor that finishes the handshake and then sends nothing."""
+    import socket
+    sock = client_ctx.wrap_socket(socket.socket())
+    sock.settimeout(10)
+    sock.connect(address)
+    return sock
+
+
+def test_a_read_that_finished_the_handshake_waits_no_longer_than_its_deadline(
+        quick_server_ctx, client_ctx, caplog):
+    import threading
+    import time
+    from conftest import listener
+    from dcxsec.errors import HandshakeTimeoutError
+    server_listener = listener()
+    outcome = {}
+
+    def serve():
+        raw, _ = server_listener.accept()
+        sock = quick_server_ctx.wrap_socket(raw, server_side=True)  # no timeout: pynetdicom's
+        started = time.monotonic()
+        try:
+            outcome["data"] = sock.recv(6)  # as pynetdicom's reader, woken by the handshake
+        except OSError as exc:
+            outcome["error"] = exc
+        outcome["waited"] = time.monotonic() - started
+        sock.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = silent_client(client_ctx, server_listener.getsockname())
+    thread.join(15)
+    client.close()
+    server_listener.close()
+    assert isinstance(outcome.get("error"), HandshakeTimeoutError), outcome
+    assert "finished the TLS handshake but sent nothing within 3 s" in str(outcome["error"])
+    assert outcome["waited"] < QUIET_HANDSHAKE_TIMEOUT + 5  # not the client's 15 s
+    assert any("finished the TLS handshake but sent nothing" in r.getMessage()
+               for r in caplog.records if r.name == "dcxsec")
+
+
+class TrickleRelay:
+    """Passes the requestor's bytes one at a time, a millisecond apart, so
+    that the SCP's reader sees the handshake's bytes readable before the
+    handshake thread takes them; notes when the SCP closed."""
+
+    def __init__(self, target):
+        import socket
+        import threading
+        from conftest import listener
+        self.listener = listener()
+        self.address = self.listener.getsockname()
+        self.target = target
+        self.scp_closed = threading.Event()
+        self._socket = socket
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        import threading
+        import time
+        client, _ = self.listener.accept()
+        server = self._socket.create_connection(self.target)
+
+        def upstream():
+            try:
+                while True:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    for i in range(len(data)):
+                        server.sendall(data[i:i + 1])
+                        time.sleep(0.001)
+            except OSError:
+                return
+
+        threading.Thread(target=upstream, daemon=True).start()
+        try:
+            while True:
+                data = server.recv(65536)
+                if not data:
+                    break
+                client.sendall(data)
+        except OSError:
+            pass
+        self.scp_closed.set()
+        client.close()
+        server.close()
+
+
+def test_pynetdicom_scp_ends_a_silent_requestor_after_its_handshake(
+        quick_server_ctx, client_ctx, scp_factory, caplog):
+    """Through ``ae.start_server(..., ssl_context=ctx)`` with pynetdicom's
+    defaults (acse_timeout 30 s): each connection is closed within
+    handshake_timeout of its handshake, not after 30 s or never."""
+    import time
+    scp = scp_factory(quick_server_ctx)
+    clients = []
+    try:
+        for _ in range(3):
+            relay = TrickleRelay(("127.0.0.1", scp.port))
+            clients.append(silent_client(client_ctx, relay.address))
+            started = time.monotonic()
+            assert relay.scp_closed.wait(QUIET_HANDSHAKE_TIMEOUT + 9), \
+                "the SCP kept a silent requestor's connection past its deadline"
+            assert time.monotonic() - started < QUIET_HANDSHAKE_TIMEOUT + 9  # far below 30 s
+    finally:
+        for client in clients:
+            client.close()

@@ -133,7 +133,8 @@ class Campaign:
             if config.role != "server":
                 answers["client"] = self._answer("client", mode)
             for end in config.dcxsec_ends:
-                relay.wait_closed(end, self.cap)
+                if relay.wait_closed(end, self.cap) is None:
+                    self._hung(end, mode, config, mutation)
             if mode == "pynetdicom":
                 answers["server"] = self._scp_report(relay)
             verdicts = [self.judge(config, mutation, end, answers.get(end), relay)
@@ -146,10 +147,21 @@ class Campaign:
                 peer.stop()
             relay.stop()
 
+    def _hung(self, end: str, mode: str, config: Config, mutation: Mutation | None) -> None:
+        """Its threads' stacks into its log, and a fresh worker for the next case."""
+        w = self.workers[(end, mode)]
+        with open(w.log, "a") as log:
+            log.write(f"\n=== {end} end hung: {config}; "
+                      f"{mutation.describe() if mutation else 'no alteration'}\n")
+        w.dump_stacks()
+        if w.alive():
+            w.proc.kill()
+
     def _answer(self, end: str, mode: str) -> dict | None:
         w = self.workers[(end, mode)]
         answer = w.answer(self.cap)
         if answer is None and w.alive():
+            w.dump_stacks()
             w.proc.kill()  # hung for good: a fresh worker serves the next case
             w.stop()
             answer = {"hung": True}

@@ -81,6 +81,12 @@ class Worker:
         except queue.Empty:
             return None
 
+    def dump_stacks(self) -> None:
+        """Every thread's stack into the worker's log (a hung end)."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 

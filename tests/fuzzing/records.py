@@ -135,8 +135,8 @@ class Mutation:
             data[0] = self.value
         elif self.kind == "hs_length":
             data[1:4] = self.value.to_bytes(3, "big")
-        elif self.kind == "byte":
-            data[self.offset] ^= self.value
+        elif self.kind == "byte":  # a record may be a byte shorter than the recorded one
+            data[min(self.offset, len(data) - 1)] ^= self.value
         return bytes(head + data)
 
 

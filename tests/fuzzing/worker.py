@@ -16,8 +16,10 @@ received is compared with what was sent; a difference is reported as
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import signal
 import socket
 import ssl
 import sys
@@ -161,6 +163,7 @@ def associate(ctxs, command, timeout) -> dict:
 
 def main() -> None:
     options = json.loads(sys.argv[1])
+    faulthandler.register(signal.SIGUSR1)  # the fuzzer asks for the threads' stacks of a hung end
     logging.basicConfig(stream=sys.stderr)
     logging.getLogger().handlers[0].setLevel(logging.WARNING)
     ctxs, timeout = contexts(options), options["timeout"]
