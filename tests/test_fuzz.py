@@ -206,7 +206,7 @@ def test_pynetdicom_scp_ends_a_silent_requestor_after_its_handshake(
     scp = scp_factory(quick_server_ctx)
     clients = []
     try:
-        for _ in range(3):
+        for _ in range(2):
             relay = TrickleRelay(("127.0.0.1", scp.port))
             clients.append(silent_client(client_ctx, relay.address))
             started = time.monotonic()

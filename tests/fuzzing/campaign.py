@@ -13,7 +13,8 @@ Each dcxsec end of a case is judged:
 - ``hang``: it had not closed its connection when the fuzzer gave up;
 - ``late``: it closed after its deadline: ``handshake_timeout`` from the
   TCP connection while its handshake had not finished, else the socket's
-  timeout from the later of the handshake's end and the last byte it got;
+  timeout from the later of the handshake's end and the last byte it got
+  before it last sent (a peer's answer to its closing alert does not count);
 - ``altered``: it delivered plaintext that was not what the peer sent;
 - ``not_refused``: an altered application-data record came its way and
   its conversation still ended as if nothing had happened;
@@ -197,7 +198,7 @@ class Campaign:
         if handshake is None:
             verdict.elapsed, verdict.limit = closed - started, self.timeout
         else:
-            since = max(handshake, relay.last_write.get(end, handshake))
+            since = max(handshake, relay.last_input(end) or handshake)
             # After the handshake an SCP waits for the A-ASSOCIATE-RQ as long as pynetdicom says.
             limit = (self.acse_timeout or 30.0) if config.mode == "pynetdicom" and end == "server" \
                 else self.timeout

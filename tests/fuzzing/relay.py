@@ -30,9 +30,11 @@ class Relay:
         self.records: list[Record] = []
         self.mutated_at: float | None = None
         # Per end ("client" faces the client, "server" the server): when the
-        # TCP connection started, when the relay last wrote to it, when it closed.
+        # TCP connection started, when the relay wrote to it, when it last
+        # sent something, when it closed.
         self.started: dict[str, float] = {}
-        self.last_write: dict[str, float] = {}
+        self.writes: dict[str, list[float]] = {"client": [], "server": []}
+        self.last_read: dict[str, float] = {}
         self.closed: dict[str, float] = {}
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -81,6 +83,7 @@ class Relay:
                     self._send(sink[direction], bytes(buffers[direction]), direction)
                     self._half_close(sink[direction])
                     continue
+                self.last_read[names[direction]] = time.monotonic()
                 if raw[direction]:
                     self._send(sink[direction], data, direction)
                     continue
@@ -104,7 +107,7 @@ class Relay:
             return
         try:
             sock.sendall(data)
-            self.last_write["server" if direction == "to_server" else "client"] = time.monotonic()
+            self.writes["server" if direction == "to_server" else "client"].append(time.monotonic())
         except OSError:
             pass  # that end has gone; its close is seen on its read side
 
@@ -114,6 +117,12 @@ class Relay:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+    def last_input(self, end: str) -> float | None:
+        """When ``end`` last got bytes before it last sent some (a peer's
+        answer to its closing alert does not count)."""
+        sent = self.last_read.get(end, 0.0)
+        return max((t for t in self.writes[end] if t <= sent), default=None)
 
     def wait_closed(self, end: str, timeout: float) -> float | None:
         """When ``end`` ("client" or "server") closed its connection, or None."""
