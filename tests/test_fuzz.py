@@ -10,9 +10,15 @@ seed, a fixed number per configuration; ``scripts/fuzz.sh`` runs longer.
 """
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
 import pytest
 
-from conftest import needs_tools
+from conftest import config_for, listener, needs_tools
+from dcxsec import TLSContext
+from dcxsec.errors import HandshakeTimeoutError
 from fuzzing import Campaign, Config, summary
 from fuzzing.__main__ import line
 
@@ -101,15 +107,12 @@ QUIET_HANDSHAKE_TIMEOUT = 3.0
 
 @pytest.fixture
 def quick_server_ctx(pki):
-    from conftest import config_for
-    from dcxsec import TLSContext
     return TLSContext(config_for(pki.server, trusted=[pki.ca.cert_path],
                                  handshake_timeout=QUIET_HANDSHAKE_TIMEOUT))
 
 
 def silent_client(client_ctx, address):
     """A requestor that finishes the handshake and then sends nothing."""
-    import socket
     sock = client_ctx.wrap_socket(socket.socket())
     sock.settimeout(10)
     sock.connect(address)
@@ -118,10 +121,6 @@ def silent_client(client_ctx, address):
 
 def test_a_read_that_finished_the_handshake_waits_no_longer_than_its_deadline(
         quick_server_ctx, client_ctx, caplog):
-    import threading
-    import time
-    from conftest import listener
-    from dcxsec.errors import HandshakeTimeoutError
     server_listener = listener()
     outcome = {}
 
@@ -155,21 +154,15 @@ class TrickleRelay:
     handshake thread takes them; notes when the SCP closed."""
 
     def __init__(self, target):
-        import socket
-        import threading
-        from conftest import listener
         self.listener = listener()
         self.address = self.listener.getsockname()
         self.target = target
         self.scp_closed = threading.Event()
-        self._socket = socket
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self):
-        import threading
-        import time
         client, _ = self.listener.accept()
-        server = self._socket.create_connection(self.target)
+        server = socket.create_connection(self.target)
 
         def upstream():
             try:
@@ -202,7 +195,6 @@ def test_pynetdicom_scp_ends_a_silent_requestor_after_its_handshake(
     """Through ``ae.start_server(..., ssl_context=ctx)`` with pynetdicom's
     defaults (acse_timeout 30 s): each connection is closed within
     handshake_timeout of its handshake, not after 30 s or never."""
-    import time
     scp = scp_factory(quick_server_ctx)
     clients = []
     try:

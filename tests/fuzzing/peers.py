@@ -4,7 +4,6 @@ through many cases, and ``openssl s_client`` / ``s_server``, one per case.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import socket
