@@ -159,8 +159,10 @@ def candidates(rec: Record, rng: random.Random) -> list[Mutation]:
         out += [m("hs_length", value=v) for v in {declared + 1, max(declared - 1, 0), 0xFFFFFF}
                 if v != declared]
     if size:
-        offsets = {0, size - 1, size // 2, *(rng.randrange(size) for _ in range(6))}
-        out += [m("byte", offset=o, value=rng.choice((0x01, 0x80, 0xFF))) for o in sorted(offsets)]
+        # As fractions of the size, so a record a byte longer or shorter than
+        # the recorded one (an ECDSA signature) leaves the choice the same.
+        offsets = [0, size - 1, size // 2, *(int(rng.random() * size) for _ in range(6))]
+        out += [m("byte", offset=o, value=rng.choice((0x01, 0x80, 0xFF))) for o in offsets]
     return out
 
 
