@@ -54,14 +54,15 @@ def main(folder: str) -> int:
                 top = next((line.split(" in ", 1)[1].split(" ")[0] for line in block[1:]
                             if " in " in line and "malloc" not in line and "alloc" not in
                             line.split(" in ", 1)[1].split(" ")[0]), "?")
-                theirs[f"{m.group(1).lower()} leak from {top}"] += int(m.group(2))
+                program = path.name.split(".")[1] if path.name.count(".") >= 2 else "?"
+                theirs[f"{program}: {m.group(1).lower()} leak from {top}"] += int(m.group(2))
     print(f"{len(files)} report file(s); {len(errors)} sanitizer error(s); "
           f"{len(ours)} leak(s) through dcxsec's C; "
           f"{sum(1 for _ in theirs)} kind(s) of leak elsewhere (not dcxsec's)")
     for name, text in errors + ours:
         print(f"--- {name}\n{text}")
-    for what, size in theirs.most_common(15):
-        print(f"    elsewhere: {what}: {size} bytes")
+    for what, size in theirs.most_common(20):
+        print(f"    elsewhere: {what}: {size} bytes")  # program: kind, first frame past malloc
     return 1 if errors or ours else 0
 
 
