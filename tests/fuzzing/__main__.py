@@ -42,9 +42,12 @@ def report(verdicts: list[Verdict], args, seconds: float, restarts: int) -> str:
         f"{max((v.elapsed for v in verdicts if v.config == c and v.elapsed is not None), default=0):.2f} s |"
         for c in dict.fromkeys(v.config for v in verdicts))
     failures = "\n".join(f"- {line(v)}" for v in s["failures"]) or "none"
-    worst_text = (f"{worst.elapsed:.2f} s ({worst.end} end, {worst.config}; "
+    worst_text = (f"{worst.elapsed:.2f} s against {worst.limit:g} s ({worst.end} end, {worst.config}; "
                   f"{worst.mutation.describe() if worst.mutation else ''}; outcome {worst.outcome})"
                   if worst else "-")
+    longest = max((v for v in verdicts if v.elapsed is not None), key=lambda v: v.elapsed, default=None)
+    longest_text = (f"{longest.elapsed:.2f} s against {longest.limit:g} s ({longest.end} end, "
+                    f"{longest.config})" if longest else "-")
     return f"""## Latest run
 
 - Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s
@@ -53,14 +56,15 @@ def report(verdicts: list[Verdict], args, seconds: float, restarts: int) -> str:
 - Command: `scripts/fuzz.sh --cases {args.cases} --seed {args.seed} --timeout {args.timeout:g}`
 - Cases: {s['cases']} mutations, {s['ends']} dcxsec ends judged; worker restarts: {restarts}
 - Deadlines: handshake_timeout and socket timeout {args.timeout:g} s, judged with {1.5:g} s of grace
-- Worst time to close, from the connection's start (handshake unfinished) or from the later
-  of the handshake's end and the last byte received: {worst_text}
+- Time to close, from the connection's start (handshake unfinished) or from the later of
+  the handshake's end and the last byte received; nearest its deadline: {worst_text};
+  longest: {longest_text}
 
 | outcome | dcxsec ends |
 |---|---|
 {rows}
 
-| configuration | ends | worst time to close |
+| configuration | ends | longest time to close |
 |---|---|---|
 {by_config}
 
