@@ -128,13 +128,13 @@ def peer_env(without: str | None) -> dict[str, str]:
     return env
 
 
-class _Peer:
-    """A peers.py process, driven over its stdin and stdout."""
+class Peer:
+    """A peers.py (or ``script``) process, driven over its stdin and stdout."""
 
-    def __init__(self, args: list[str], without: str | None) -> None:
+    def __init__(self, args: list[str], without: str | None, script: str = "peers.py") -> None:
         self._log = tempfile.TemporaryFile("w+")  # its stderr, shown if it fails
-        self.name = f"{' '.join(args[:2])}, DCXSEC_WITHOUT={without!r}"
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "peers.py"), *args],
+        self.name = f"{script} {' '.join(args[:2])}, DCXSEC_WITHOUT={without!r}"
+        self.proc = subprocess.Popen([sys.executable, str(HERE / script), *args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log, text=True, env=peer_env(without))
         self.first = self._answer()
@@ -165,7 +165,7 @@ class _Peer:
         self._log.close()
 
 
-class RemoteSCP(_Peer):
+class RemoteSCP(Peer):
     """StoreSCP in a process of its own, with StoreSCP's face."""
 
     def __init__(self, kind: str, pki_folder: Path, directory: Path, max_pdu: int = 16382,
@@ -191,7 +191,7 @@ class RemoteSCP(_Peer):
         self.call("clear")
 
 
-class RemoteSCU(_Peer):
+class RemoteSCU(Peer):
     """A requestor in a process of its own."""
 
     def __init__(self, kind: str, pki_folder: Path, without: str | None = None) -> None:

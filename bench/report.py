@@ -23,15 +23,21 @@ SECTION_TITLES = {
 
 @dataclass(frozen=True)
 class Target:
-    """dcxsec's value must reach ``factor`` times the baseline's (or ``factor`` itself)."""
+    """dcxsec's value must reach ``factor`` times the baseline's (or ``factor``
+    itself); with ``at_most``, must not exceed it (memory)."""
 
     baseline: str | None  # a contender of the group, "ref", or None for an absolute value
     factor: float
+    at_most: bool = False
 
     def describe(self, unit: str) -> str:
+        sign = "<=" if self.at_most else ">="
         if self.baseline is None:
-            return f">={self.factor:g} {unit}"
-        return f">={self.factor:g}x {self.baseline}"
+            return f"{sign}{self.factor:g} {unit}"
+        return f"{sign}{self.factor:g}x {self.baseline}"
+
+    def missed(self, ratio: float) -> bool:
+        return ratio > self.factor if self.at_most else ratio < self.factor
 
 
 @dataclass
@@ -91,11 +97,11 @@ class Report:
             wanted.append(target.describe(group.unit))
             name = group.ref if target.baseline == "ref" else target.baseline
             if name is None:
-                if value < target.factor:
+                if target.missed(value):
                     missed.append(f"{value:.3f} {group.unit}")
             elif name in group.values and group.values[name] > 0:
                 ratio = value / group.values[name]
-                if ratio < target.factor:
+                if target.missed(ratio):
                     missed.append(f"{ratio:.3f}x {target.baseline}")
             else:
                 missed.append(f"no {target.baseline} value")

@@ -8,13 +8,16 @@ association is a full handshake, a peer's first contact, for dcxsec as for
 ``ssl``; dcxsec's SCP keeps each one's session in its cache, as it would for
 that many peers.
 
-Per association, from the difference of the two measurements:
+The scenario runs twice, in two SCP processes: untraced, for RSS and malloc's
+total, and under tracemalloc, for Python's share (tracemalloc's bookkeeping
+would otherwise count as malloc's).  Per association, from the difference of
+the two measurements of each run:
 - RSS: everything, including pynetdicom's two threads per association.
 - C heap: bytes malloc handed out that Python's allocators did not ask for
-  (malloc's total minus tracemalloc's traces larger than pymalloc's 512-byte
-  threshold, minus tracemalloc's own bookkeeping): the TLS library's and the
-  engine's share, the interpreter's per-thread state, and cffi buffers
-  (``ffi.new`` calls calloc directly, so tracemalloc never sees them).
+  (malloc's total minus the traces larger than pymalloc's 512-byte
+  threshold): the TLS library's and the engine's share, the interpreter's
+  per-thread state, and cffi buffers (``ffi.new`` calls calloc directly, so
+  tracemalloc never sees them).
 - Python heap: what tracemalloc traced.
 """
 from __future__ import annotations
@@ -30,18 +33,21 @@ import pytest
 from conftest import SIZES
 from contenders import DCXSEC, SSL, TCP, dcxsec_contexts, ssl_contexts
 from dicom_wire import associate_rq, read_pdu, release_rq
+from report import Target
 
 HERE = Path(__file__).resolve().parent
 A_ASSOCIATE_AC, A_RELEASE_RP = 0x02, 0x06
+MEMORY_TARGETS = (Target(SSL, 1.0, at_most=True),)  # an idle association's C heap
 
 
 class MemorySCP:
     """memory_scp.py in a child process, driven over its stdin and stdout."""
 
-    def __init__(self, kind: str, pki_folder: Path, max_associations: int) -> None:
+    def __init__(self, kind: str, pki_folder: Path, max_associations: int,
+                 traced: bool) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "memory_scp.py"), kind, str(pki_folder),
-             str(max_associations)],
+             str(max_associations)] + (["--traced"] if traced else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.port = self._answer()["port"]
 
@@ -99,17 +105,14 @@ def release(sock: socket.socket) -> None:
     sock.close()
 
 
-def per_association(before: dict, after: dict, count: int) -> dict[str, float]:
-    delta = {key: after[key] - before[key] for key in before if isinstance(before[key], int)}
-    c_heap = delta["malloc"] - delta["python_in_malloc"] - delta["tracer"]
-    return {"rss": delta["rss"] / count, "c_heap": c_heap / count,
-            "python": delta["python"] / count, "threads": delta["threads"] / count}
+def delta(before: dict, after: dict) -> dict[str, int]:
+    return {key: after[key] - before[key] for key in before if isinstance(before[key], int)}
 
 
-@pytest.mark.parametrize("kind", [DCXSEC, SSL, TCP])
-def test_idle_associations(kind, pki, report):
-    count = SIZES.idle_associations
-    scp = MemorySCP(kind, pki.ca.cert_path.parent, count + 10)
+def idle_run(kind: str, pki, count: int, traced: bool) -> dict[str, int]:
+    """One SCP process: its measurements' difference between no association
+    (after a warm-up) and ``count`` idle ones."""
+    scp = MemorySCP(kind, pki.ca.cert_path.parent, count + 10, traced)
     connect = client_factory(kind, pki)
     clients: list[socket.socket] = []
     try:
@@ -122,12 +125,21 @@ def test_idle_associations(kind, pki, report):
         for sock in clients:
             sock.close()
         scp.stop()
+    return delta(before, after)
 
-    each = per_association(before, after, count)
+
+@pytest.mark.parametrize("kind", [DCXSEC, SSL, TCP])
+def test_idle_associations(kind, pki, report):
+    count = SIZES.idle_associations
+    plain = idle_run(kind, pki, count, traced=False)
+    traced = idle_run(kind, pki, count, traced=True)
+    each = {"rss": plain["rss"] / count,
+            "c_heap": (plain["malloc"] - traced["python_in_malloc"]) / count,
+            "python": traced["python"] / count, "threads": plain["threads"] / count}
     note = f"{count} idle, {each['threads']:.0f} threads each"
-    for key, title, value in (
-            ("6-rss", f"6 SCP RSS per idle association ({count})", each["rss"]),
-            ("6-c", "6 SCP C heap per idle association", each["c_heap"]),
-            ("6-py", "6 SCP Python heap per idle association", each["python"])):
-        report.group(key, title, "KiB")
+    for key, title, value, targets in (
+            ("6-rss", f"6 SCP RSS per idle association ({count})", each["rss"], ()),
+            ("6-c", "6 SCP C heap per idle association", each["c_heap"], MEMORY_TARGETS),
+            ("6-py", "6 SCP Python heap per idle association", each["python"], ())):
+        report.group(key, title, "KiB", targets=targets)
         report.add(key, kind, value / 1024, note=note if key == "6-rss" else "")

@@ -82,6 +82,12 @@ typedef struct dcx_error {
     char reason[512];      /* the whole story, for a person */
 } dcx_error;
 
+/* dcx_error structs for callers that make one per call: kept on a shelf for
+ * the next call instead of going back to malloc, whose per-thread cache would
+ * keep one in every thread that ever let one go. */
+void *dcx_error_alloc(size_t size);
+void dcx_error_release(void *err);
+
 /* A certificate or key as bytes: PEM (possibly several blocks) or DER. */
 typedef struct dcx_blob {
     const unsigned char *data;

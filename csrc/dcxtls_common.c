@@ -4,6 +4,7 @@
  */
 #include "dcxtls_common.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,29 @@ int dcx_without(const char *mechanism)
         p += k;
     }
     return 0;
+}
+
+#define ERROR_SHELF 64
+static dcx_error *_Atomic error_shelf[ERROR_SHELF];
+
+void *dcx_error_alloc(size_t size)
+{
+    for (int i = 0; size == sizeof(dcx_error) && i < ERROR_SHELF; i++) {
+        dcx_error *e = atomic_exchange(&error_shelf[i], NULL);
+        if (e)
+            return e;
+    }
+    return malloc(size < sizeof(dcx_error) ? sizeof(dcx_error) : size);
+}
+
+void dcx_error_release(void *err)
+{
+    for (int i = 0; err && i < ERROR_SHELF; i++) {
+        dcx_error *empty = NULL;
+        if (atomic_compare_exchange_strong(&error_shelf[i], &empty, (dcx_error *)err))
+            return;
+    }
+    free(err);
 }
 
 void dcx_error_clear(dcx_error *err)
@@ -389,4 +413,86 @@ int dcx_fail_verify(dcx_error *err, int verify_reason, const char *method, const
                         "peer certificate '%s' (thumbprint %s) refused by %s: %s",
                         subject, thumb, method, detail);
     }
+}
+
+/* ---- a handshake out of time ------------------------------------------------
+ * Silence is told from slowness by how long the peer has been quiet: a peer
+ * quiet for two seconds, or for two thirds of the time, stopped; one whose
+ * bytes were still coming was too slow.  A trickle never extends the deadline. */
+
+static int went_quiet(const dcx_handshake_progress *p)
+{
+    return p->quiet_ms >= 2000 || 3 * p->quiet_ms >= 2 * p->elapsed_ms;
+}
+
+/* "N of the M bytes its record announced" for a partial TLS hello, else "N bytes". */
+static void hello_size(const dcx_handshake_progress *p, char *out, size_t cap)
+{
+    if (p->first_len >= 5 && p->first[0] == 0x16) {
+        size_t announced = 5 + ((size_t)p->first[3] << 8 | p->first[4]);
+        if (announced > p->received) {
+            snprintf(out, cap, "%zu of the %zu bytes its record announced", p->received, announced);
+            return;
+        }
+    }
+    snprintf(out, cap, "%zu byte%s", p->received, p->received == 1 ? "" : "s");
+}
+
+int dcx_fail_handshake_timeout(dcx_error *err, const dcx_handshake_progress *p)
+{
+    double secs = (double)p->elapsed_ms / 1000.0, quiet = (double)p->quiet_ms / 1000.0;
+    const char *peer = p->server_side ? "client" : "server";
+    char what[128], size[96];
+    if (p->received == 0)
+        return p->server_side
+                   ? dcx_fail(err, DCX_E_TIMEOUT,
+                              "no TLS handshake within %.1f s: the client connected and sent nothing",
+                              secs)
+                   : dcx_fail(err, DCX_E_TIMEOUT,
+                              "TLS handshake timed out after %.1f s: the server never answered our "
+                              "ClientHello (is this a TLS port?)", secs);
+    hello_size(p, size, sizeof(size));
+    if (dcx_sniff_not_tls(p->first, p->first_len, what, sizeof(what)))
+        return dcx_fail(err, DCX_E_TIMEOUT,
+                        "no TLS handshake within %.1f s: the %s sent %zu byte%s of %s, the last "
+                        "%.1f s before the deadline: it is not speaking TLS",
+                        secs, peer, p->received, p->received == 1 ? "" : "s", what, quiet);
+    if (!p->answered && p->server_side)
+        return went_quiet(p)
+                   ? dcx_fail(err, DCX_E_TIMEOUT,
+                              "no TLS handshake within %.1f s: the client sent a partial ClientHello "
+                              "(%s), then nothing for %.1f s", secs, size, quiet)
+                   : dcx_fail(err, DCX_E_TIMEOUT,
+                              "no TLS handshake within %.1f s: the client was too slow, its "
+                              "ClientHello was still arriving (%s, the last %.1f s before the "
+                              "deadline)", secs, size, quiet);
+    return went_quiet(p)
+               ? dcx_fail(err, DCX_E_TIMEOUT,
+                          "no TLS handshake within %.1f s: the %s stopped answering (%zu bytes "
+                          "received from it, then nothing for %.1f s)",
+                          secs, peer, p->received, quiet)
+               : dcx_fail(err, DCX_E_TIMEOUT,
+                          "no TLS handshake within %.1f s: the %s was too slow, its part of the "
+                          "handshake was still arriving (%zu bytes, the last %.1f s before the "
+                          "deadline)", secs, peer, p->received, quiet);
+}
+
+int dcx_fail_handshake_closed(dcx_error *err, const dcx_handshake_progress *p)
+{
+    char size[96];
+    if (p->received == 0)
+        return p->server_side
+                   ? dcx_fail(err, DCX_E_PROTOCOL,
+                              "the client closed the connection before sending anything")
+                   : dcx_fail(err, DCX_E_NOT_TLS,
+                              "the server closed the connection without answering the TLS "
+                              "ClientHello: it is probably not speaking TLS on this port, or it "
+                              "refused us without saying why");
+    hello_size(p, size, sizeof(size));
+    if (p->server_side && !p->answered)
+        return dcx_fail(err, DCX_E_PROTOCOL,
+                        "the client closed the connection after a partial ClientHello (%s)", size);
+    return dcx_fail(err, DCX_E_PROTOCOL,
+                    "the %s closed the connection during the handshake (%zu bytes received from it)",
+                    p->server_side ? "client" : "server", p->received);
 }

@@ -57,6 +57,25 @@ void dcx_hex(const unsigned char *bytes, size_t len, char *out);
  * are ("plain DICOM A-ASSOCIATE-RQ", "an HTTP request", ...) and return 1. */
 int dcx_sniff_not_tls(const unsigned char *bytes, size_t len, char *what, size_t cap);
 
+/* How far a handshake got when its deadline passed, for the reason. */
+typedef struct dcx_handshake_progress {
+    int server_side;
+    int64_t elapsed_ms;         /* since the connection was made */
+    int64_t quiet_ms;           /* since the peer's last byte (elapsed_ms if none came) */
+    size_t received;            /* bytes the peer sent during the handshake */
+    int answered;               /* our side sent its first flight */
+    const unsigned char *first; /* the peer's first bytes (DCX_SNIFF_LEN at most) */
+    size_t first_len;
+} dcx_handshake_progress;
+
+/* Compose the reason of a handshake that ran out of time into err and return
+ * DCX_E_TIMEOUT: nothing sent, a partial hello then silence, too slow, or not
+ * TLS, with what was seen. */
+int dcx_fail_handshake_timeout(dcx_error *err, const dcx_handshake_progress *p);
+/* The same for a peer that closed the connection during the handshake:
+ * before sending anything, after a partial ClientHello, or later. */
+int dcx_fail_handshake_closed(dcx_error *err, const dcx_handshake_progress *p);
+
 /* The reason text of a TLS alert number ("unknown CA", ...). */
 const char *dcx_alert_text(int alert);
 /* What a received alert most likely means, for a person; "" if nothing useful. */

@@ -174,6 +174,10 @@ static long in_fill(dcx_conn *c)
     for (;;) {
         ssize_t n = recv(c->fd, c->in.data + c->in.end, c->in.cap - c->in.end, 0);
         if (n > 0) {
+            if (!c->handshake_done) {
+                c->hs_received += (size_t)n;
+                c->last_in_ms = dcx_now_ms();
+            }
             if (!c->handshake_done && c->first_len < DCX_SNIFF_LEN) {
                 /* The peer's first bytes, to tell "not TLS" from a TLS failure. */
                 size_t k = DCX_SNIFF_LEN - c->first_len < (size_t)n ? DCX_SNIFF_LEN - c->first_len
@@ -425,6 +429,7 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     c->ctx = ctx;
     c->fd = fd;
     c->server_side = server_side;
+    c->born_ms = dcx_now_ms();
     c->received_alert = -1;
     SSL_set_ex_data(c->ssl, dcx_openssl_conn_index, c);
     SSL_set_bio(c->ssl, bio, bio); /* one reference, for both directions */
@@ -531,6 +536,16 @@ static int has_reason(unsigned long e, int reason)
     return ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == reason;
 }
 
+/* How far the handshake got, for the reason it failed. */
+static dcx_handshake_progress progress(const dcx_conn *c)
+{
+    int64_t now = dcx_now_ms();
+    dcx_handshake_progress p = {c->server_side, now - c->born_ms,
+                                now - (c->hs_received ? c->last_in_ms : c->born_ms),
+                                c->hs_received, c->answered, c->first, c->first_len};
+    return p;
+}
+
 /* Turn a failed handshake into the one reason a person needs. */
 static int handshake_failure(dcx_conn *c, int ssl_error, dcx_error *err)
 {
@@ -566,17 +581,8 @@ static int handshake_failure(dcx_conn *c, int ssl_error, dcx_error *err)
     } else if (has_reason(e, SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
                (ssl_error == SSL_ERROR_SYSCALL && e == 0 && sys == 0) ||
                ssl_error == SSL_ERROR_ZERO_RETURN) {
-        if (c->first_len == 0)
-            rc = c->server_side
-                     ? dcx_fail(err, DCX_E_PROTOCOL,
-                                "the client closed the connection before sending anything")
-                     : dcx_fail(err, DCX_E_NOT_TLS,
-                                "the server closed the connection without answering the TLS "
-                                "ClientHello: it is probably not speaking TLS on this port, or "
-                                "it refused us without saying why");
-        else
-            rc = dcx_fail(err, DCX_E_PROTOCOL, "the %s closed the connection during the handshake",
-                          role);
+        dcx_handshake_progress p = progress(c);
+        rc = dcx_fail_handshake_closed(err, &p);
     } else if (ssl_error == SSL_ERROR_SYSCALL && e == 0) {
         if (err)
             err->sys_errno = sys;
@@ -613,6 +619,13 @@ static void queue_ticket(dcx_conn *c)
     c->ticket_held = c->out.len;
 }
 
+/* The handshake's time is up: why, from what the peer sent by then. */
+static int handshake_timed_out(dcx_conn *c, dcx_error *err)
+{
+    dcx_handshake_progress p = progress(c);
+    return dcx_fail_handshake_timeout(err, &p);
+}
+
 static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
 {
     int64_t deadline = dcx_deadline(timeout_ms);
@@ -627,6 +640,8 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
             dcx_openssl_forget_session(c);
             return handshake_failure(c, e, err);
         }
+        if (c->out.len > c->out.sent)
+            c->answered = 1; /* a flight, not an alert: those are sent above */
         int w = flush_out(c, deadline, err); /* this flight, in one send() */
         if (w == DCX_OK && r == 1)
             break;
@@ -636,17 +651,7 @@ static int run_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
             return dcx_fail(err, DCX_E_TIMEOUT, "the TLS handshake waits for the peer");
         if (w == DCX_E_TIMEOUT) {
             c->dead = 1;
-            if (c->first_len > 0)
-                return dcx_fail(err, DCX_E_TIMEOUT,
-                                "TLS handshake timed out after %d ms: the peer stopped answering",
-                                timeout_ms);
-            return c->server_side
-                       ? dcx_fail(err, DCX_E_TIMEOUT,
-                                  "TLS handshake timed out after %d ms: the client sent nothing",
-                                  timeout_ms)
-                       : dcx_fail(err, DCX_E_TIMEOUT,
-                                  "TLS handshake timed out after %d ms: the server never answered "
-                                  "our ClientHello (is this a TLS port?)", timeout_ms);
+            return handshake_timed_out(c, err);
         }
         if (w != DCX_OK) {
             c->dead = 1;

@@ -73,6 +73,11 @@ struct dcx_conn {
     int received_alert;   /* fatal alert from the peer, or -1 */
     unsigned char first[DCX_SNIFF_LEN]; /* the peer's first bytes, to recognise non-TLS */
     size_t first_len;
+    /* The handshake's progress, for the reason when it runs out of time. */
+    int64_t born_ms;      /* when the connection was made */
+    int64_t last_in_ms;   /* when the peer's last handshake byte came */
+    size_t hs_received;   /* bytes the peer sent during the handshake */
+    int answered;         /* our first flight left */
     peer_verdict *verdict; /* during the handshake, once the peer's certificate came */
     char *server_name;    /* the name the requestor asked for, or NULL */
     char *peer_key;       /* requesting side: the session cache key, "address:port/name" */

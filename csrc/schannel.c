@@ -368,6 +368,10 @@ static long recv_more(dcx_conn *c, int64_t deadline, const char *doing, dcx_erro
     for (;;) {
         int n = recv((SOCKET)c->fd, (char *)c->in + c->in_len, (int)(c->in_cap - c->in_len), 0);
         if (n >= 0) {
+            if (!c->handshake_done && n > 0) {
+                c->hs_received += (size_t)n;
+                c->last_in_ms = dcx_now_ms();
+            }
             if (!c->handshake_done && c->first_len < DCX_SNIFF_LEN) {
                 size_t k = (size_t)n < DCX_SNIFF_LEN - c->first_len ? (size_t)n
                                                                     : DCX_SNIFF_LEN - c->first_len;
@@ -424,6 +428,7 @@ dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char 
     c->fd = fd;
     c->server_side = server_side;
     c->received_alert = -1;
+    c->born_ms = dcx_now_ms();
     if (server_name && *server_name) {
         snprintf(c->server_name, sizeof(c->server_name), "%s", server_name);
         MultiByteToWideChar(CP_UTF8, 0, server_name, -1, c->server_name_w,
@@ -512,39 +517,37 @@ static int handshake_failure(dcx_conn *c, SECURITY_STATUS s, dcx_error *err)
     }
 }
 
+/* How far the handshake got, for the reason it failed. */
+static dcx_handshake_progress progress(const dcx_conn *c)
+{
+    int64_t now = dcx_now_ms();
+    dcx_handshake_progress p = {c->server_side, now - c->born_ms,
+                                now - (c->hs_received ? c->last_in_ms : c->born_ms),
+                                c->hs_received, c->answered, c->first, c->first_len};
+    return p;
+}
+
 static int handshake_eof(dcx_conn *c, dcx_error *err)
 {
     c->dead = 1;
+    dcx_handshake_progress p = progress(c);
     if (c->first_len == 0)
-        return c->server_side
-                   ? dcx_fail(err, DCX_E_PROTOCOL,
-                              "the client closed the connection before sending anything")
-                   : dcx_fail(err, DCX_E_NOT_TLS,
-                              "the server closed the connection without answering the TLS "
-                              "ClientHello: it is probably not speaking TLS on this port, or it "
-                              "refused us without saying why");
+        return dcx_fail_handshake_closed(err, &p);
     char what[128];
     if (dcx_sniff_not_tls(c->first, c->first_len, what, sizeof(what)))
         return handshake_failure(c, SEC_E_INVALID_TOKEN, err);
     note_plain_alert(c);
     if (c->received_alert >= 0)
         return handshake_failure(c, SEC_E_ILLEGAL_MESSAGE, err);
-    return dcx_fail(err, DCX_E_PROTOCOL, "the %s closed the connection during the handshake",
-                    c->server_side ? "client" : "server");
+    return dcx_fail_handshake_closed(err, &p);
 }
 
-static int handshake_timeout(dcx_conn *c, int timeout_ms, dcx_error *err)
+/* The handshake's time is up: why, from what the peer sent by then. */
+static int handshake_timeout(dcx_conn *c, dcx_error *err)
 {
+    dcx_handshake_progress p = progress(c);
     c->dead = 1;
-    if (c->first_len > 0)
-        return dcx_fail(err, DCX_E_TIMEOUT,
-                        "TLS handshake timed out after %d ms: the peer stopped answering", timeout_ms);
-    return c->server_side
-               ? dcx_fail(err, DCX_E_TIMEOUT,
-                          "TLS handshake timed out after %d ms: the client sent nothing", timeout_ms)
-               : dcx_fail(err, DCX_E_TIMEOUT,
-                          "TLS handshake timed out after %d ms: the server never answered our "
-                          "ClientHello (is this a TLS port?)", timeout_ms);
+    return dcx_fail_handshake_timeout(err, &p);
 }
 
 /* One SSPI handshake call on what c->in holds; sends what it produces. */
@@ -582,8 +585,11 @@ static SECURITY_STATUS handshake_call(dcx_conn *c, int64_t deadline, int *io_rc,
         c->have_ctxt = 1;
     /* the token may also be an alert that tells the peer why we stopped */
     *io_rc = DCX_OK;
-    if (out[0].pvBuffer && out[0].cbBuffer)
+    if (out[0].pvBuffer && out[0].cbBuffer) {
+        if (s == SEC_E_OK || s == SEC_I_CONTINUE_NEEDED)
+            c->answered = 1; /* a flight, not an alert */
         *io_rc = send_all(c, out[0].pvBuffer, out[0].cbBuffer, deadline, "handshaking", err);
+    }
     if (out[0].pvBuffer)
         FreeContextBuffer(out[0].pvBuffer);
     if (out[1].pvBuffer)
@@ -609,7 +615,7 @@ static int run_handshake(dcx_conn *c, int64_t deadline, int timeout_ms, dcx_erro
             if (n == DCX_E_TIMEOUT && timeout_ms == 0) /* a step: call again later */
                 return dcx_fail(err, DCX_E_TIMEOUT, "the TLS handshake waits for the peer");
             if (n == DCX_E_TIMEOUT)
-                return handshake_timeout(c, timeout_ms, err);
+                return handshake_timeout(c, err);
             if (n < 0) {
                 c->dead = 1;
                 return (int)n;
@@ -629,7 +635,7 @@ static int run_handshake(dcx_conn *c, int64_t deadline, int timeout_ms, dcx_erro
             return handshake_failure(c, s, err);
         if (io_rc != DCX_OK) {
             c->dead = 1;
-            return io_rc == DCX_E_TIMEOUT ? handshake_timeout(c, timeout_ms, err) : io_rc;
+            return io_rc == DCX_E_TIMEOUT ? handshake_timeout(c, err) : io_rc;
         }
         if (s == SEC_E_OK)
             return DCX_OK;

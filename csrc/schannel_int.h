@@ -103,6 +103,11 @@ struct dcx_conn {
     size_t out_rest;            /* close_notify's rest in out, for the next shutdown call */
     unsigned char first[DCX_SNIFF_LEN];
     size_t first_len;
+    /* The handshake's progress, for the reason when it runs out of time. */
+    int64_t born_ms;            /* when the connection was made */
+    int64_t last_in_ms;         /* when the peer's last handshake byte came */
+    size_t hs_received;         /* bytes the peer sent during the handshake */
+    int answered;               /* our first flight left */
     PCCERT_CONTEXT peer;
     int version;
     char cipher[96];

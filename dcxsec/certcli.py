@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from dcxsec import pki
+from dcxsec import certrequest, pki
 from dcxsec.config import read_private_key
 from dcxsec.crl import CRL_LOGICAL_STORE, StoredCRL, crl_thumbprint, is_crl, load_crls
 from dcxsec.errors import ConfigurationError
@@ -29,7 +29,26 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("list", help="list certificates")
     p.add_argument("logical", nargs="?", choices=LOGICAL_STORES, help="only this logical store")
+    p.add_argument("--json", action="store_true", help="as JSON")
     p.set_defaults(run=cmd_list)
+
+    p = sub.add_parser("show", help="everything about one certificate: subject, issuer, "
+                       "validity, thumbprints, key usages, chain")
+    p.add_argument("thumbprint")
+    p.add_argument("--from", dest="logical", choices=LOGICAL_STORES,
+                   help="only this logical store (default: My, Root, CA)")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(run=certrequest.cmd_show)
+
+    p = sub.add_parser("request", help="a private key and a CSR for the enterprise CA; "
+                       "`cert import` of the issued certificate pairs it with the key")
+    p.add_argument("common_name", help="subject CN, e.g. the AE title or host name")
+    p.add_argument("--organization", help="subject O")
+    p.add_argument("--key-type", choices=("ec256", "ec384", "rsa2048", "rsa3072"), default="ec256")
+    p.add_argument("--dns", action="append", default=[], help="subjectAltName DNS name (repeatable)")
+    p.add_argument("--ip", action="append", default=[], help="subjectAltName IP address (repeatable)")
+    p.add_argument("--out", type=Path, help="the CSR file (default: COMMON_NAME.csr)")
+    p.set_defaults(run=certrequest.cmd_request)
 
     p = sub.add_parser("import", help="import PEM, DER or PKCS#12 (.p12/.pfx), or a CRL (into CA)")
     p.add_argument("file", type=Path)
@@ -82,6 +101,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                    help="a serial number (hex) or the thumbprint of a stored certificate (repeatable)")
     p.add_argument("--days", type=int, default=7, help="until its next update (default 7)")
     p.set_defaults(run=cmd_crl)
+    _store_after_action(sub)
+
+
+def _store_after_action(sub: argparse._SubParsersAction) -> None:
+    """``dcxsec cert list --store local-computer`` as well as ``cert --store ... list``."""
+    for parser in sub.choices.values():
+        parser.add_argument("--store", choices=_SCOPES, default=argparse.SUPPRESS,
+                            help="scope (as before the action)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,7 +138,25 @@ def _crl_row(store: CertificateStore, entry: StoredCRL) -> list[str]:
             str(len(entry.crl))]
 
 
+def _json_list(store: CertificateStore, args: argparse.Namespace) -> int:
+    import json
+
+    certs = [certrequest.describe(e, store)
+             for logical in ([args.logical] if args.logical else LOGICAL_STORES)
+             for e in store.certificates(logical)]
+    crls = [{"store": store.scope.name, "logical": CRL_LOGICAL_STORE, "thumbprint": e.thumbprint,
+             "issuer": e.issuer, "this_update": f"{e.this_update:%Y-%m-%d %H:%M:%S} UTC",
+             "next_update": f"{e.next_update:%Y-%m-%d %H:%M:%S} UTC" if e.next_update else None,
+             "expired": e.expired(), "revoked": len(e.crl)}
+            for e in store.crls()] if args.logical in (None, CRL_LOGICAL_STORE) else []
+    print(json.dumps({"location": store.location(), "certificates": certs, "crls": crls},
+                     indent=2))
+    return 0
+
+
 def cmd_list(store: CertificateStore, args: argparse.Namespace) -> int:
+    if args.json:
+        return _json_list(store, args)
     rows = [_row(e) for logical in ([args.logical] if args.logical else LOGICAL_STORES)
             for e in store.certificates(logical)]
     crls = [_crl_row(store, e) for e in store.crls()] if args.logical in (None, CRL_LOGICAL_STORE) else []
@@ -198,10 +243,16 @@ def cmd_import(store: CertificateStore, args: argparse.Namespace) -> int:
             key = _load_key(args.key, args.password)
     if key is not None and key.public_key().public_numbers() != certs[0].public_key().public_numbers():
         raise ValueError("the private key does not belong to the certificate")
+    waiting = certrequest.waiting_key(store, certs[0]) if key is None and args.to in (None, "My") else None
+    if waiting is not None:  # the certificate a `cert request` asked for
+        key = waiting[0]
     logical = args.to or _default_logical(certs[0], key is not None)
     path = store.add(logical, certs, _key_pem(key) if key is not None and logical == "My" else None)
     print(f"imported {pki.thumbprint(certs[0])} {certs[0].subject.rfc4514_string()} into "
-          f"{store.scope.name}\\{logical} ({path})")
+          f"{store.scope.name}\\{logical} ({path})"
+          + (f", with the key of its request ({waiting[1]})" if waiting is not None else ""))
+    if waiting is not None:
+        waiting[1].unlink()
     return 0
 
 

@@ -1,15 +1,26 @@
-"""The ``dcxsec`` command line: ``cert`` manages the store, ``demo`` runs the main job."""
+"""The ``dcxsec`` command line: ``echo``, ``send`` and ``receive`` over TLS,
+``cert`` manages the store, ``demo`` runs the main job."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dcxsec import certcli
+from dcxsec import certcli, echo, receive, send
+
+
+def _version() -> str:
+    import dcxsec
+
+    return f"dcxsec {dcxsec.__version__} on {dcxsec.backend()}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dcxsec", description="Secure DICOM networking (DICOM TLS).")
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
+    echo.add_parser(commands)
+    send.add_parser(commands)
+    receive.add_parser(commands)
     certcli.add_parser(commands)
     demo = commands.add_parser("demo", help="a mutually authenticated TLS C-STORE on this machine")
     demo.add_argument("--count", type=int, default=20, help="objects to send (default 20)")
@@ -18,13 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "cert":
         return certcli.run(args)
+    if args.command in ("echo", "send", "receive"):
+        return args.run(args)
     if args.command == "demo":
         from dcxsec.demo import run
 
         return run(args.count, args.size)
-    import dcxsec
-
-    print(f"dcxsec {dcxsec.__version__} on {dcxsec.backend()}")
+    print(_version())
     return 0
 
 

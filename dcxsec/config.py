@@ -90,6 +90,35 @@ class SecurityConfig:
                 "THUMBPRINT verification needs at least one accepted thumbprint")
         self.version_range()  # fail early on an impossible range
 
+    @classmethod
+    def from_file(cls, path: "str | os.PathLike[str]", **overrides: object) -> "SecurityConfig":
+        """A configuration from a TOML file that uses the command line's names
+        (``cert``, ``key``, ``identity``, ``store``, ``verify``, ``accept``,
+        ``trust``, ``crl``, ``bind``, ``min-tls``; see ``dcxsec.configfile``).
+        Paths are relative to the file's folder; keyword arguments (field
+        names of this class) override what the file says."""
+        from dcxsec import configfile
+
+        path = Path(path)
+        fields = configfile.fields_from_names(configfile.read_toml(path), f"'{path}'", path.parent)
+        fields.update(overrides)
+        return cls(**configfile.settled_method(fields))
+
+    @classmethod
+    def from_options(cls, names: Mapping[str, object],
+                     base: "str | os.PathLike[str] | None" = None) -> "SecurityConfig":
+        """A configuration from the command line's names, over those of the
+        TOML file ``base`` if one is given."""
+        from dcxsec import configfile
+
+        fields: dict = {}
+        if base is not None:
+            base = Path(base)
+            fields = configfile.fields_from_names(configfile.read_toml(base), f"'{base}'",
+                                                  base.parent)
+        fields.update(configfile.fields_from_names(names, "the command line"))
+        return cls(**configfile.settled_method(fields))
+
     def _check_revocation_settings(self) -> None:
         # An option that cannot be honoured is refused, never silently ignored:
         # a security officer who asked for revocation must not get less.

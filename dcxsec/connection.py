@@ -13,17 +13,19 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from dcxsec import peerend
 from dcxsec import pump as handshake_thread
 from dcxsec._native import ffi, lib
 from dcxsec.engine import address, borrow_error, new_error, return_error, to_exception
 from dcxsec.engine import keepgil as _keepgil
 from dcxsec._without import WITHOUT
-from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError, TLSError
+from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError, NotTLSError, TLSError
 from dcxsec.forking import OwningProcess
 
 if TYPE_CHECKING:
@@ -37,7 +39,10 @@ PLAIN_QUIET = 16384  # decrypted bytes held for a quiet connection: one record
 _READAHEAD = "readahead" not in WITHOUT
 PLAIN_BUSY = 262144  # ... and for one whose records queue up (16 records, 16 PDUs)
 CLOSE_NOTIFY_MS = 100
+_STALL_SLICE = 1 << 20  # a write without a socket timeout must make this much progress per deadline
 _VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
+# SO_LINGER on, zero seconds: close() resets the connection.
+_RESET_ON_CLOSE = struct.pack("hh" if os.name == "nt" else "ii", 1, 0)
 # Read buffers the engine overwrites: zeroing one first (ffi.new's default) costs
 # 22 us per MiB for nothing.
 read_buffer = ffi.new_allocator(should_clear_after_alloc=False)
@@ -74,8 +79,7 @@ class Connection:
         self._keep_ctx = None
         self.read_state = None  # the engine's flag: data it read waits for the next read
         self.handshake_done = False
-        # When a read had to finish the handshake: the first data is due by then.
-        self.first_data_by: float | None = None
+        self.first_data_by: float | None = None  # a read finished the handshake: data due by then
         self.bindings_in_force = False  # AE-title bindings were set when the handshake ended
         self.failure: OSError | None = None
         self.early_failure: OSError | None = None  # found in the accept loop, reported later
@@ -83,6 +87,7 @@ class Connection:
         self.owner = OwningProcess()
         self.inherited = False  # in a forked child: the connection is the parent's
         self.peer_address: Any = None
+        self.end_told = False  # the connection's end has been logged (dcxsec.peerend)
         self._peer_der: bytes | None = None
         self._wrapped_at = time.monotonic()
 
@@ -138,7 +143,9 @@ class Connection:
             self._fail(early)
         conn = self.open()
         timeout = self.context.handshake_timeout
-        if not self.server_side and self.timeout is not None:
+        if self.server_side:  # counted from the accept: a trickle of bytes does not extend it
+            timeout = max(0.001, timeout - (time.monotonic() - self._wrapped_at))
+        elif self.timeout is not None:
             timeout = self.timeout
         timeout_ms, err = milliseconds(timeout), new_error()
         self.claim_from_pump()
@@ -154,10 +161,8 @@ class Connection:
         self.refuse_if_inherited()
         if not self.handshake_done:
             self.handshake()
-            if self.timeout is None:
-                # The caller was woken by the handshake's last flight (pynetdicom
-                # reads when select() says so): on a socket without a timeout,
-                # the read would wait past every deadline for data that may never come.
+            if self.timeout is None:  # woken by the handshake's last flight (pynetdicom's
+                # select()), a read without a timeout would wait for ever for data
                 self.first_data_by = time.monotonic() + self.context.handshake_timeout
         conn = self.conn
         if conn is None:
@@ -214,7 +219,7 @@ class Connection:
             self._collect_from_pump()
         if (not self.handshake_done and self.early_failure is None and self.server_side
                 and self.failure is None):
-            self._check_silent_peer()
+            self._check_deadline()
 
     def _collect_from_pump(self) -> None:
         """The handshake thread is done: take the connection and its outcome."""
@@ -227,20 +232,25 @@ class Connection:
         finally:
             self.lock.release()
 
-    def _check_silent_peer(self) -> None:
-        """Give up on an accepted client that has not handshaken in time."""
-        if time.monotonic() - self._wrapped_at <= self.context.handshake_timeout:
-            return
-        if not self.lock.acquire(blocking=False):
+    def _check_deadline(self) -> None:
+        """Give up on an accepted client that has not handshaken in time: the
+        engine finishes with what is left of the deadline and says why (nothing
+        sent, a partial ClientHello, too slow, not TLS)."""
+        left = self.context.handshake_timeout - (time.monotonic() - self._wrapped_at)
+        if left > 0 or not self.lock.acquire(blocking=False):
             return
         try:
-            if not self.handshake_done and self.failure is None:
-                try:
-                    self._fail(HandshakeTimeoutError(
-                        f"no TLS handshake within {self.context.handshake_timeout:g} s: "
-                        "the client connected and sent nothing"))
-                except OSError:
-                    pass
+            if not self.handshake_done and self.failure is None and self.conn is not None:
+                self.claim_from_pump()
+                err = new_error()
+                rc = lib.dcx_conn_handshake(self.conn, 1, err)
+                if rc == lib.DCX_OK:
+                    self._handshake_finished()
+                else:
+                    try:
+                        self._fail(to_exception(err, rc, during_handshake=True))
+                    except OSError:
+                        pass  # recorded: the reader meets it as the end of the connection
         finally:
             self.lock.release()
 
@@ -257,9 +267,15 @@ class Connection:
         sock = self._socket()
         if sock is not None:
             try:
+                if self.server_side and isinstance(exc, NotTLSError):
+                    # It cannot read an alert: a reset tells a plain client at once.
+                    socket.socket.setsockopt(sock, socket.SOL_SOCKET, socket.SO_LINGER,
+                                             _RESET_ON_CLOSE)
                 socket.socket.close(sock)
             except OSError:
                 pass
+        if self.server_side:
+            peerend.release_waiting_acceptor()
         raise exc
 
     def peer_text(self) -> str:
@@ -273,19 +289,17 @@ class Connection:
     # ---- records --------------------------------------------------------
 
     def read_ms(self) -> int:
-        """A read's deadline: the socket's, or the one left for the first data
-        after a handshake that a read had to finish."""
-        if self.first_data_by is None:
-            return self.timeout_ms
-        return max(0, int((self.first_data_by - time.monotonic()) * 1000))
+        """A read's deadline: the socket's, or what is left for the first data."""
+        due = self.first_data_by
+        return self.timeout_ms if due is None else max(0, int((due - time.monotonic()) * 1000))
 
     def io_error(self, err: Any, rc: int, reading: bool) -> OSError:
         """The exception for a failed read or write, as ``ssl`` raises it."""
         if rc == lib.DCX_E_TIMEOUT and reading and self.first_data_by is not None:
             self.first_data_by = None
-            exc = HandshakeTimeoutError(
-                f"the {'client' if self.server_side else 'server'} finished the TLS handshake "
-                f"but sent nothing within {self.context.handshake_timeout:g} s")
+            exc = HandshakeTimeoutError(f"the {'client' if self.server_side else 'server'} finished the "
+                                        f"TLS handshake but sent nothing within "
+                                        f"{self.context.handshake_timeout:g} s")
             if self.server_side:
                 log.warning("TLS connection with %s closed: %s", self.peer_text(), exc)
             return exc
@@ -348,12 +362,26 @@ class Connection:
         rbuf.filled(n, not self.read_state.data_waiting)
         return rbuf.unread
 
-    def write(self, conn: EngineConn, source: Any, size: int) -> int:
-        """All of ``source`` (a cffi pointer), in as few records as it takes; lock held."""
+    def write(self, conn: EngineConn, source: Any, size: int, stall_ms: int | None = None) -> int:
+        """All of ``source`` (a cffi pointer), in as few records as it takes;
+        lock held.  Within the socket's timeout, or, given ``stall_ms``, as
+        long as the peer takes each MiB within that: a large PDU on a slow
+        link is not cut short, a peer that stopped reading is."""
+        if stall_ms is None or stall_ms == self.timeout_ms:
+            return self._write(conn, source, size, self.timeout_ms)
+        for offset in range(0, size, _STALL_SLICE):
+            self._write(conn, source + offset, min(_STALL_SLICE, size - offset), stall_ms)
+        return size
+
+    def _write(self, conn: EngineConn, source: Any, size: int, timeout_ms: int) -> int:
         err = borrow_error()
         self.first_data_by = None  # the caller writes first: its reads keep the socket's timeout
-        n = lib.dcx_conn_write(conn, source, size, self.timeout_ms, err)
+        n = lib.dcx_conn_write(conn, source, size, timeout_ms, err)
         if n < 0:
+            if n == lib.DCX_E_TIMEOUT and timeout_ms != self.timeout_ms:
+                raise TimeoutError(f"the write timed out: the peer took in less than 1 MiB in "
+                                   f"{timeout_ms / 1000:g} s (the association's network_timeout); "
+                                   "it has stopped reading")
             raise self.io_error(err, n, reading=False)
         return_error(err)
         return n

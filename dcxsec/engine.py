@@ -85,9 +85,16 @@ class _LettingGo:
 keepgil = _LettingGo if "keepgil" in WITHOUT else _keepgil
 
 
+# dcx_error structs come from the engine's shelf and go back to it (see
+# dcx_error_alloc): freed to malloc, one would stay in the per-thread cache
+# of every association thread that ever let one go.
+_error_allocator = ffi.new_allocator(alloc=ffi.addressof(lib, "dcx_error_alloc"),
+                                     free=ffi.addressof(lib, "dcx_error_release"))
+
+
 def new_error():
     """A fresh ``dcx_error`` for one call."""
-    return ffi.new("dcx_error *")
+    return _error_allocator("dcx_error *")
 
 
 # Errors lent to reads and writes and given back after the call: an idle

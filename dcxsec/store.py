@@ -253,8 +253,8 @@ class CertificateStore:
     def local_identity(self, thumb: str | None = None) -> StoredCertificate | None:
         """The identity a context uses: as ``identity()``, but None when My is
         empty and no thumbprint is asked for (a requestor may go without)."""
-        if thumb is None and not any(self.certificates("My")):
-            return None
+        if thumb is None and all(_is_ca(e.certificate) for e in self.certificates("My")):
+            return None  # none, or only CAs kept to issue with: not AE identities
         return self.identity(thumb)
 
     def pem_bundle(self, logical: str) -> list[bytes]:
@@ -304,6 +304,13 @@ class CertificateStore:
         entry = self.find(logical, thumb)
         self.source.remove(entry)
         return entry
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _checked(logical: str) -> str:

@@ -14,7 +14,7 @@ import ssl
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
-from dcxsec import forking, screening
+from dcxsec import forking, peerend, screening
 from dcxsec._native import ffi
 from dcxsec._recvbuf import RecvBuffer, use_shelf
 from dcxsec._without import WITHOUT
@@ -162,11 +162,23 @@ class TLSSocket(ssl.SSLSocket):
 
         Bytes already decrypted are answered by the C ``recv`` that shadows
         this method on each socket; this one runs when none are buffered.
+        Read by pynetdicom, a connection refused or lost reads as closed once
+        it has been logged (see ``_read_ended``).
         """
         if flags:
             raise ValueError("non-zero flags not allowed in calls to recv() on TLSSocket")
         if buflen <= 0:
             return b""
+        try:
+            data = self._recv(buflen)
+        except OSError as exc:
+            self._read_ended(exc)
+            return b""
+        if not data:
+            self._read_ended(None)
+        return data
+
+    def _recv(self, buflen: int) -> bytes:
         connection = self._connection
         with connection.lock:
             if self._rbuf.unread:
@@ -192,6 +204,16 @@ class TLSSocket(ssl.SSLSocket):
         nbytes = len(target) if nbytes <= 0 else min(nbytes, len(target))
         if nbytes == 0:
             return 0
+        try:
+            count = self._recv_into(target, nbytes)
+        except OSError as exc:
+            self._read_ended(exc)
+            return 0
+        if not count:
+            self._read_ended(None)
+        return count
+
+    def _recv_into(self, target: memoryview, nbytes: int) -> int:
         connection = self._connection
         with connection.lock:
             if self._rbuf.unread:
@@ -208,6 +230,13 @@ class TLSSocket(ssl.SSLSocket):
             if connection.fill(conn, self._rbuf):
                 return self._rbuf.take_into(target[:nbytes])
             return 0
+
+    def _read_ended(self, exc: OSError | None) -> None:
+        """A read met the end of the connection: ``exc``, or a close (None).
+        Read by pynetdicom, it is answered as a closed connection once it has
+        been said in one line (dcxsec.peerend); elsewhere ``exc`` is raised."""
+        if not peerend.read_ended(self._connection, exc) and exc is not None:
+            raise exc
 
     def _take_prefix(self, size: int) -> bytes:
         data = bytes(self._prefix[:size])
@@ -259,7 +288,11 @@ class TLSSocket(ssl.SSLSocket):
                     self._screened = True
                     screening.check_called_ae(connection, data)
                     self._ready = connection.conn is not None
-            connection.write(conn, source, size)
+            try:
+                connection.write(conn, source, size, peerend.write_timeout_ms(connection))
+            except OSError as exc:
+                peerend.write_failed(connection, exc)
+                raise
         return size
 
     def sendall(self, data: Any, flags: int = 0) -> None:

@@ -35,7 +35,8 @@ BAD_INPUTS = {
                "data that is not TLS (first bytes: fe"),
     "sslv2-hello": (lambda: bytes([0x80, 0x2e, 0x01, 0x00, 0x02]) + bytes(43),
                     "an SSLv2-format ClientHello (obsolete and refused)"),
-    "half-handshake": (lambda: client_hello()[:40], "closed the connection during the handshake"),
+    "half-handshake": (lambda: client_hello()[:40],
+                       "closed the connection after a partial ClientHello (40 of the "),
 }
 
 

@@ -1,0 +1,92 @@
+"""DICOM files to send: found in files and folders, and the presentation
+contexts they need, as stored (a compressed object is offered compressed)."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+MAX_CONTEXTS = 128  # an A-ASSOCIATE-RQ carries at most 128 presentation contexts
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: a file-set's index, not an object
+
+
+@dataclass(frozen=True)
+class DicomFile:
+    """A Part 10 file: where it is, what it holds, and how it is encoded."""
+
+    path: Path
+    sop_class: str
+    sop_instance: str
+    transfer_syntax: str
+    size: int
+
+    @property
+    def compressed(self) -> bool:
+        return UID(self.transfer_syntax).is_compressed
+
+
+def walk(paths: Iterable[Path], recursive: bool) -> Iterator[Path]:
+    """Files given, and the files of folders given (their subfolders with ``recursive``)."""
+    for path in paths:
+        if path.is_dir():
+            children = sorted(path.rglob("*") if recursive else path.iterdir())
+            yield from (child for child in children if child.is_file())
+        else:
+            yield path
+
+
+def read_header(path: Path) -> DicomFile:
+    """The file's identity, or ValueError saying why it cannot be sent."""
+    try:
+        with warnings.catch_warnings():  # an encoding quirk pydicom reads past is not ours to say
+            warnings.simplefilter("ignore")
+            ds = dcmread(path, stop_before_pixels=True,
+                         specific_tags=["SOPClassUID", "SOPInstanceUID"])
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except (InvalidDicomError, EOFError) as exc:
+        raise ValueError(f"not a DICOM Part 10 file ({exc})") from None
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror}") from None
+    meta = getattr(ds, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    sop_class, instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
+    if not syntax:
+        raise ValueError("no transfer syntax in its file meta information")
+    if not sop_class or not instance:
+        raise ValueError("its dataset has no SOP Class UID or SOP Instance UID")
+    if str(sop_class) == MEDIA_STORAGE_DIRECTORY:
+        raise ValueError("a DICOMDIR (a file-set's index), not an object to store")
+    return DicomFile(path, str(sop_class), str(instance), str(syntax), path.stat().st_size)
+
+
+def contexts_for(files: Iterable[DicomFile], decompress: bool) -> set[tuple[str, str]]:
+    """(SOP class, transfer syntax) pairs to propose: each file's as stored, and
+    with ``decompress`` an uncompressed one for each compressed file's class."""
+    wanted = set()
+    for f in files:
+        wanted.add((f.sop_class, f.transfer_syntax))
+        if decompress and f.compressed:
+            wanted.add((f.sop_class, ExplicitVRLittleEndian))
+            wanted.add((f.sop_class, ImplicitVRLittleEndian))
+    return wanted
+
+
+def batches(files: list[DicomFile], decompress: bool) -> list[list[DicomFile]]:
+    """The files in groups whose contexts fit one association (128 at most)."""
+    groups: list[tuple[set, list[DicomFile]]] = []
+    for f in sorted(files, key=lambda f: (f.sop_class, f.transfer_syntax)):
+        need = contexts_for([f], decompress)
+        for contexts, members in groups:
+            if len(contexts | need) <= MAX_CONTEXTS:
+                contexts |= need
+                members.append(f)
+                break
+        else:
+            groups.append((set(need), [f]))
+    return [members for _, members in groups]

@@ -1,0 +1,246 @@
+"""``dcxsec receive PORT --out DIR``: a storage SCP over TLS, on the engine's acceptor.
+
+Every object is on disk before its success status goes back: written to a
+temporary file in its folder, flushed with fsync, then renamed into place.
+When that fails (a full disk, a folder it may not write), the C-STORE is
+answered 0xA700 (out of resources) and nothing is acknowledged that is not
+stored.  C-ECHO is answered.  Each association ends with one line: the peer's
+address, AE titles, certificate, and what it stored.  SIGTERM (or Ctrl-C)
+stops accepting and lets the associations in flight finish.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dcxsec import cliopts
+from dcxsec.errors import ConfigurationError
+
+log = logging.getLogger("dcxsec.receive")
+DEFAULT_LAYOUT = "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
+FLAT_LAYOUT = "{SOPInstanceUID}.dcm"
+OUT_OF_RESOURCES = 0xA700
+DRAIN_SECONDS = 60.0  # at SIGTERM, how long associations in flight may go on
+_UNSAFE = re.compile(r"[^A-Za-z0-9._^=+-]")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("receive", help="a storage SCP over TLS that writes what it receives "
+                            "(as DCMTK's storescp +tls)")
+    p.add_argument("port", type=int)
+    p.add_argument("--out", type=Path, required=True, help="the folder objects are written into")
+    p.add_argument("--layout", default=DEFAULT_LAYOUT,
+                   help="each object's path under --out, from its attributes "
+                   f"(default {DEFAULT_LAYOUT}; 'flat' for {FLAT_LAYOUT})")
+    p.add_argument("--aet", default="DCXSEC", help="this AE's title (default DCXSEC)")
+    p.add_argument("--bind-address", default="", metavar="ADDRESS",
+                   help="listen on this address only (default: all)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="N processes sharing the port (default 1)")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    cliopts.add_tls_options(p)
+    p.set_defaults(run=run)
+
+
+def component(value: Any) -> str:
+    """A path component from an attribute: no separators, never empty or a dot name."""
+    text = _UNSAFE.sub("_", str(value).strip()) if value not in (None, "") else "UNKNOWN"
+    return text if text.strip(".") else "UNKNOWN"
+
+
+def object_path(out: Path, layout: str, ds: Any) -> Path:
+    """Where ``ds`` goes: ``layout`` with its attributes, every part made safe."""
+    names = set(re.findall(r"{(\w+)}", layout))
+    values = {name: component(ds.get(name)) for name in names}
+    return out.joinpath(*[part.format(**values) for part in layout.split("/") if part])
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` whole or not at all: a temporary file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    try:  # the rename itself survives a crash once the folder is flushed
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError:
+        pass
+
+
+class Receiver:
+    """The SCP's event handlers, and a line per association."""
+
+    def __init__(self, out: Path, layout: str) -> None:
+        self.out, self.layout = out, layout
+        self.lock = threading.Lock()
+        self.per_association: dict[int, list[int]] = {}  # id -> [objects, bytes, failures]
+        self.certificates: dict[int, str] = {}  # id -> the peer certificate, for the last line
+
+    def _tally(self, event: Any) -> list[int]:
+        with self.lock:
+            return self.per_association.setdefault(id(event.assoc), [0, 0, 0])
+
+    def on_established(self, event: Any) -> None:
+        who = _certificate(event.assoc.dul.socket.socket)
+        with self.lock:
+            self.certificates[id(event.assoc)] = who
+
+    def on_store(self, event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        tally = self._tally(event)
+        try:
+            path = object_path(self.out, self.layout, ds)
+            data = event.encoded_dataset(include_meta=True)
+            write_atomically(path, data)
+        except OSError as exc:
+            tally[2] += 1
+            log.warning("object %s from %s not stored: %s: answered 0x%04X",
+                        event.request.AffectedSOPInstanceUID, _peer(event),
+                        exc.strerror or exc, OUT_OF_RESOURCES)
+            return OUT_OF_RESOURCES
+        tally[0] += 1
+        tally[1] += len(data)
+        return 0x0000
+
+    def on_echo(self, event: Any) -> int:
+        return 0x0000
+
+    def on_close(self, event: Any) -> None:
+        with self.lock:
+            objects, nbytes, failures = self.per_association.pop(id(event.assoc), [0, 0, 0])
+            who = self.certificates.pop(id(event.assoc), "")
+        assoc = event.assoc
+        log.info("association from %s (%s -> %s)%s: %d objects stored, %.1f MB%s",
+                 _peer(event), assoc.requestor.ae_title, assoc.acceptor.ae_title, who,
+                 objects, nbytes / 1e6, f", {failures} not stored" if failures else "")
+
+    def handlers(self) -> list:
+        from pynetdicom import evt
+
+        return [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo),
+                (evt.EVT_ESTABLISHED, self.on_established), (evt.EVT_CONN_CLOSE, self.on_close)]
+
+
+def _peer(event: Any) -> str:
+    return f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
+
+
+def _certificate(sock: Any) -> str:
+    der = sock.getpeercert(binary_form=True) if hasattr(sock, "getpeercert") else None
+    if not der:
+        return ""
+    import hashlib
+
+    from cryptography import x509
+
+    subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    return f", certificate '{subject}' (thumbprint {hashlib.sha1(der).hexdigest().upper()})"
+
+
+def context(config: Any) -> Any:
+    if config is None:
+        return None
+    from dcxsec.context import TLSContext
+
+    return TLSContext(config)
+
+
+def server_class(tls: bool, reuse_port: bool) -> type:
+    """dcxsec's acceptor (or pynetdicom's plain server), sharing the port with
+    other workers' when ``reuse_port``."""
+    if tls:
+        from dcxsec import ThreadedAssociationServer as base
+    else:
+        from pynetdicom.transport import ThreadedAssociationServer as base
+    if not reuse_port:
+        return base
+
+    class SharedPortServer(base):  # type: ignore[misc, valid-type]
+        def server_bind(self) -> None:
+            import socket
+
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            super().server_bind()
+
+    return SharedPortServer
+
+
+def serve(args: argparse.Namespace, config: Any) -> int:
+    """One process's SCP, until SIGTERM or Ctrl-C; then the associations in flight finish."""
+    from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(args.aet)
+    ae.add_supported_context(Verification)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    receiver = Receiver(args.out, FLAT_LAYOUT if args.layout == "flat" else args.layout)
+    server = ae.make_server((args.bind_address, args.port), ssl_context=context(config),
+                            evt_handlers=receiver.handlers(),
+                            server_class=server_class(config is not None, args.workers > 1))
+    ae._servers.append(server)  # as AE.start_server keeps it, for its shutdown()
+    threading.Thread(target=server.serve_forever, name="dcxsec receive", daemon=True).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("receiving on port %d into %s (%s)", server.server_address[1], args.out,
+             "plain DICOM, no TLS" if config is None else "TLS")
+    while not stop.wait(0.5):
+        pass
+    server.shutdown()  # no new associations; those in flight go on
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = len(server.active_associations)
+    if left:
+        log.warning("stopping with %d associations still in flight after %.0f s", left,
+                    DRAIN_SECONDS)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    # pynetdicom says a line per request at INFO; dcxsec's line per association is the record.
+    logging.getLogger("pynetdicom").setLevel("DEBUG" if args.log_level == "DEBUG" else "WARNING")
+    if args.workers < 1:
+        print("dcxsec receive: --workers must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        config = cliopts.config_from_args(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+    except (ConfigurationError, ValueError) as exc:
+        print(f"dcxsec receive: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"dcxsec receive: cannot use --out {args.out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if args.workers == 1:
+        return serve(args, config)
+    from dcxsec.workers import run_workers
+
+    return run_workers(args.workers, lambda: serve(args, config))
