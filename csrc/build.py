@@ -121,6 +121,17 @@ def build_arguments(environ=os.environ) -> dict:
     arguments["extra_compile_args"] = ["-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-Wall",
                                        *openssl.pop("extra_compile_args")]
     arguments.update({key: value for key, value in openssl.items() if value})
+    return add_extra_flags(arguments, environ)
+
+
+def add_extra_flags(arguments: dict, environ=os.environ) -> dict:
+    """DCXSEC_CFLAGS and DCXSEC_LDFLAGS (shell words) after the build's own
+    flags, e.g. scripts/sanitize.sh's -fsanitize=address,undefined."""
+    for variable, key in (("DCXSEC_CFLAGS", "extra_compile_args"),
+                          ("DCXSEC_LDFLAGS", "extra_link_args")):
+        extra = shlex.split(environ.get(variable, ""))
+        if extra:
+            arguments[key] = [*arguments.get(key, []), *extra]
     return arguments
 
 

@@ -25,7 +25,7 @@ from dcxsec._native import ffi, lib
 from dcxsec.engine import address, borrow_error, new_error, return_error, to_exception
 from dcxsec.engine import keepgil as _keepgil
 from dcxsec._without import WITHOUT
-from dcxsec.errors import CertificateVerificationError, NotTLSError, TLSError
+from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError, NotTLSError, TLSError
 from dcxsec.forking import OwningProcess
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ class Connection:
         self._keep_ctx = None
         self.read_state = None  # the engine's flag: data it read waits for the next read
         self.handshake_done = False
+        self.first_data_by: float | None = None  # a read finished the handshake: data due by then
         self.bindings_in_force = False  # AE-title bindings were set when the handshake ended
         self.failure: OSError | None = None
         self.early_failure: OSError | None = None  # found in the accept loop, reported later
@@ -174,6 +175,9 @@ class Connection:
         self.refuse_if_inherited()
         if not self.handshake_done:
             self.handshake()
+            if self.timeout is None:  # woken by the handshake's last flight (pynetdicom's
+                # select()), a read without a timeout would wait for ever for data
+                self.first_data_by = time.monotonic() + self.context.handshake_timeout
         conn = self.conn
         if conn is None:
             raise self.failure or OSError(9, "the TLS connection is closed")
@@ -298,8 +302,21 @@ class Connection:
 
     # ---- records --------------------------------------------------------
 
+    def read_ms(self) -> int:
+        """A read's deadline: the socket's, or what is left for the first data."""
+        due = self.first_data_by
+        return self.timeout_ms if due is None else max(0, int((due - time.monotonic()) * 1000))
+
     def io_error(self, err: Any, rc: int, reading: bool) -> OSError:
         """The exception for a failed read or write, as ``ssl`` raises it."""
+        if rc == lib.DCX_E_TIMEOUT and reading and self.first_data_by is not None:
+            self.first_data_by = None
+            exc = HandshakeTimeoutError(f"the {'client' if self.server_side else 'server'} finished the "
+                                        f"TLS handshake but sent nothing within "
+                                        f"{self.context.handshake_timeout:g} s")
+            if self.server_side:
+                log.warning("TLS connection with %s closed: %s", self.peer_text(), exc)
+            return exc
         if rc == lib.DCX_E_TIMEOUT:
             if self.timeout == 0:
                 return (ssl.SSLWantReadError if reading else ssl.SSLWantWriteError)(
@@ -311,9 +328,10 @@ class Connection:
     def read(self, conn: EngineConn, target: Any, size: int) -> int:
         """Plaintext into ``target`` (a cffi pointer); the count, 0 at EOF; lock held."""
         err = borrow_error()
-        n = lib.dcx_conn_read(conn, target, size, self.timeout_ms, err)
+        n = lib.dcx_conn_read(conn, target, size, self.read_ms(), err)
         if n < 0 and n != lib.DCX_EOF:
             raise self.io_error(err, n, reading=True)
+        self.first_data_by = None
         return_error(err)
         return max(n, 0)
 
@@ -321,11 +339,12 @@ class Connection:
         """``size`` bytes of plaintext, fewer only at EOF; lock held."""
         buf, err, data = read_buffer("char[]", size), new_error(), bytearray()
         while len(data) < size:
-            n = lib.dcx_conn_read(conn, buf, size - len(data), self.timeout_ms, err)
+            n = lib.dcx_conn_read(conn, buf, size - len(data), self.read_ms(), err)
             if n == lib.DCX_EOF:
                 break
             if n < 0:
                 raise self.io_error(err, n, reading=True)
+            self.first_data_by = None
             data += ffi.buffer(buf, n)
         return bytes(data)
 
@@ -336,12 +355,14 @@ class Connection:
         them all and the small reads that follow stay in C."""
         rbuf.discard()
         err = borrow_error()
-        n = lib.dcx_conn_read(conn, ffi.from_buffer(rbuf.storage), rbuf.size, self.timeout_ms,
+        n = lib.dcx_conn_read(conn, ffi.from_buffer(rbuf.storage), rbuf.size, self.read_ms(),
                               err)
         if n <= 0:
             rbuf.filled(0, True)  # nothing came: keep no buffer while waiting
             if n != lib.DCX_EOF:
                 raise self.io_error(err, n, reading=True)
+        self.first_data_by = None
+        if n <= 0:
             return_error(err)
             return 0
         if n == rbuf.size < PLAIN_BUSY and self.read_state.data_waiting and _READAHEAD:
@@ -368,6 +389,7 @@ class Connection:
 
     def _write(self, conn: EngineConn, source: Any, size: int, timeout_ms: int) -> int:
         err = borrow_error()
+        self.first_data_by = None  # the caller writes first: its reads keep the socket's timeout
         n = lib.dcx_conn_write(conn, source, size, timeout_ms, err)
         if n < 0:
             if n == lib.DCX_E_TIMEOUT and timeout_ms != self.timeout_ms:
