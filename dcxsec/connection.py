@@ -8,7 +8,6 @@ cipher.  ``TLSSocket`` is the ``ssl.SSLSocket`` face over it.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ from dcxsec.engine import keepgil as _keepgil
 from dcxsec._without import WITHOUT
 from dcxsec.errors import CertificateVerificationError, HandshakeTimeoutError, NotTLSError, TLSError
 from dcxsec.forking import OwningProcess
+from dcxsec.peerinfo import PeerInfo
 
 if TYPE_CHECKING:
     from dcxsec.context import TLSContext
@@ -40,7 +40,6 @@ _READAHEAD = "readahead" not in WITHOUT
 PLAIN_BUSY = 262144  # ... and for one whose records queue up (16 records, 16 PDUs)
 CLOSE_NOTIFY_MS = 100
 _STALL_SLICE = 1 << 20  # a write without a socket timeout must make this much progress per deadline
-_VERSION_NAMES = {lib.DCX_TLS1_2: "TLSv1.2", lib.DCX_TLS1_3: "TLSv1.3"}
 # SO_LINGER on, zero seconds: close() resets the connection.
 _RESET_ON_CLOSE = struct.pack("hh" if os.name == "nt" else "ii", 1, 0)
 # Read buffers the engine overwrites: zeroing one first (ffi.new's default) costs
@@ -54,7 +53,7 @@ def milliseconds(timeout: float | None) -> int:
     return -1 if timeout is None else max(0, int(timeout * 1000))
 
 
-class Connection:
+class Connection(PeerInfo):
     """The engine's connection on a socket, made on first use.
 
     Calls into the engine hold ``lock``; ``conn`` is None until the first
@@ -479,40 +478,3 @@ class Connection:
             raise self.owner.refusal()
 
     # ---- what was negotiated ------------------------------------------------
-
-    def session_reused(self) -> bool:
-        """Whether the handshake resumed an earlier session."""
-        conn = self.conn
-        return bool(conn is not None and lib.dcx_conn_session_reused(conn))
-
-    def version(self) -> str | None:
-        """``"TLSv1.2"`` or ``"TLSv1.3"``; None before the handshake."""
-        conn = self.conn
-        if conn is None or not self.handshake_done:
-            return None
-        return _VERSION_NAMES.get(lib.dcx_conn_version(conn))
-
-    def cipher(self) -> tuple[str, str, int] | None:
-        """(cipher suite, protocol version, secret bits), as ``ssl`` gives it."""
-        conn = self.conn
-        if conn is None or not self.handshake_done:
-            return None
-        return (ffi.string(lib.dcx_conn_cipher(conn)).decode(), self.version() or "",
-                lib.dcx_conn_cipher_bits(conn))
-
-    def peer_certificate_der(self) -> bytes | None:
-        """The peer's certificate (DER), kept once read; ValueError before the handshake."""
-        if not self.handshake_done:
-            raise ValueError("handshake not done yet")
-        if self._peer_der is None and self.conn is not None:
-            size = lib.dcx_conn_peer_cert(self.conn, ffi.NULL, 0)
-            if size:
-                buf = ffi.new("unsigned char[]", size)
-                lib.dcx_conn_peer_cert(self.conn, buf, size)
-                self._peer_der = ffi.buffer(buf, size)[:]
-        return self._peer_der
-
-    def peer_thumbprint(self, algorithm: str) -> str | None:
-        """The peer certificate's ``"sha1"`` or ``"sha256"`` digest, upper-case hex."""
-        der = self.peer_certificate_der()
-        return getattr(hashlib, algorithm)(der).hexdigest().upper() if der else None
