@@ -81,7 +81,7 @@ build_linux() {
     "$VENV/bin/python" -m pip wheel -q --no-deps -w "$raw" "$tree"
     step "Linux wheel: auditwheel repair"
     "$VENV/bin/auditwheel" show "$raw"/dcxsec-*.whl
-    "$VENV/bin/auditwheel" repair -w dist "$raw"/dcxsec-*.whl
+    PATH="$VENV/bin:$PATH" "$VENV/bin/auditwheel" repair -w dist "$raw"/dcxsec-*.whl
 }
 
 step "build virtualenv"
