@@ -51,7 +51,7 @@ def backend_sources():
     """The TLS backend, the system-store backend, the handshake pump and the
     acceptor of this platform, and their libraries."""
     if WINDOWS:
-        return (["schannel.c", "schannel_identity.c", "schannel_verify.c",
+        return (["schannel.c", "schannel_identity.c", "schannel_verify.c", "schannel_suites.c",
                  "store_crypt32.c", "pump_none.c", "acceptor_none.c"],
                 ["secur32", "crypt32", "ws2_32", "ncrypt"])
     return (["openssl.c", "openssl_verify.c", "openssl_session.c", "store_none.c", "pump_posix.c",
