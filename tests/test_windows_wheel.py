@@ -342,3 +342,80 @@ def test_ec_identity(client_run):
                                               for m in [*result["log"], result.get("exception", "")]):
         pytest.skip(WINE_EC_SKIP)
     established(result)
+
+
+# ---- Cert:\CurrentUser through dcxsec.exe, and the identity taken from My -----------
+
+def negative_serial_certificate(ca: pki.Identity) -> bytes:
+    """DER of a certificate whose serial number is negative: Crypt32 stores it,
+    cryptography reads it only with a deprecation warning (a later release refuses it)."""
+    while True:
+        der = pki.issue(ca, "negative serial", key_kind="rsa2048").certificate.public_bytes(
+            serialization.Encoding.DER)
+        at = der.find(b"\x02\x01\x02\x02")  # version [0] v3, then the serial's INTEGER
+        if at > 0 and der[at + 4] <= 20 and der[at + 5] & 0x80 == 0 and der[at + 5] != 0:
+            return der[:at + 5] + bytes([der[at + 5] | 0x80]) + der[at + 6:]
+
+
+@pytest.fixture(scope="module")
+def store_run(wine, peers, client_run):
+    """dcxsec.exe puts the CA into Root and the identity into My, the client
+    cases take them from there, dcxsec.exe removes them.  After client_run:
+    an empty My is what its no-certificate case needs."""
+    d, exe = peers.d, wine.home / "Scripts" / "dcxsec.exe"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return wine.run("cert", "--store", "current-user", *args, program=exe, timeout=120)
+
+    steps = {"list_empty": cli("list"),
+             "trust": cli("trust", winpath(d / "ca.pem")),
+             "import": cli("import", winpath(d / "client.pem"), "--key", winpath(d / "client.key")),
+             "list_full": cli("list")}
+    store = {"cert_store": "CURRENT_USER", "use_system_trust": False}
+    trusted = {"trusted_certificates": [peers.path("ca.pem")]}
+    configs = {"identity_by_thumbprint": {**store, **trusted,
+                                          "certificate_thumbprint": peers.client.thumbprint("sha1")},
+               "identity_only_usable": {**store, **trusted},
+               "trust_from_store_root": store}
+    # one SCP per case: each one's record of the certificate it was shown is that case's
+    scps = {name: peers.scp(peers.server) for name in configs}
+    cases = [{"name": name, "action": "echo", "port": scps[name].port, "config": config}
+             for name, config in configs.items()]
+    results = run_cases(wine, d, cases, "store")
+    (d / "negative.der").write_bytes(negative_serial_certificate(peers.ca))
+    unreadable = wine.run(winpath(SCRIPTS / "unreadable_root.py"), winpath(d / "negative.der"))
+    steps["unreadable"] = unreadable
+    steps["remove_identity"] = cli("remove", peers.client.thumbprint("sha1"))
+    steps["remove_ca"] = cli("remove", peers.ca.thumbprint("sha1"), "--from", "Root")
+    steps["list_after"] = cli("list")
+    results.update(steps, scps=scps)
+    return results
+
+
+def test_cert_cli_on_current_user(store_run, peers):
+    for step in ("list_empty", "trust", "import", "list_full", "remove_identity", "remove_ca", "list_after"):
+        assert store_run[step].returncode == 0, (step, store_run[step].stdout, store_run[step].stderr)
+    client, ca = peers.client.thumbprint("sha1"), peers.ca.thumbprint("sha1")
+    assert client not in store_run["list_empty"].stdout and ca not in store_run["list_empty"].stdout
+    listing = store_run["list_full"].stdout
+    assert any(client in line and "My" in line for line in listing.splitlines()), listing
+    assert any(ca in line and "Root" in line for line in listing.splitlines()), listing
+    assert client not in store_run["list_after"].stdout and ca not in store_run["list_after"].stdout
+
+
+@pytest.mark.parametrize("case", ["identity_by_thumbprint", "identity_only_usable", "trust_from_store_root"])
+def test_identity_from_current_user_my(store_run, peers, case):
+    established(store_run[case])
+    # the SCP demands a certificate from the CA: the one in My was presented
+    assert store_run["scps"][case].peer_thumbprints == [peers.client.thumbprint("sha1")]
+
+
+def test_store_skips_a_certificate_it_cannot_read_and_names_it(store_run):
+    done = store_run["unreadable"]
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, done.stdout + done.stderr
+    result = json.loads(line[len("RESULT "):])
+    assert result["thumbprint"] not in result["listed"], result
+    assert result["escaped"] == [], result
+    named = [m for m in result["log"] if result["thumbprint"] in m and "skipped" in m]
+    assert len(named) == 1, result["log"]  # once, not at every listing
