@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from conftest import SCP, needs_tools
@@ -159,6 +160,9 @@ class Peers:
         self.client = full_length_rsa(self.ca, "windows client", server=False)
         self.ec_client = pki.issue(self.ca, "windows EC client", key_kind="ec256", server=False)
         (d / "ca.pem").write_bytes(self.ca.cert_pem())
+        revoking = pki.make_crl(self.ca, [self.server], reason=x509.ReasonFlags.key_compromise)
+        (d / "server_revoked.crl").write_bytes(revoking.public_bytes(serialization.Encoding.PEM))
+        (d / "server_revoked.der").write_bytes(revoking.public_bytes(serialization.Encoding.DER))
         for name in ("server", "untrusted", "expired", "client", "ec_client"):
             getattr(self, name).write(d, name)
         self.scps: list[SCP] = []
@@ -254,6 +258,10 @@ def client_run(wine, peers):
          "config": config("THUMBPRINT", accepted_thumbprints=[peers.client.thumbprint("sha1")])},
         {"name": "refused_without_client_cert", "action": "handshake", "port": main.port,
          "config": config("NONE", identity=None)},
+        {"name": "refuses_revoked_by_crl_file", "action": "handshake", "port": main.port,
+         "config": config(crl_files=[peers.path("server_revoked.crl")])},
+        {"name": "revocation_required_without_crl", "action": "handshake", "port": main.port,
+         "config": config(check_revocation=True)},
         {"name": "ec_identity", "action": "echo", "port": main.port, "config": config(identity="ec_client")},
     ]
     try:
@@ -336,6 +344,22 @@ def test_refused_when_the_server_asks_for_a_certificate_and_none_is_configured(c
     refused(client_run["refused_without_client_cert"], None, "requires a client certificate")
 
 
+def test_refuses_a_server_revoked_by_a_crl_file(client_run, peers):
+    refused(client_run["refuses_revoked_by_crl_file"], "revoked", "keyCompromise",
+            peers.server.thumbprint("sha1"))
+
+
+def test_revocation_required_and_no_crl_refuses(client_run):
+    refused(client_run["revocation_required_without_crl"], "revocation", "no current CRL from")
+
+
+@pytest.mark.parametrize("case", ["refuses_unknown_ca", "refuses_expired", "refuses_thumbprint",
+                                  "refused_without_client_cert", "refuses_revoked_by_crl_file"])
+def test_a_dead_connection_repeats_why_it_died(client_run, case):
+    result = client_run[case]
+    assert result.get("repeat_error") == f"{result['error_type']}: {result['error']}", result
+
+
 def test_ec_identity(client_run):
     result = client_run["ec_identity"]
     if not result.get("established") and any("NTE_NOT_SUPPORTED" in m or "not supported" in m
@@ -382,6 +406,13 @@ def store_run(wine, peers, client_run):
     cases = [{"name": name, "action": "echo", "port": scps[name].port, "config": config}
              for name, config in configs.items()]
     results = run_cases(wine, d, cases, "store")
+    # a CRL in Cert:\CurrentUser\CA revokes the server, with nothing in crl_files
+    steps["crl_add"] = wine.run(winpath(SCRIPTS / "crl_store.py"), "add", peers.path("server_revoked.der"))
+    revoked = peers.scp(peers.server)
+    results.update(run_cases(wine, d, [{"name": "refuses_revoked_by_store_crl", "action": "handshake",
+                                        "port": revoked.port, "config": configs["identity_by_thumbprint"]}],
+                             "store-crl"))
+    steps["crl_remove"] = wine.run(winpath(SCRIPTS / "crl_store.py"), "remove", peers.path("server_revoked.der"))
     (d / "negative.der").write_bytes(negative_serial_certificate(peers.ca))
     unreadable = wine.run(winpath(SCRIPTS / "unreadable_root.py"), winpath(d / "negative.der"))
     steps["unreadable"] = unreadable
@@ -408,6 +439,12 @@ def test_identity_from_current_user_my(store_run, peers, case):
     established(store_run[case])
     # the SCP demands a certificate from the CA: the one in My was presented
     assert store_run["scps"][case].peer_thumbprints == [peers.client.thumbprint("sha1")]
+
+
+def test_refuses_a_server_revoked_by_a_crl_in_the_ca_store(store_run, peers):
+    for step in ("crl_add", "crl_remove"):
+        assert store_run[step].returncode == 0, (step, store_run[step].stdout, store_run[step].stderr)
+    refused(store_run["refuses_revoked_by_store_crl"], "revoked", peers.server.thumbprint("sha1"))
 
 
 def test_store_skips_a_certificate_it_cannot_read_and_names_it(store_run):

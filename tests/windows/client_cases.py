@@ -83,6 +83,10 @@ def handshake(case: dict, ctx: TLSContext, result: dict) -> None:
         result["error"] = str(exc)
         result["rule"] = getattr(exc, "rule", None)
         result["is_dcxsec_error"] = isinstance(exc, dcxsec.TLSError)
+        try:  # a dead connection repeats why it died
+            sock.sendall(b"\0")
+        except OSError as again:
+            result["repeat_error"] = f"{type(again).__name__}: {again}"
     finally:
         sock.close()
 
