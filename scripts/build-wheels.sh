@@ -86,7 +86,12 @@ build_linux() {
     # a fresh copy: the worktree's own editable build (its .so files) stays out
     local tree=$ROOT/build/linux-src
     rm -rf "$tree" && mkdir -p "$tree"
-    git ls-files -z | xargs -0 -I{} cp --parents {} "$tree/"
+    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        git ls-files -z | xargs -0 -I{} cp --parents {} "$tree/"
+    else  # an unpacked source archive: all of it but builds and environments
+        tar -cf - --exclude=./build --exclude=./dist --exclude=./.venv --exclude='*.so' \
+            --exclude='*.egg-info' . | tar -xf - -C "$tree"
+    fi
     "$VENV/bin/python" -m pip wheel -q --no-deps -w "$raw" "$tree"
     step "Linux wheel: auditwheel repair"
     "$VENV/bin/auditwheel" show "$raw"/dcxsec-*.whl
