@@ -2,10 +2,11 @@
  * schannel_suites.c - the negotiated cipher suite's name on SChannel.
  *
  * Windows names the suite in SecPkgContext_CipherInfo.szCipherSuite (IANA
- * names, as Get-TlsCipherSuite shows them).  Wine leaves parts of that name
- * as "<unknown>" but gives the suite's number, and older Windows may not
- * answer SECPKG_ATTR_CIPHER_INFO at all: the name then comes from the
- * number, else from SECPKG_ATTR_CONNECTION_INFO's algorithms.
+ * names, as Get-TlsCipherSuite shows them) and gives its number.  Wine gives
+ * no number and names an AEAD suite's hash "<unknown>"; older Windows may not
+ * answer SECPKG_ATTR_CIPHER_INFO at all.  The name comes from the number,
+ * else from szCipherSuite (its hash completed from SECPKG_ATTR_CONNECTION_INFO),
+ * else from the connection's algorithms alone.
  */
 #include "schannel_int.h"
 
@@ -92,6 +93,21 @@ static void name_from_algorithms(const SecPkgContext_ConnectionInfo *info, char 
         snprintf(out, cap, "%s%s%s-%s", kx ? kx : "", kx ? "-" : "", cipher, hash);
 }
 
+/* Wine names an AEAD suite "TLS_ECDHE_RSA_WITH_AES_256_GCM_<unknown>": its
+ * last part is the handshake's hash, which the connection's algorithms give. */
+static int complete_wine_name(char *name, size_t cap, const SecPkgContext_ConnectionInfo *info)
+{
+    static const char unknown[] = "_<unknown>";
+    size_t len = strlen(name), tail = sizeof(unknown) - 1;
+    const char *hash = info ? hash_name(info->aiHash) : NULL;
+    if (len <= tail || strcmp(name + len - tail, unknown) != 0)
+        return 1;
+    if (!hash || strcmp(hash, "SHA") == 0 || len - tail + 1 + strlen(hash) >= cap)
+        return 0;
+    snprintf(name + len - tail, cap - (len - tail), "_%s", hash);
+    return 1;
+}
+
 void sch_name_cipher_suite(CtxtHandle *ctxt, const SecPkgContext_ConnectionInfo *info, char *out,
                            size_t cap)
 {
@@ -106,9 +122,9 @@ void sch_name_cipher_suite(CtxtHandle *ctxt, const SecPkgContext_ConnectionInfo 
         }
         if (ci.szCipherSuite[0])
             WideCharToMultiByte(CP_UTF8, 0, ci.szCipherSuite, -1, out, (int)cap, NULL, NULL);
-        if (!strchr(out, '<')) /* Wine names some parts "<unknown>": no name beats a wrong one */
+        if (complete_wine_name(out, cap, info) && !strchr(out, '<'))
             return;
-        out[0] = '\0';
+        out[0] = '\0'; /* a name with a part unknown: no name beats a wrong one */
     }
     if (info)
         name_from_algorithms(info, out, cap);
