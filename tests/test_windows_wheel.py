@@ -99,9 +99,9 @@ def winpath(path: Path) -> str:
 
 
 def prepare_runtime(prefix: Path) -> WinePython:
-    """build/win/testpy: the runtime with site-packages on and dcxsec's
-    dependencies installed (once); _wmi.pyd left out (it crashes pip's
-    platform probe under Wine)."""
+    """build/win/testpy: the runtime with site-packages on, _wmi.pyd left out
+    (it crashes pip's platform probe under Wine), and Windows wheels of
+    dcxsec's dependencies at hand in build/win/wheels (made once)."""
     home = CACHE / "testpy"
     wine = WinePython(home, prefix)
     marker = home / "dependencies.txt"
@@ -115,9 +115,6 @@ def prepare_runtime(prefix: Path) -> WinePython:
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--platform",
                     "win_amd64", "--python-version", PYTHON_TAG[2] + "." + PYTHON_TAG[3:], "-d",
                     str(CACHE / "wheels"), *DEPENDENCIES], check=True, capture_output=True, timeout=600)
-    done = wine.pip("install", "--no-index", "--find-links", winpath(CACHE / "wheels"),
-                    *[d for d in DEPENDENCIES if d != "pip"])
-    assert done.returncode == 0, done.stdout + done.stderr
     marker.write_text(wanted)
     return wine
 
@@ -127,7 +124,10 @@ def wine(tmp_path_factory) -> WinePython:
     """Windows CPython with this tree's wheel just installed by pip."""
     wheel = windows_wheel()
     python = prepare_runtime(tmp_path_factory.mktemp("wine") / "prefix")
-    done = python.pip("install", "--force-reinstall", "--no-deps", "--no-index", winpath(wheel))
+    python.pip("uninstall", "-y", "dcxsec")
+    # the wheel's own requirements, met from the Windows wheels at hand (installed
+    # the first time, already there after)
+    done = python.pip("install", "--no-index", "--find-links", winpath(CACHE / "wheels"), winpath(wheel))
     assert done.returncode == 0, done.stdout + done.stderr
     return python
 
