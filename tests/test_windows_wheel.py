@@ -40,9 +40,10 @@ DIST = ROOT / "dist"
 SCRIPTS = Path(__file__).resolve().parent / "windows"
 PYTHON_TAG = "cp313"
 # Windows wheels of what dcxsec needs (pip's --platform does not resolve for
-# another OS: each is named).  cryptography 43 and later import ProcessPrng,
-# which Wine 8.0's bcryptprimitives.dll lacks.
-DEPENDENCIES = ["cffi", "pycparser", "cryptography<43", "pydicom", "pynetdicom", "pip"]
+# another OS: each is named, colorama, which tqdm needs on Windows, too).
+# cryptography 43 and later import ProcessPrng, which Wine 8.0's
+# bcryptprimitives.dll lacks.
+DEPENDENCIES = ["cffi", "pycparser", "cryptography<43", "pydicom", "pynetdicom", "tqdm", "colorama", "pip"]
 BIG = 50 * 1024 * 1024
 WINE_EC_SKIP = "Wine's NCrypt cannot import EC keys (NTE_NOT_SUPPORTED): the Windows identity is RSA"
 
