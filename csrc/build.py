@@ -15,6 +15,10 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADERS = [os.path.join(HERE, name) for name in ("dcxtls.h", "dcxthreads.h", "dcxstore.h")]
+# The platform the engine is built for: this interpreter's, unless DCXSEC_TARGET
+# names another (win_amd64: scripts/build-wheels.sh cross-builds for Windows).
+TARGET = os.environ.get("DCXSEC_TARGET") or ("win_amd64" if sys.platform == "win32" else sys.platform)
+WINDOWS = TARGET.startswith("win")
 
 
 def cdef_from_header(path: str, defined: set) -> str:
@@ -46,8 +50,8 @@ def cdef_from_header(path: str, defined: set) -> str:
 def backend_sources():
     """The TLS backend, the system-store backend, the handshake pump and the
     acceptor of this platform, and their libraries."""
-    if sys.platform == "win32":
-        return (["schannel.c", "schannel_identity.c", "schannel_verify.c",
+    if WINDOWS:
+        return (["schannel.c", "schannel_identity.c", "schannel_verify.c", "schannel_suites.c",
                  "store_crypt32.c", "pump_none.c", "acceptor_none.c"],
                 ["secur32", "crypt32", "ws2_32", "ncrypt"])
     return (["openssl.c", "openssl_verify.c", "openssl_session.c", "store_none.c", "pump_posix.c",
@@ -114,7 +118,7 @@ def build_arguments(environ=os.environ) -> dict:
         "libraries": libraries,
         "extra_compile_args": [],
     }
-    if sys.platform == "win32":  # SChannel: the Windows SDK's libraries, nothing to find
+    if WINDOWS:  # SChannel: the Windows SDK's libraries, nothing to find
         return arguments
     openssl = openssl_location(environ)
     arguments["include_dirs"] += openssl.pop("include_dirs")
@@ -136,7 +140,7 @@ def add_extra_flags(arguments: dict, environ=os.environ) -> dict:
 
 
 ffibuilder = FFI()
-_defined = ({"_WIN32"} if sys.platform == "win32" else set())
+_defined = ({"_WIN32"} if WINDOWS else set())
 ffibuilder.cdef("\n".join(cdef_from_header(header, _defined) for header in HEADERS))
 ffibuilder.set_source("dcxsec._tls", '#include "dcxtls.h"\n#include "dcxthreads.h"\n#include "dcxstore.h"',
                       **build_arguments())

@@ -398,6 +398,28 @@ static void note_plain_alert(dcx_conn *c)
         c->received_alert = p[6];
 }
 
+/* A CertificateRequest among the handshake messages in the clear in c->in
+ * (TLS 1.2; whole records only, each walked from its first message), seen
+ * by a client that has no certificate to give. */
+static void note_certificate_request(dcx_conn *c)
+{
+    const unsigned char *p = c->in, *end = c->in + c->in_len;
+    if (c->server_side || c->ctx->identity)
+        return;
+    while (end - p >= 5) {
+        size_t len = ((size_t)p[3] << 8) | p[4];
+        if ((size_t)(end - p - 5) < len)
+            return;
+        const unsigned char *m = p + 5, *record_end = m + len;
+        while (p[0] == 22 && record_end - m >= 4) {
+            if (m[0] == 13) /* certificate_request */
+                c->asked_for_cert = 1;
+            m += 4 + (((size_t)m[1] << 16) | ((size_t)m[2] << 8) | m[3]);
+        }
+        p = record_end;
+    }
+}
+
 /* ---- connection ---------------------------------------------------------- */
 
 dcx_conn *dcx_conn_new(dcx_ctx *ctx, dcx_socket fd, int server_side, const char *server_name,
@@ -450,7 +472,10 @@ static int handshake_failure(dcx_conn *c, SECURITY_STATUS s, dcx_error *err)
     if (err)
         err->alert = c->received_alert;
     if (c->received_alert >= 0) {
-        const char *advice = dcx_alert_advice(c->received_alert);
+        /* TLS 1.2 has no certificate_required alert: a server that asked for our
+         * certificate, got none and then refused means that, as 116 does */
+        const char *advice = dcx_alert_advice(c->asked_for_cert && c->received_alert == 40
+                                                  ? 116 : c->received_alert);
         return dcx_fail(err, DCX_E_PEER_ALERT,
                         "the %s refused the handshake with TLS alert '%s' (%d)%s%s", role,
                         dcx_alert_text(c->received_alert), c->received_alert, *advice ? ": " : "",
@@ -623,8 +648,10 @@ static int run_handshake(dcx_conn *c, int64_t deadline, int timeout_ms, dcx_erro
             if (n == 0)
                 return handshake_eof(c, err);
         }
-        if (!c->handshake_done)
+        if (!c->handshake_done) {
             note_plain_alert(c);
+            note_certificate_request(c);
+        }
         int io_rc;
         SECURITY_STATUS s = handshake_call(c, deadline, &io_rc, err);
         if (s == SEC_E_INCOMPLETE_MESSAGE) {
@@ -648,20 +675,14 @@ static int run_handshake(dcx_conn *c, int64_t deadline, int timeout_ms, dcx_erro
 static void read_connection_info(dcx_conn *c)
 {
     SecPkgContext_ConnectionInfo info;
-    if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_CONNECTION_INFO, &info) == SEC_E_OK) {
+    int have_info = QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_CONNECTION_INFO, &info) == SEC_E_OK;
+    if (have_info) {
         c->version = (info.dwProtocol & (SP_PROT_TLS1_3_CLIENT | SP_PROT_TLS1_3_SERVER)) ? DCX_TLS1_3
                    : (info.dwProtocol & (SP_PROT_TLS1_2_CLIENT | SP_PROT_TLS1_2_SERVER)) ? DCX_TLS1_2
                    : 0;
         c->cipher_bits = (int)info.dwCipherStrength;
     }
-    SecPkgContext_CipherInfo ci;
-    memset(&ci, 0, sizeof(ci));
-    if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_CIPHER_INFO, &ci) == SEC_E_OK &&
-        ci.szCipherSuite[0])
-        WideCharToMultiByte(CP_UTF8, 0, ci.szCipherSuite, -1, c->cipher, sizeof(c->cipher), NULL,
-                            NULL);
-    if (strchr(c->cipher, '<')) /* Wine names some parts "<unknown>": no name beats a wrong one */
-        c->cipher[0] = '\0';
+    sch_name_cipher_suite(&c->ctxt, have_info ? &info : NULL, c->cipher, sizeof(c->cipher));
     SecPkgContext_SessionInfo si;
     if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_SESSION_INFO, &si) == SEC_E_OK)
         c->reused = (si.dwFlags & SSL_SESSION_RECONNECT) != 0;

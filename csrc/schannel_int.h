@@ -12,6 +12,7 @@
  *                        certificate judged with Crypt32 (revocation by the
  *                        CRLs given and those of the CA store included),
  *                        failures explained
+ *   schannel_suites.c    the negotiated cipher suite's name
  */
 #ifndef DCX_SCHANNEL_INT_H
 #define DCX_SCHANNEL_INT_H
@@ -88,6 +89,7 @@ struct dcx_conn {
     dcx_error failure;          /* ... and the whole error, repeated to every later call */
     int peer_closed;            /* close_notify received, or the peer closed at a record boundary */
     int received_alert;
+    int asked_for_cert;         /* the server asked for a certificate this side lacks (TLS 1.2) */
     SecPkgContext_StreamSizes sizes;
     unsigned char *in;          /* ciphertext received, not yet decrypted */
     size_t in_len, in_cap;
@@ -153,5 +155,13 @@ int sch_fail_verify(dcx_conn *c, int reason, const char *detail, dcx_error *err)
 /* After the handshake: takes the peer's certificate into c->peer and applies
  * the context's verification method to it. */
 int sch_verify_peer(dcx_conn *c, dcx_error *err);
+
+/* ---- schannel_suites.c --------------------------------------------------- */
+
+/* The negotiated suite's name into out (IANA's, as Windows names it), or ""
+ * when neither SChannel's answer nor the connection's algorithms (info, may be
+ * NULL) tell it. */
+void sch_name_cipher_suite(CtxtHandle *ctxt, const SecPkgContext_ConnectionInfo *info, char *out,
+                           size_t cap);
 
 #endif /* DCX_SCHANNEL_INT_H */

@@ -9,8 +9,12 @@ PKCS#12 made in memory for the import, and the key stays with Windows.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import secrets
+import warnings
 
+from cryptography import utils as crypto_utils
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -20,6 +24,28 @@ from dcxsec.engine import new_error, to_exception
 from dcxsec.store import CertStore, StoredCertificate
 
 _SCOPE_LABELS = {CertStore.CURRENT_USER: "CurrentUser", CertStore.LOCAL_COMPUTER: "LocalMachine"}
+_log = logging.getLogger("dcxsec")
+_reported: set[str] = set()  # thumbprints already warned about: once per process, not per listing
+
+
+def _parse(der: bytes, where: str) -> x509.Certificate | None:
+    """The certificate, or None (and one warning naming it) when it cannot be read.
+
+    What cryptography reads today only with a deprecation warning (a negative
+    serial number, say, as in some of Wine's roots) is skipped as well: a
+    later release refuses it, and the store must not change meaning with it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", crypto_utils.CryptographyDeprecationWarning)
+            return x509.load_der_x509_certificate(der)
+    except (ValueError, crypto_utils.CryptographyDeprecationWarning) as exc:
+        thumbprint = hashlib.sha1(der).hexdigest().upper()
+        if thumbprint not in _reported:
+            _reported.add(thumbprint)
+            _log.warning("%s: skipped the certificate with thumbprint %s: it cannot be read (%s); "
+                         "remove it from the store if it is not needed", where, thumbprint, exc)
+        return None
 
 
 def _check(rc: int, err) -> None:
@@ -68,9 +94,8 @@ class SystemStoreSource:
         try:
             for i in range(lib.dcx_store_list_count(listing)):
                 entry = lib.dcx_store_list_get(listing, i)
-                try:
-                    cert = x509.load_der_x509_certificate(bytes(ffi.buffer(entry.der, entry.der_len)))
-                except ValueError:
+                cert = _parse(bytes(ffi.buffer(entry.der, entry.der_len)), self.location(logical))
+                if cert is None:
                     continue  # as the folder store: only certificates it can read
                 found.append(StoredCertificate(self.scope, logical, None, cert, bool(entry.has_key)))
         finally:
