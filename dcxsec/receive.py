@@ -57,11 +57,34 @@ def component(value: Any) -> str:
     return text if text.strip(".") else "UNKNOWN"
 
 
-def object_path(out: Path, layout: str, ds: Any) -> Path:
-    """Where ``ds`` goes: ``layout`` with its attributes, every part made safe."""
-    names = set(re.findall(r"{(\w+)}", layout))
-    values = {name: component(ds.get(name)) for name in names}
-    return out.joinpath(*[part.format(**values) for part in layout.split("/") if part])
+def layout_names(layout: str) -> set[str]:
+    return set(re.findall(r"{(\w+)}", layout))
+
+
+def object_path(out: Path, layout: str, values: dict[str, Any]) -> Path:
+    """Where an object goes: ``layout`` with its attributes, every part made safe."""
+    safe = {name: component(values.get(name)) for name in layout_names(layout)}
+    return out.joinpath(*[part.format(**safe) for part in layout.split("/") if part])
+
+
+def attributes(event: Any, names: set[str]) -> dict[str, Any]:
+    """The attributes a layout names: the instance UID from the request, the
+    others read from the dataset's elements before its pixel data (never all of it)."""
+    values: dict[str, Any] = {"SOPInstanceUID": event.request.AffectedSOPInstanceUID,
+                              "SOPClassUID": event.request.AffectedSOPClassUID}
+    wanted = names - set(values)
+    if wanted:
+        from pydicom.filereader import read_dataset
+        from pydicom.tag import Tag
+
+        syntax = event.context.transfer_syntax
+        stream = event.request.DataSet
+        stream.seek(0)
+        ds = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian,
+                          stop_when=lambda tag, vr, length: tag >= 0x7FE00010,
+                          specific_tags=[Tag(name) for name in sorted(wanted)])
+        values.update({name: ds.get(name) for name in wanted})
+    return values
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -95,6 +118,7 @@ class Receiver:
 
     def __init__(self, out: Path, layout: str) -> None:
         self.out, self.layout = out, layout
+        self.names = layout_names(layout)
         self.lock = threading.Lock()
         self.per_association: dict[int, list[int]] = {}  # id -> [objects, bytes, failures]
         self.certificates: dict[int, str] = {}  # id -> the peer certificate, for the last line
@@ -109,11 +133,9 @@ class Receiver:
             self.certificates[id(event.assoc)] = who
 
     def on_store(self, event: Any) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
         tally = self._tally(event)
         try:
-            path = object_path(self.out, self.layout, ds)
+            path = object_path(self.out, self.layout, attributes(event, self.names))
             data = event.encoded_dataset(include_meta=True)
             write_atomically(path, data)
         except OSError as exc:
