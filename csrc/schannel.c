@@ -672,22 +672,6 @@ static int run_handshake(dcx_conn *c, int64_t deadline, int timeout_ms, dcx_erro
     }
 }
 
-static void read_connection_info(dcx_conn *c)
-{
-    SecPkgContext_ConnectionInfo info;
-    int have_info = QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_CONNECTION_INFO, &info) == SEC_E_OK;
-    if (have_info) {
-        c->version = (info.dwProtocol & (SP_PROT_TLS1_3_CLIENT | SP_PROT_TLS1_3_SERVER)) ? DCX_TLS1_3
-                   : (info.dwProtocol & (SP_PROT_TLS1_2_CLIENT | SP_PROT_TLS1_2_SERVER)) ? DCX_TLS1_2
-                   : 0;
-        c->cipher_bits = (int)info.dwCipherStrength;
-    }
-    sch_name_cipher_suite(&c->ctxt, have_info ? &info : NULL, c->cipher, sizeof(c->cipher));
-    SecPkgContext_SessionInfo si;
-    if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_SESSION_INFO, &si) == SEC_E_OK)
-        c->reused = (si.dwFlags & SSL_SESSION_RECONNECT) != 0;
-}
-
 /* Tell the peer why we refuse it; best effort, the connection is over anyway. */
 static void send_alert(dcx_conn *c, DWORD alert, int64_t deadline)
 {
@@ -759,7 +743,7 @@ int dcx_conn_handshake(dcx_conn *c, int timeout_ms, dcx_error *err)
         c->dead = 1;
         return remember(c, rc, err);
     }
-    read_connection_info(c);
+    sch_read_connection_info(c);
     c->handshake_done = 1;
     return DCX_OK;
 }
@@ -996,41 +980,6 @@ int dcx_conn_shutdown(dcx_conn *c, int timeout_ms, int wait_peer, dcx_error *err
     }
     c->dead = 1;
     return rc;
-}
-
-size_t dcx_conn_peer_cert(dcx_conn *c, unsigned char *buf, size_t cap)
-{
-    if (!c->peer)
-        return 0;
-    size_t n = c->peer->cbCertEncoded;
-    if (buf && n <= cap)
-        memcpy(buf, c->peer->pbCertEncoded, n);
-    return n;
-}
-
-int dcx_conn_version(const dcx_conn *c)
-{
-    return c->handshake_done ? c->version : 0;
-}
-
-const char *dcx_conn_cipher(const dcx_conn *c)
-{
-    return c->handshake_done ? c->cipher : "";
-}
-
-int dcx_conn_cipher_bits(const dcx_conn *c)
-{
-    return c->handshake_done ? c->cipher_bits : 0;
-}
-
-int dcx_conn_session_reused(const dcx_conn *c)
-{
-    return c->handshake_done && c->reused;
-}
-
-dcx_socket dcx_conn_socket(const dcx_conn *c)
-{
-    return c->fd;
 }
 
 dcx_handshake_progress dcx_conn_progress(const dcx_conn *c)

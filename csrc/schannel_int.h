@@ -158,6 +158,8 @@ int sch_verify_peer(dcx_conn *c, dcx_error *err);
 
 /* ---- schannel_suites.c --------------------------------------------------- */
 
+/* The protocol, cipher suite and resumption of a connection whose handshake is done, into c. */
+void sch_read_connection_info(dcx_conn *c);
 /* The negotiated suite's name into out (IANA's, as Windows names it), or ""
  * when neither SChannel's answer nor the connection's algorithms (info, may be
  * NULL) tell it. */

@@ -1,5 +1,7 @@
 /*
- * schannel_suites.c - the negotiated cipher suite's name on SChannel.
+ * schannel_suites.c - what an SChannel connection negotiated: the protocol,
+ * the cipher suite and its name, whether the session was resumed, the peer's
+ * certificate.
  *
  * Windows names the suite in SecPkgContext_CipherInfo.szCipherSuite (IANA
  * names, as Get-TlsCipherSuite shows them) and gives its number.  Wine gives
@@ -9,6 +11,8 @@
  * else from the connection's algorithms alone.
  */
 #include "schannel_int.h"
+
+#include <string.h>
 
 /* The suites SChannel offers for TLS 1.2 and 1.3, by IANA number. */
 static const struct {
@@ -128,4 +132,56 @@ void sch_name_cipher_suite(CtxtHandle *ctxt, const SecPkgContext_ConnectionInfo 
     }
     if (info)
         name_from_algorithms(info, out, cap);
+}
+
+/* Read once the handshake is done. */
+void sch_read_connection_info(dcx_conn *c)
+{
+    SecPkgContext_ConnectionInfo info;
+    int have_info = QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_CONNECTION_INFO, &info) == SEC_E_OK;
+    if (have_info) {
+        c->version = (info.dwProtocol & (SP_PROT_TLS1_3_CLIENT | SP_PROT_TLS1_3_SERVER)) ? DCX_TLS1_3
+                   : (info.dwProtocol & (SP_PROT_TLS1_2_CLIENT | SP_PROT_TLS1_2_SERVER)) ? DCX_TLS1_2
+                   : 0;
+        c->cipher_bits = (int)info.dwCipherStrength;
+    }
+    sch_name_cipher_suite(&c->ctxt, have_info ? &info : NULL, c->cipher, sizeof(c->cipher));
+    SecPkgContext_SessionInfo si;
+    if (QueryContextAttributesW(&c->ctxt, SECPKG_ATTR_SESSION_INFO, &si) == SEC_E_OK)
+        c->reused = (si.dwFlags & SSL_SESSION_RECONNECT) != 0;
+}
+
+size_t dcx_conn_peer_cert(dcx_conn *c, unsigned char *buf, size_t cap)
+{
+    if (!c->peer)
+        return 0;
+    size_t n = c->peer->cbCertEncoded;
+    if (buf && n <= cap)
+        memcpy(buf, c->peer->pbCertEncoded, n);
+    return n;
+}
+
+int dcx_conn_version(const dcx_conn *c)
+{
+    return c->handshake_done ? c->version : 0;
+}
+
+const char *dcx_conn_cipher(const dcx_conn *c)
+{
+    return c->handshake_done ? c->cipher : "";
+}
+
+int dcx_conn_cipher_bits(const dcx_conn *c)
+{
+    return c->handshake_done ? c->cipher_bits : 0;
+}
+
+int dcx_conn_session_reused(const dcx_conn *c)
+{
+    return c->handshake_done && c->reused;
+}
+
+dcx_socket dcx_conn_socket(const dcx_conn *c)
+{
+    return c->fd;
 }
