@@ -7,9 +7,11 @@ given on the command line win over the file.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from dcxsec.config import SecurityConfig
 from dcxsec.configfile import METHODS, SCOPES, VERSIONS
@@ -73,3 +75,43 @@ def tls_args(config: SecurityConfig | None) -> tuple[Any, None] | None:
     from dcxsec.context import TLSContext
 
     return TLSContext(config), None
+
+
+class Reasons(logging.Handler):
+    """What pynetdicom and dcxsec said while associating: the reason for a failure."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.tls: list[str] = []     # dcxsec's own account of a failed connection
+        self.other: list[str] = []   # pynetdicom's: a socket error, a rejection, an abort
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.name.startswith("dcxsec") and record.levelno >= logging.WARNING:
+            self.tls.append(text)
+        elif text.startswith("TCP Initialisation Error: "):
+            self.other.append(text.split(": ", 1)[1])
+        elif text.startswith(("Reason:", "Result:", "Association Aborted")):
+            self.other.append(text)
+
+    def reason(self, plain: bool = False) -> str:
+        if self.tls:
+            return self.tls[0]
+        text = "; ".join(dict.fromkeys(self.other)) or "the association was not established"
+        if plain and "Association Aborted" in text:
+            text += " (is this a TLS port? --plain speaks plain DICOM)"
+        return text
+
+
+@contextmanager
+def reasons_heard() -> Iterator[Reasons]:
+    """What pynetdicom and dcxsec log meanwhile, gathered into a ``Reasons``."""
+    reasons = Reasons()
+    loggers = [logging.getLogger("pynetdicom"), logging.getLogger("dcxsec")]
+    for logger in loggers:
+        logger.addHandler(reasons)
+    try:
+        yield reasons
+    finally:
+        for logger in loggers:
+            logger.removeHandler(reasons)

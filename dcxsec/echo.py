@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import statistics
 import sys
 import time
@@ -34,32 +33,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     cliopts.add_tls_options(p)
     p.set_defaults(run=run)
-
-
-class _Reasons(logging.Handler):
-    """What pynetdicom and dcxsec said while associating: the reason for a failure."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.tls: list[str] = []     # dcxsec's own account of a failed connection
-        self.other: list[str] = []   # pynetdicom's: a socket error, a rejection, an abort
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.name.startswith("dcxsec") and record.levelno >= logging.WARNING:
-            self.tls.append(text)
-        elif text.startswith("TCP Initialisation Error: "):
-            self.other.append(text.split(": ", 1)[1])
-        elif text.startswith(("Reason:", "Result:", "Association Aborted")):
-            self.other.append(text)
-
-    def reason(self, plain: bool = False) -> str:
-        if self.tls:
-            return self.tls[0]
-        text = "; ".join(dict.fromkeys(self.other)) or "the association was not established"
-        if plain and "Association Aborted" in text:
-            text += " (is this a TLS port? --plain speaks plain DICOM)"
-        return text
 
 
 def peer_details(sock: Any) -> dict[str, Any]:
@@ -93,11 +66,7 @@ def echo(args: argparse.Namespace, tls_args: Any) -> dict[str, Any]:
     ae.connection_timeout = args.timeout
     result: dict[str, Any] = {"host": args.host, "port": args.port, "called": args.aec,
                               "tls": tls_args is not None, "ok": False}
-    reasons = _Reasons()
-    loggers = [logging.getLogger("pynetdicom"), logging.getLogger("dcxsec")]
-    for logger in loggers:
-        logger.addHandler(reasons)
-    try:
+    with cliopts.reasons_heard() as reasons:
         start = time.perf_counter()
         assoc = ae.associate(args.host, args.port, ae_title=args.aec, tls_args=tls_args)
         result["associate_ms"] = round((time.perf_counter() - start) * 1000, 2)
@@ -112,9 +81,6 @@ def echo(args: argparse.Namespace, tls_args: Any) -> dict[str, Any]:
             rtts.append(round((time.perf_counter() - start) * 1000, 2))
             statuses.append(getattr(status, "Status", None))
         assoc.release()
-    finally:
-        for logger in loggers:
-            logger.removeHandler(reasons)
     result["echo_ms"] = rtts
     result["statuses"] = [f"0x{s:04X}" if s is not None else None for s in statuses]
     result["ok"] = all(s == 0x0000 for s in statuses)

@@ -172,15 +172,12 @@ def _peer(event: Any) -> str:
 
 
 def _certificate(sock: Any) -> str:
-    der = sock.getpeercert(binary_form=True) if hasattr(sock, "getpeercert") else None
-    if not der:
+    from dcxsec.echo import peer_details
+
+    peer = peer_details(sock).get("peer")
+    if not peer:
         return ""
-    import hashlib
-
-    from cryptography import x509
-
-    subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
-    return f", certificate '{subject}' (thumbprint {hashlib.sha1(der).hexdigest().upper()})"
+    return f", certificate '{peer['subject']}' (thumbprint {peer['thumbprint_sha1']})"
 
 
 def context(config: Any) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import queue
 import sys
 import threading
@@ -24,7 +23,6 @@ from typing import Any
 
 from dcxsec import cliopts
 from dcxsec.dicomfiles import DicomFile, batches, contexts_for, read_header, walk
-from dcxsec.echo import _Reasons
 from dcxsec.errors import ConfigurationError
 from dcxsec.progress import Progress
 
@@ -92,16 +90,9 @@ class Sender:
             ae.add_requested_context(sop_class, syntax)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.args.timeout
         ae.connection_timeout = self.args.timeout
-        reasons = _Reasons()
-        loggers = [logging.getLogger("pynetdicom"), logging.getLogger("dcxsec")]
-        for logger in loggers:
-            logger.addHandler(reasons)
-        try:
+        with cliopts.reasons_heard() as reasons:
             assoc = ae.associate(self.args.host, self.args.port, ae_title=self.args.aec,
                                  tls_args=self.tls_args)
-        finally:
-            for logger in loggers:
-                logger.removeHandler(reasons)
         return assoc, "" if assoc.is_established else reasons.reason(plain=self.tls_args is None)
 
     def store(self, assoc: Any, f: DicomFile) -> None:

@@ -235,6 +235,16 @@ def requestor(**kw) -> AE:
     return ae
 
 
+def wait_until(predicate, timeout: float) -> bool:
+    """Whether ``predicate()`` came true within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
 def wait_for_log(caplog, words: str, timeout: float = 10) -> list[str]:
     """dcxsec's log messages once one holds ``words`` (or at the timeout).
 
@@ -248,4 +258,5 @@ def wait_for_log(caplog, words: str, timeout: float = 10) -> list[str]:
         time.sleep(0.02)
 
 
-__all__ = ["config_for", "listener", "free_port", "requestor", "wait_for_log", "dcxsec"]
+__all__ = ["config_for", "listener", "free_port", "requestor", "wait_for_log", "wait_until",
+           "dcxsec"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from pynetdicom import evt
 
-from conftest import config_for, requestor
+from conftest import config_for, requestor, wait_until
 from dcxsec import TLSContext
 from pki_fixtures import make_ct_dataset
 
@@ -103,15 +103,6 @@ def finish(proc: subprocess.Popen) -> None:
 def lost_lines(caplog, port: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "dcxsec"
             and r.levelno == logging.WARNING and f":{port} lost" in r.getMessage()]
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def no_tracebacks(caplog) -> None:

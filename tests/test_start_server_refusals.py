@@ -18,7 +18,7 @@ import time
 import pytest
 
 import dicom_wire
-from conftest import config_for, requestor
+from conftest import config_for, requestor, wait_until
 from dcxsec import TLSContext
 
 HANDSHAKE_TIMEOUT = 2.0
@@ -43,15 +43,6 @@ def scp(pki, scp_factory, caplog):
     ctx = TLSContext(config_for(pki.server, trusted=[pki.ca.cert_path],
                                 handshake_timeout=HANDSHAKE_TIMEOUT))
     return scp_factory(ctx)  # pynetdicom's defaults: maximum_associations 10
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def refusals(caplog, port: int) -> list[str]:
