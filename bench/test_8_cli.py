@@ -31,6 +31,7 @@ from peers import RemoteSCP
 from report import Target
 
 SENDERS = 4
+RECEIVER_AT: dict[int, str] = {}  # port -> receiver, for a failing sender's message
 WORKERS_1, WORKERS_2 = "dcxsec receive", "dcxsec receive --workers 2"
 DCMTK, PYNETDICOM_SSL = "storescp +tls --fork", "pynetdicom on ssl"
 TARGETS_VS_SSL = (Target(PYNETDICOM_SSL, 1.2),)
@@ -112,7 +113,7 @@ def send_all(port: int, folders: list[Path], pki) -> None:
              for folder in folders]
     for proc, folder in zip(procs, folders):
         out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-2000:]
+        assert proc.returncode == 0, f"into {RECEIVER_AT.get(port)}: {out[-2000:]} {err[-2000:]}"
         assert json.loads(out)["stored"] == len(list(folder.iterdir()))
 
 
@@ -131,6 +132,7 @@ def test_cli_send_into_receivers(benchmark, report, pki, tmp_path, sender_folder
     try:
         for name in (WORKERS_1, WORKERS_2, DCMTK, PYNETDICOM_SSL):
             receivers[name] = Receiver(name, pki, tmp_path / name.replace(" ", "_"))
+            RECEIVER_AT[receivers[name].port] = name
         contestants = []
         for name, receiver in receivers.items():
             def prepare(receiver=receiver) -> None:

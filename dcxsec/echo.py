@@ -18,6 +18,7 @@ from typing import Any
 
 from dcxsec import cliopts
 from dcxsec.errors import ConfigurationError
+from dcxsec.requestor import steady
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -68,7 +69,7 @@ def echo(args: argparse.Namespace, tls_args: Any) -> dict[str, Any]:
                               "tls": tls_args is not None, "ok": False}
     with cliopts.reasons_heard() as reasons:
         start = time.perf_counter()
-        assoc = ae.associate(args.host, args.port, ae_title=args.aec, tls_args=tls_args)
+        assoc = steady(ae.associate(args.host, args.port, ae_title=args.aec, tls_args=tls_args))
         result["associate_ms"] = round((time.perf_counter() - start) * 1000, 2)
         if not assoc.is_established:
             result["error"] = reasons.reason(plain=tls_args is None)

@@ -25,6 +25,7 @@ from dcxsec import cliopts
 from dcxsec.dicomfiles import DicomFile, batches, contexts_for, read_header, walk
 from dcxsec.errors import ConfigurationError
 from dcxsec.progress import Progress
+from dcxsec.requestor import steady
 
 WARNINGS = (0x0001, 0xB000, 0xB006, 0xB007)  # stored, with a remark
 
@@ -93,7 +94,8 @@ class Sender:
         with cliopts.reasons_heard() as reasons:
             assoc = ae.associate(self.args.host, self.args.port, ae_title=self.args.aec,
                                  tls_args=self.tls_args)
-        return assoc, "" if assoc.is_established else reasons.reason(plain=self.tls_args is None)
+        return steady(assoc), "" if assoc.is_established else reasons.reason(
+            plain=self.tls_args is None)
 
     def store(self, assoc: Any, f: DicomFile) -> None:
         accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
