@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from datetime import datetime
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from pynetdicom import transport
 from pynetdicom.utils import make_target
@@ -38,6 +38,7 @@ from dcxsec.acceptor import (
     Acceptor,
 )
 from dcxsec.context import TLSContext
+from dcxsec.contexts import SupportedContexts
 from dcxsec.errors import ConfigurationError
 from dcxsec.refusals import Refusal, RefusalHook, RefusalReporter
 
@@ -84,14 +85,24 @@ class _AcceptorMixin:
                          evt_handlers, request_handler)
 
     @property
-    def on_refusal(self) -> Optional[RefusalHook]:
+    def on_refusal(self) -> RefusalHook | None:
         """Called with every ``dcxsec.Refusal``: in the server's thread, or for an
         AE-title binding refusal in the association's."""
         return self.refusals.hook
 
     @on_refusal.setter
-    def on_refusal(self, hook: Optional[RefusalHook]) -> None:
+    def on_refusal(self, hook: RefusalHook | None) -> None:
         self.refusals.hook = hook
+
+    @property
+    def contexts(self) -> list:
+        """The supported presentation contexts, each association's copy made
+        without ``deepcopy``'s cost (dcxsec.contexts)."""
+        return self._contexts
+
+    @contexts.setter
+    def contexts(self, contexts: list) -> None:
+        self._contexts = SupportedContexts(contexts)
 
     def server_activate(self) -> None:
         """The engine listens and accepts, instead of socketserver."""

@@ -12,6 +12,7 @@ import threading
 import time
 
 from conftest import requestor
+
 from dcxsec.requestor import ReactorCheckpoint, steady
 
 WINDOW = 0.01  # seconds the reactor stays stopped after its checkpoint lets it go
