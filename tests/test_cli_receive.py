@@ -179,3 +179,20 @@ def study(tmp_path, dicom_file) -> Path:
         dicom_file(size, root / "b" / f"b{i}.dcm")
     return root
 
+
+
+def test_the_max_pdu_offered_is_the_one_given(pki, receive, client_ctx, dicom_file):
+    from conftest import requestor
+
+    for extra, offered in (((), 1 << 20), (("--max-pdu", "65536"), 65536)):
+        r = receive("--layout", "flat", *extra)
+        assoc = requestor().associate("127.0.0.1", r.port, ae_title="ARCHIVE",
+                                      tls_args=(client_ctx, None))
+        assert assoc.is_established
+        assert assoc.acceptor.maximum_length == offered
+        source = dicom_file(2 * 1024 * 1024)
+        assert assoc.send_c_store(source).Status == 0x0000
+        assoc.release()
+        assert [dataset_bytes(p) for p in stored(r.out)] == [dataset_bytes(source)]
+    done = dcxsec_cli("receive", str(free_port()), "--out", str(r.out), "--max-pdu", "100")
+    assert done.returncode == 2 and "--max-pdu must be 0 (no limit) or at least 4096" in done.stderr
