@@ -57,3 +57,35 @@ void dcx_acceptor_free(dcx_acceptor *a)
 {
     (void)a;
 }
+
+dcx_load_table *dcx_load_table_new(int workers, dcx_error *err)
+{
+    (void)workers;
+    dcx_error_clear(err);
+    dcx_fail(err, DCX_E_UNSUPPORTED, "worker processes are not available on this platform");
+    return NULL;
+}
+
+int dcx_load_table_count(const dcx_load_table *t, int worker)
+{
+    (void)t;
+    (void)worker;
+    return 0;
+}
+
+void dcx_load_table_release(dcx_load_table *t, int worker)
+{
+    (void)t;
+    (void)worker;
+}
+
+void dcx_load_table_retire(dcx_load_table *t, int worker)
+{
+    (void)t;
+    (void)worker;
+}
+
+void dcx_load_table_free(dcx_load_table *t)
+{
+    (void)t;
+}

@@ -7,12 +7,15 @@
  * handshaken connections, the queue of refusals, and the wake-up pipe, which
  * holds one byte exactly while either queue holds something.
  */
+#define _DEFAULT_SOURCE  /* MAP_ANONYMOUS, beside POSIX (glibc) */
+#define _DARWIN_C_SOURCE /* the same on macOS */
 #include "dcxthreads.h"
 #include "dcxtls_common.h"
 #include "wakepipe.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -21,12 +24,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #define REFUSALS_KEPT 1024  /* refusals waiting for the caller; more are counted, not kept */
 #define ACCEPTS_PER_ROUND 64 /* then the handshakes get their turn */
+
+struct dcx_load_table {
+    int workers;
+    atomic_int held[];         /* connections each worker holds */
+};
 
 typedef struct pending {
     dcx_conn *conn;
@@ -57,6 +67,9 @@ struct dcx_acceptor {
     int refusal_head, refusal_count;
     uint64_t refused, dropped;
     int npending_shared;
+    dcx_load_table *loads;     /* limits.loads: the workers sharing the listening socket */
+    int worker;
+    int64_t deferred_since;    /* when a waiting connection was first left to another worker */
 };
 
 static double wall_time(void)
@@ -169,12 +182,20 @@ static const char *failure_kind(const dcx_error *err, char *buf, size_t cap)
     }
 }
 
-static void close_entry(pending *e)
+/* One connection fewer held by this worker (refused, or never taken). */
+static void count_down(dcx_load_table *t, int worker)
+{
+    if (t)
+        atomic_fetch_sub(&t->held[worker], 1);
+}
+
+static void close_entry(dcx_acceptor *a, pending *e)
 {
     dcx_conn_free(e->conn);
     close(e->fd);
     e->conn = NULL;
     e->finished = 1;
+    count_down(a->loads, a->worker);
 }
 
 /* The few words of a handshake out of time, to count alike ones; the
@@ -207,7 +228,7 @@ static void expire(dcx_acceptor *a, pending *e)
     dcx_fail_handshake_timeout(&err, &p);
     refuse(a, e->host, e->port, "handshake", timeout_kind(&p, err.reason, buf, sizeof(buf)),
            err.reason, NULL);
-    close_entry(e);
+    close_entry(a, e);
 }
 
 /* A client that reset the connection before its ClientHello was whole (we
@@ -242,7 +263,7 @@ static void step(dcx_acceptor *a, pending *e)
         cut_short(e, &err, &kind);
         refuse(a, e->host, e->port, rc == DCX_E_VERIFY ? "verification" : "handshake", kind,
                err.reason, &err);
-        close_entry(e);
+        close_entry(a, e);
         return;
     }
     pthread_mutex_lock(&a->lock);
@@ -324,11 +345,35 @@ static void admit(dcx_acceptor *a, int fd, const struct sockaddr_storage *ss, so
     snprintf(e->host, sizeof(e->host), "%s", host);
     e->deadline = now + a->limits.handshake_timeout_ms;
     a->npending++;
+    if (a->loads)
+        atomic_fetch_add(&a->loads->held[a->worker], 1);
+}
+
+/* Whether this worker takes the next connection: it holds no more than any other. */
+static int fewest(dcx_acceptor *a)
+{
+    dcx_load_table *t = a->loads;
+    if (!t)
+        return 1;
+    int mine = atomic_load(&t->held[a->worker]);
+    for (int i = 0; i < t->workers; i++)
+        if (i != a->worker && atomic_load(&t->held[i]) < mine)
+            return 0;
+    return 1;
+}
+
+/* A connection waits to be accepted (looked at without waiting). */
+static int one_waits(const dcx_acceptor *a)
+{
+    struct pollfd p = {a->listener, POLLIN, 0};
+    return poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
 }
 
 static void accept_some(dcx_acceptor *a)
 {
     for (int i = 0; i < ACCEPTS_PER_ROUND; i++) {
+        if (i > 0 && !fewest(a))
+            return; /* the next one is another worker's */
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
         int fd = accept(a->listener, (struct sockaddr *)&ss, &len);
@@ -366,14 +411,18 @@ static void *run(void *arg)
         if (stop)
             break;
         int64_t now = dcx_now_ms(), next = -1;
+        /* A connection left for another worker: not polled, looked at again soon. */
+        int deferring = a->deferred_since != 0;
         a->fds[0] = (struct pollfd){a->control[0], POLLIN, 0};
-        a->fds[1] = (struct pollfd){a->listener, POLLIN, 0};
+        a->fds[1] = (struct pollfd){deferring ? -1 : a->listener, POLLIN, 0};
         for (int i = 0; i < a->npending; i++) {
             a->fds[2 + i] = (struct pollfd){a->pending[i].fd, POLLIN, 0};
             if (next < 0 || a->pending[i].deadline < next)
                 next = a->pending[i].deadline;
         }
         int timeout = next < 0 ? -1 : next <= now ? 0 : (int)(next - now);
+        if (deferring && (timeout < 0 || timeout > 1))
+            timeout = 1;
         int ready = poll(a->fds, (nfds_t)(2 + a->npending), timeout);
         if (ready < 0 && errno != EINTR)
             poll(NULL, 0, 10);
@@ -388,8 +437,15 @@ static void *run(void *arg)
                 expire(a, e);
         }
         compact(a);
-        if (ready > 0 && a->fds[1].revents)
+        int waiting = deferring ? one_waits(a) : ready > 0 && a->fds[1].revents;
+        if (!waiting) {
+            a->deferred_since = 0; /* another worker took it */
+        } else if (fewest(a) || (deferring && now - a->deferred_since >= DCX_BALANCE_WAIT_MS)) {
+            a->deferred_since = 0;
             accept_some(a);
+        } else if (!deferring) {
+            a->deferred_since = now; /* another worker's turn: leave it to it for a while */
+        }
         compact(a);
     }
     return NULL;
@@ -409,8 +465,9 @@ dcx_acceptor *dcx_acceptor_new(dcx_ctx *ctx, dcx_socket listener,
 {
     dcx_error_clear(err);
     if (limits->max_pending < 1 || limits->max_pending_per_address < 1 ||
-        limits->handshake_timeout_ms < 1 || limits->backlog < 1) {
-        dcx_fail(err, DCX_E_CONFIG, "the acceptor's limits must be positive");
+        limits->handshake_timeout_ms < 1 || limits->backlog < 1 ||
+        (limits->loads && (limits->worker < 0 || limits->worker >= limits->loads->workers))) {
+        dcx_fail(err, DCX_E_CONFIG, "the acceptor's limits must be positive, and its worker one of the load table's");
         return NULL;
     }
     dcx_acceptor *a = calloc(1, sizeof(*a));
@@ -420,6 +477,8 @@ dcx_acceptor *dcx_acceptor_new(dcx_ctx *ctx, dcx_socket listener,
     }
     a->ctx = ctx;
     a->limits = *limits;
+    a->loads = limits->loads;
+    a->worker = limits->worker;
     a->pending = calloc((size_t)limits->max_pending, sizeof(*a->pending));
     a->fds = calloc((size_t)limits->max_pending + 2, sizeof(*a->fds));
     a->ready = calloc((size_t)limits->max_pending, sizeof(*a->ready));
@@ -516,6 +575,51 @@ void dcx_acceptor_stats_get(dcx_acceptor *a, dcx_acceptor_stats *out)
     pthread_mutex_unlock(&a->lock);
 }
 
+/* ---- the load table: shared memory, made before fork() ------------------- */
+
+dcx_load_table *dcx_load_table_new(int workers, dcx_error *err)
+{
+    dcx_error_clear(err);
+    if (workers < 1) {
+        dcx_fail(err, DCX_E_CONFIG, "the load table needs at least one worker");
+        return NULL;
+    }
+    size_t size = sizeof(dcx_load_table) + (size_t)workers * sizeof(atomic_int);
+    dcx_load_table *t = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                             -1, 0);
+    if (t == MAP_FAILED) {
+        if (err)
+            err->sys_errno = errno;
+        dcx_fail(err, DCX_E_SYSCALL, "cannot map the workers' load table: %s", strerror(errno));
+        return NULL;
+    }
+    t->workers = workers;
+    for (int i = 0; i < workers; i++)
+        atomic_init(&t->held[i], 0);
+    return t;
+}
+
+int dcx_load_table_count(const dcx_load_table *t, int worker)
+{
+    return atomic_load((atomic_int *)&t->held[worker]);
+}
+
+void dcx_load_table_release(dcx_load_table *t, int worker)
+{
+    count_down(t, worker);
+}
+
+void dcx_load_table_retire(dcx_load_table *t, int worker)
+{
+    atomic_store(&t->held[worker], INT_MAX / 2);
+}
+
+void dcx_load_table_free(dcx_load_table *t)
+{
+    if (t)
+        munmap(t, sizeof(dcx_load_table) + (size_t)t->workers * sizeof(atomic_int));
+}
+
 void dcx_acceptor_free(dcx_acceptor *a)
 {
     if (!a)
@@ -526,14 +630,14 @@ void dcx_acceptor_free(dcx_acceptor *a)
     dcx_wakepipe_signal(a->control[1]);
     pthread_join(a->thread, NULL);
     close(a->listener);
-    for (int i = 0; i < a->npending; i++) {
-        dcx_conn_free(a->pending[i].conn);
-        close(a->pending[i].fd);
-    }
+    for (int i = 0; i < a->npending; i++)
+        if (!a->pending[i].finished)
+            close_entry(a, &a->pending[i]);
     for (int i = 0; i < a->ready_count; i++) {
         dcx_accepted *r = &a->ready[(a->ready_head + i) % a->limits.max_pending];
         dcx_conn_free(r->conn);
         close(r->fd);
+        count_down(a->loads, a->worker);
     }
     dcx_wakepipe_close(a->control);
     dcx_wakepipe_close(a->ready_pipe);

@@ -51,6 +51,8 @@ typedef struct dcx_acceptor_limits {
     int max_pending_per_address;  /* the same, from one source address, once max_pending/2
                                      are pending in all */
     int backlog;                  /* listen()'s backlog (the OS may cap it) */
+    struct dcx_load_table *loads; /* NULL, or worker processes sharing the listening socket: */
+    int worker;                   /* this one's number among them (see dcx_load_table) */
 } dcx_acceptor_limits;
 
 /* A connection whose handshake succeeded, the caller's from now on (the
@@ -99,6 +101,24 @@ void dcx_acceptor_stats_get(dcx_acceptor *a, dcx_acceptor_stats *out);
 /* Stop the thread, close the listening socket, and free every connection
  * not taken. */
 void dcx_acceptor_free(dcx_acceptor *a);
+
+/* Worker processes sharing one listening socket: how many connections each
+ * one holds, in memory they all share (made before fork()).  An acceptor
+ * given the table takes a connection only while its worker holds no more
+ * than any other, or once the connection has waited DCX_BALANCE_WAIT_MS
+ * (a worker that stopped taking any must not stall the port).  A few long
+ * associations then spread over the workers, where the kernel alone may
+ * give them all to one. */
+typedef struct dcx_load_table dcx_load_table;
+#define DCX_BALANCE_WAIT_MS 100
+/* NULL with err set on failure (DCX_E_UNSUPPORTED where there is no acceptor). */
+dcx_load_table *dcx_load_table_new(int workers, dcx_error *err);
+int dcx_load_table_count(const dcx_load_table *t, int worker);
+/* A connection the worker's acceptor handed over has ended. */
+void dcx_load_table_release(dcx_load_table *t, int worker);
+/* The worker has ended: the others stop leaving connections to it. */
+void dcx_load_table_retire(dcx_load_table *t, int worker);
+void dcx_load_table_free(dcx_load_table *t);
 
 #ifdef __cplusplus
 }

@@ -49,7 +49,8 @@ class Acceptor:
     def __init__(self, context: "TLSContext", listener: socket.socket, *,
                  max_pending: int = DEFAULT_MAX_PENDING,
                  max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
-                 backlog: int = DEFAULT_BACKLOG) -> None:
+                 backlog: int = DEFAULT_BACKLOG, loads: "LoadTable | None" = None,
+                 worker: int = 0) -> None:
         for name, value in (("max_pending", max_pending), ("backlog", backlog),
                             ("max_pending_per_address", max_pending_per_address)):
             if not isinstance(value, int) or value < 1:
@@ -60,6 +61,9 @@ class Acceptor:
         limits.max_pending = max_pending
         limits.max_pending_per_address = max_pending_per_address
         limits.backlog = backlog
+        if loads is not None:  # one of several workers: take connections in turn
+            limits.loads, limits.worker = loads._table, worker
+        self._loads = loads  # kept alive as long as the engine may count in it
         self._lock = threading.Lock()
         self._contexts = [context._ctx]  # every engine context connections may point into
         err = new_error()
@@ -156,6 +160,35 @@ class Acceptor:
     def __del__(self) -> None:
         if getattr(self, "_handle", None) is not None:
             self.close()
+
+
+class LoadTable:
+    """How many connections each of ``workers`` processes holds, in memory
+    they share: made before ``fork()``, and given to each worker's acceptor
+    (``Acceptor(..., loads=table, worker=n)``).  An acceptor then takes a connection only
+    while its worker holds no more than any other (or once the connection
+    has waited 100 ms), so that a few long associations spread over the
+    workers; with SO_REUSEPORT the kernel may give them all to one.
+    """
+
+    def __init__(self, workers: int) -> None:
+        err = new_error()
+        table = lib.dcx_load_table_new(workers, err)
+        if table == ffi.NULL:
+            raise to_exception(err, err.status)
+        self._table, self.workers = table, workers
+
+    def held(self, worker: int) -> int:
+        """Connections the worker holds: handshakes, and associations not yet ended."""
+        return int(lib.dcx_load_table_count(self._table, worker))
+
+    def release(self, worker: int) -> None:
+        """A connection the worker's acceptor handed over has ended."""
+        lib.dcx_load_table_release(self._table, worker)
+
+    def retire(self, worker: int) -> None:
+        """The worker has ended: no connection waits for its turn."""
+        lib.dcx_load_table_retire(self._table, worker)
 
 
 def _forget_after_fork() -> None:

@@ -89,6 +89,8 @@ class Connection(PeerInfo):
         self.end_told = False  # the connection's end has been logged (dcxsec.peerend)
         # The server's report of an AE-title binding refusal (dcxsec.server), if any.
         self.on_binding_refusal: Callable[[str, str, str], None] | None = None
+        # Called once when the connection closes (a server's load count, dcxsec.server).
+        self.on_closed: Callable[[], None] | None = None
         self._peer_der: bytes | None = None
         self._wrapped_at = time.monotonic()
 
@@ -427,6 +429,9 @@ class Connection(PeerInfo):
         """The socket closes: close_notify, or, when another thread is inside
         the engine, wake it before the descriptor goes; then let go."""
         self.claim_from_pump()  # before the descriptor goes: the thread polls it
+        closed, self.on_closed = self.on_closed, None
+        if closed is not None:
+            closed()
         if self.conn is None:
             return
         if self.lock.locked():

@@ -195,27 +195,32 @@ def context(config: Any) -> Any:
     return TLSContext(config)
 
 
-def server_class(tls: bool, reuse_port: bool) -> type:
-    """dcxsec's acceptor (or pynetdicom's plain server), sharing the port with
-    other workers' when ``reuse_port``."""
+def server_class(tls: bool, worker: Any = None) -> type:
+    """dcxsec's acceptor (or pynetdicom's plain server); for one of several
+    workers (dcxsec.workers), on the listening socket they share."""
     if tls:
         from dcxsec import ThreadedAssociationServer as base
     else:
         from pynetdicom.transport import ThreadedAssociationServer as base
-    if not reuse_port:
+    if worker is None:
         return base
 
-    class SharedPortServer(base):  # type: ignore[misc, valid-type]
+    class WorkerServer(base):  # type: ignore[misc, valid-type]
         def server_bind(self) -> None:
-            import socket
+            self.socket.close()
+            self.socket = worker.listener.dup()
+            self.socket.setblocking(False)  # another worker may take what woke this one
+            self.server_address = self.socket.getsockname()
 
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            super().server_bind()
+        def server_activate(self) -> None:
+            if worker.loads is not None:
+                self.balance(worker.loads, worker.index)
+            super().server_activate()
 
-    return SharedPortServer
+    return WorkerServer
 
 
-def serve(args: argparse.Namespace, config: Any) -> int:
+def serve(args: argparse.Namespace, config: Any, worker: Any = None) -> int:
     """One process's SCP, until SIGTERM or Ctrl-C; then the associations in flight finish."""
     from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES
     from pynetdicom.sop_class import Verification
@@ -228,7 +233,7 @@ def serve(args: argparse.Namespace, config: Any) -> int:
     receiver = Receiver(args.out, FLAT_LAYOUT if args.layout == "flat" else args.layout)
     server = ae.make_server((args.bind_address, args.port), ssl_context=context(config),
                             evt_handlers=receiver.handlers(),
-                            server_class=server_class(config is not None, args.workers > 1))
+                            server_class=server_class(config is not None, worker))
     ae._servers.append(server)  # as AE.start_server keeps it, for its shutdown()
     threading.Thread(target=server.serve_forever, name="dcxsec receive", daemon=True).start()
     stop = threading.Event()
@@ -273,4 +278,5 @@ def run(args: argparse.Namespace) -> int:
         return serve(args, config)
     from dcxsec.workers import run_workers
 
-    return run_workers(args.workers, lambda: serve(args, config))
+    return run_workers(args.workers, (args.bind_address, args.port),
+                       lambda worker: serve(args, config, worker), balanced=config is not None)

@@ -36,6 +36,7 @@ from dcxsec.acceptor import (
     DEFAULT_MAX_PENDING,
     DEFAULT_MAX_PENDING_PER_ADDRESS,
     Acceptor,
+    LoadTable,
 )
 from dcxsec.context import TLSContext
 from dcxsec.contexts import SupportedContexts
@@ -81,6 +82,7 @@ class _AcceptorMixin:
                         "max_pending_per_address": max_pending_per_address}
         self.refusals = RefusalReporter(on_refusal)
         self.acceptor: Acceptor | None = None
+        self._balance: tuple[LoadTable, int] | None = None
         super().__init__(ae, address, ae_title, contexts, ssl_context,  # type: ignore[call-arg]
                          evt_handlers, request_handler)
 
@@ -106,7 +108,17 @@ class _AcceptorMixin:
 
     def server_activate(self) -> None:
         """The engine listens and accepts, instead of socketserver."""
-        self.acceptor = Acceptor(self.ssl_context, self.socket, **self._limits)
+        loads, worker = self._balance or (None, 0)
+        self.acceptor = Acceptor(self.ssl_context, self.socket, loads=loads, worker=worker,
+                                 **self._limits)
+
+    def balance(self, loads: LoadTable, worker: int) -> None:
+        """Serve as ``worker`` of several processes sharing one listening
+        socket: connections go to whichever holds the fewest (``LoadTable``).
+        Before the server is activated."""
+        if self.acceptor is not None:
+            raise RuntimeError("balance() must come before the server is activated")
+        self._balance = (loads, worker)
 
     def fileno(self) -> int:
         """The acceptor's wake-up descriptor: ``serve_forever`` wakes for
@@ -122,6 +134,9 @@ class _AcceptorMixin:
         if sock is None:
             raise OSError(errno.EAGAIN, "no authenticated connection waits")
         sock._connection.on_binding_refusal = self._binding_refusal_reporter(sock)
+        if self._balance is not None:
+            loads, worker = self._balance
+            sock._connection.on_closed = lambda: loads.release(worker)
         return sock, sock._connection.peer_address
 
     def report_refusals(self) -> None:
