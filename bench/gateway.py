@@ -41,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from contenders import DCXSEC, pki_in, pynetdicom_contender  # noqa: E402
 from peers import _say, _serve  # noqa: E402
+from dcxsec.requestor import steady  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent / "tests"))
 from dicom_wire import associate_rq  # noqa: E402
@@ -103,7 +104,7 @@ def store_share(tls_args, port: int, files: list[str], failed: list[str]) -> int
     """One SCU: its files in one association; the count stored."""
     ae = AE("MODALITY")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, tls_args=tls_args)
+    assoc = steady(ae.associate("127.0.0.1", port, tls_args=tls_args))  # bench/README.md
     if not assoc.is_established:
         failed.append(f"association refused or aborted ({len(files)} files not sent)")
         return 0

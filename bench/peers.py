@@ -37,6 +37,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from contenders import pki_in, pynetdicom_contender  # noqa: E402
+from dcxsec.requestor import steady  # noqa: E402
 
 
 # ---- the SCP and the SCU ---------------------------------------------------------
@@ -108,8 +109,8 @@ def echo_association(ae: AE, port: int, tls_args) -> bool:
 
 
 def store_all(tls_args, port: int, files, max_pdu: int) -> None:
-    """Every file by path in one association."""
-    assoc = requestor(max_pdu).associate("127.0.0.1", port, tls_args=tls_args)
+    """Every file by path in one association (steady: see bench/README.md)."""
+    assoc = steady(requestor(max_pdu).associate("127.0.0.1", port, tls_args=tls_args))
     assert assoc.is_established
     try:
         for path in files:
