@@ -3,6 +3,7 @@ senders (``dcxsec send``, DCMTK's storescu and echoscu +tls)."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import socket
@@ -144,7 +145,7 @@ def test_sigterm_lets_the_association_in_flight_finish(pki, receive, dicom_file,
     assert late.returncode == 1
 
 
-@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="workers are forked processes")
 def test_two_workers_share_the_port(pki, receive, study):
     r = receive("--workers", "2")
     done = dcxsec_cli("send", "127.0.0.1", str(r.port), str(study), "-r", "--associations", "4",
