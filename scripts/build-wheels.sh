@@ -13,8 +13,9 @@
 # One wheel per platform, cp311-abi3: the engine (_tls, cffi), _recvbuf and
 # _keepgil are all on the limited API, which serves CPython 3.11 and every
 # later version (_recvbuf needs 3.11's, for Py_buffer).  Bench scenarios 1
-# and 2 measured the limited API's _recvbuf and _keepgil against the full
-# API's, side by side (bench/README.md, "What each mechanism pays").
+# and 2, the limited API's _recvbuf and _keepgil side by side with the full
+# API's, found no loss beyond the spread of their rounds (bench/README.md,
+# "What each mechanism pays", limited-api).
 # The Linux wheel is tagged by what its modules need of glibc (auditwheel:
 # manylinux_2_34 on Debian bookworm); the Windows modules link the UCRT, as
 # CPython does (scripts/winwheel.py).
