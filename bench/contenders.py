@@ -6,6 +6,7 @@ context for ``start_server(ssl_context=...)`` and the requestor's
 """
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -22,10 +23,26 @@ PYNETDICOM_CONTENDERS = (DCXSEC, SSL, SSL_NODELAY, TCP, TCP_NODELAY)
 
 # The ablation (BENCH_ABLATE=1): dcxsec with all of its speed mechanisms, and
 # without each one (DCXSEC_WITHOUT, dcxsec/_without.py), in processes started
-# with that switch.
+# with that switch.  BENCH_ABLATE may instead name the variants to run,
+# comma-separated: "limited-api" among them is no mechanism but the build,
+# _recvbuf and _keepgil on the full API without it (full_api.py, peers.py).
 MECHANISMS = ("keepgil", "recvbuf", "shelf", "readahead")
+LIMITED_API = "limited-api"
 WITHOUT_PREFIX = "dcxsec-without-"
-ABLATION_VARIANTS = {DCXSEC: "", **{WITHOUT_PREFIX + m: m for m in MECHANISMS}}
+
+
+def ablation_variants(selection: str) -> dict[str, str]:
+    """dcxsec, and dcxsec without each name of ``selection`` ("1": every mechanism)."""
+    names = MECHANISMS if selection.strip() in ("", "0", "1") else [
+        word.strip() for word in selection.split(",") if word.strip()]
+    unknown = sorted(set(names) - {*MECHANISMS, LIMITED_API})
+    if unknown:
+        raise ValueError(f"BENCH_ABLATE names {', '.join(unknown)}: not one of "
+                         f"{', '.join([*MECHANISMS, LIMITED_API])}")
+    return {DCXSEC: "", **{WITHOUT_PREFIX + m: m for m in names}}
+
+
+ABLATION_VARIANTS = ablation_variants(os.environ.get("BENCH_ABLATE", ""))
 
 
 @dataclass(frozen=True)

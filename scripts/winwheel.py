@@ -6,6 +6,11 @@ embeddable Windows runtime (``runtime/``), whose DLLs the modules link
 against.  The engine's C comes from the same csrc/build.py as on Linux, in
 cffi API mode, told the target by DCXSEC_TARGET.
 
+Every module is on the limited API (Py_LIMITED_API in its source, 3.11 for
+_recvbuf) and links python3.dll, the stable ABI's DLL: the wheel is tagged
+cp311-abi3 and serves every CPython from 3.11, though built with the
+runtime's (3.13) headers.
+
 The modules link the Universal C Runtime (ucrtbase.dll), as CPython does:
 mingw-w64's default is msvcrt.dll, so gcc's specs are rewritten to take
 libucrt.a instead (``ucrt_specs``), and ``check_imports`` refuses a module
@@ -27,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CC = "x86_64-w64-mingw32-gcc"
 OBJDUMP = "x86_64-w64-mingw32-objdump"
 PLATFORM = "win_amd64"
+# the oldest CPython the modules' limited API serves (_recvbuf's Py_LIMITED_API)
+TAG = "cp311-abi3"
 
 
 def run(cmd: list[str], **kw) -> None:
@@ -64,27 +71,30 @@ def compile_module(out: Path, sources: list[Path], includes: list[Path], librari
 
 
 def check_imports(module: Path) -> None:
-    """Refuses a module that links a C runtime other than CPython's (the UCRT)."""
+    """Refuses a module that links a C runtime other than CPython's (the UCRT),
+    or one CPython version's DLL (python313.dll) where abi3 needs python3.dll."""
     dump = subprocess.run([OBJDUMP, "-p", str(module)], check=True, capture_output=True, text=True).stdout
     dlls = sorted(set(re.findall(r"DLL Name: (\S+)", dump)))
     print(f"  {module.name} imports {', '.join(dlls)}", flush=True)
     if any(dll.lower().startswith("msvcr") for dll in dlls):
         raise SystemExit(f"{module.name} links msvcrt; it must use the UCRT as CPython does")
+    if any(re.fullmatch(r"python3\d+\.dll", dll.lower()) for dll in dlls):
+        raise SystemExit(f"{module.name} links one CPython version's DLL; abi3 links python3.dll")
 
 
-def build_modules(cache: Path, package: Path, tag: str) -> None:
-    """_tls (cffi, limited API), _recvbuf and _keepgil (full API) into ``package``."""
+def build_modules(cache: Path, package: Path) -> None:
+    """_tls (cffi), _recvbuf and _keepgil, all on the limited API, into ``package``."""
     work = cache / "obj"
     work.mkdir(parents=True, exist_ok=True)
     runtime, includes = cache / "runtime", [cache / "include", ROOT / "csrc"]
     specs = ucrt_specs(work)
     engine = engine_build(work)
-    full_api = "python" + tag[2:]  # python313.dll
     modules = [
-        # cffi's generated C defines Py_LIMITED_API itself: python3.dll serves it
+        # each source defines Py_LIMITED_API (cffi's generated C for _tls):
+        # python3.dll serves them, and a plain name is abi3's on Windows
         ("_tls.pyd", [work / "_tls.c", *map(Path, engine["sources"])], engine["libraries"] + ["python3"]),
-        (f"_recvbuf.{tag}-{PLATFORM}.pyd", [ROOT / "csrc/python/_recvbuf.c"], [full_api]),
-        (f"_keepgil.{tag}-{PLATFORM}.pyd", [ROOT / "csrc/python/_keepgil.c"], [full_api, "ws2_32"]),
+        ("_recvbuf.pyd", [ROOT / "csrc/python/_recvbuf.c"], ["python3"]),
+        ("_keepgil.pyd", [ROOT / "csrc/python/_keepgil.c"], ["python3", "ws2_32"]),
     ]
     for name, sources, libraries in modules:
         compile_module(package / name, sources, includes, libraries, runtime, specs)
@@ -101,7 +111,7 @@ def metadata(stage: Path) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def make_wheel(cache: Path, dist: Path, tag: str) -> Path:
+def make_wheel(cache: Path, dist: Path) -> Path:
     """Stages the package and its metadata, then packs the wheel into ``dist``."""
     stage = cache / "stage"
     shutil.rmtree(stage, ignore_errors=True)
@@ -109,16 +119,16 @@ def make_wheel(cache: Path, dist: Path, tag: str) -> Path:
     package.mkdir(parents=True)
     for source in sorted((ROOT / "dcxsec").glob("*.py")) + [ROOT / "dcxsec" / "py.typed"]:
         shutil.copy2(source, package / source.name)
-    build_modules(cache, package, tag)
+    build_modules(cache, package)
     info = stage / metadata(stage)
     for leftover in stage.glob("*.egg-info"):  # the hook's working copy, not part of a wheel
         shutil.rmtree(leftover)
     (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: dcxsec scripts/winwheel.py\n"
-                                f"Root-Is-Purelib: false\nTag: {tag}-{tag}-{PLATFORM}\n")
+                                f"Root-Is-Purelib: false\nTag: {TAG}-{PLATFORM}\n")
     dist.mkdir(parents=True, exist_ok=True)
     run([sys.executable, "-m", "wheel", "pack", str(stage), "-d", str(dist)])
     version = re.search(r"^Version: (\S+)", (info / "METADATA").read_text(), re.M).group(1)
-    return dist / f"dcxsec-{version}-{tag}-{tag}-{PLATFORM}.whl"
+    return dist / f"dcxsec-{version}-{TAG}-{PLATFORM}.whl"
 
 
 def check_wheel(wheel: Path) -> None:
@@ -134,9 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, required=True, help="holds include/ and runtime/")
     parser.add_argument("--dist", type=Path, required=True)
-    parser.add_argument("--tag", default="cp313", help="CPython tag of the runtime (cp313)")
     args = parser.parse_args()
-    check_wheel(make_wheel(args.cache.resolve(), args.dist.resolve(), args.tag))
+    check_wheel(make_wheel(args.cache.resolve(), args.dist.resolve()))
 
 
 if __name__ == "__main__":

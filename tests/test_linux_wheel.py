@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,9 @@ pytestmark = [
 
 
 def manylinux_wheel() -> Path:
-    """dist/'s manylinux wheel for this interpreter, built first when missing or older than a source."""
-    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    pattern = f"dcxsec-*-{tag}-{tag}-manylinux*_x86_64.whl"
+    """dist/'s manylinux wheel (cp311-abi3: any CPython from 3.11, this one among them),
+    built first when missing or older than a source."""
+    pattern = "dcxsec-*-cp311-abi3-manylinux*_x86_64.whl"
     sources = [*ROOT.glob("csrc/**/*.[ch]"), *ROOT.glob("dcxsec/*.py"), ROOT / "csrc/build.py",
                ROOT / "setup.py", ROOT / "pyproject.toml"]
     wheels = sorted(DIST.glob(pattern))
@@ -87,6 +88,14 @@ def test_the_engine_loads_the_openssl_the_wheel_carries(venv, tmp_path):
     openssl = [line.split() for line in linked.splitlines() if "libssl" in line or "libcrypto" in line]
     assert len(openssl) == 2, linked
     assert all(Path(os.path.normpath(words[2])).parent == Path(purelib) / "dcxsec.libs" for words in openssl), linked
+
+
+def test_the_wheel_is_abi3_in_every_module():
+    """One wheel for every CPython from 3.11: the engine, _recvbuf and _keepgil
+    are all on the limited API, and named so (``.abi3.so``)."""
+    names = zipfile.ZipFile(manylinux_wheel()).namelist()
+    modules = sorted(n for n in names if n.startswith("dcxsec/") and n.endswith(".so"))
+    assert modules == ["dcxsec/_keepgil.abi3.so", "dcxsec/_recvbuf.abi3.so", "dcxsec/_tls.abi3.so"], modules
 
 
 def test_the_suite_passes_against_the_installed_wheel(venv, tmp_path):

@@ -168,6 +168,18 @@ def test_wheel_ships_no_c_sources(wheel):
                    for name in names), module
 
 
+def test_wheel_is_abi3_from_cpython_3_11(wheel):
+    """The two CPython modules are on the limited API, as cffi's engine is: the
+    wheel serves every CPython from 3.11 (setup.py), one per platform."""
+    if sys.version_info < (3, 11):
+        pytest.skip("3.9 and 3.10 build for their own version (no Py_buffer in their limited API)")
+    if sys.platform == "win32":
+        pytest.skip("abi3 modules on Windows are plain .pyd names (tests/test_windows_wheel.py)")
+    assert "-cp311-abi3-" in Path(wheel.filename).name, wheel.filename
+    modules = sorted(n for n in wheel.namelist() if n.startswith("dcxsec/_") and n.endswith(".so"))
+    assert modules == ["dcxsec/_keepgil.abi3.so", "dcxsec/_recvbuf.abi3.so", "dcxsec/_tls.abi3.so"], modules
+
+
 def test_library_logs_nothing_unless_the_application_configures_logging():
     """Without the NullHandler, logging's last resort would print dcxsec's warnings to stderr."""
     script = ("import logging, dcxsec; logging.getLogger('dcxsec').warning('dcxsec speaks');"

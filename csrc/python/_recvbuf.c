@@ -12,9 +12,22 @@
  * the Python side fills only while the buffer is empty, so a fast-path read
  * never sees a half-written buffer.  Storage is made when first asked for,
  * and let go once read when the filler says no more data waits: an idle
- * connection keeps none. */
+ * connection keeps none.
+ *
+ * On the limited API, one build (abi3) serves every CPython from 3.11, the
+ * first whose limited API has Py_buffer (take_into()); 3.9 and 3.10 build it
+ * on their full API, for their own version only (setup.py). */
 #define PY_SSIZE_T_CLEAN
+#include <patchlevel.h>
+#if PY_VERSION_HEX >= 0x030B0000
+#define Py_LIMITED_API 0x030B0000
+#endif
 #include <Python.h>
+#include <string.h> /* the limited API's Python.h leaves it out */
+
+#ifndef Py_TPFLAGS_IMMUTABLETYPE /* CPython 3.9: no such flag, every heap type mutable */
+#define Py_TPFLAGS_IMMUTABLETYPE 0
+#endif
 
 typedef struct {
     PyObject_HEAD
@@ -41,7 +54,7 @@ static PyObject *storage_take(Py_ssize_t size)
 {
     for (int i = 0; !without_shelf && i < SHELF_SLOTS; i++) {
         PyObject *storage = shelf[i];
-        if (storage && PyByteArray_GET_SIZE(storage) == size) {
+        if (storage && PyByteArray_Size(storage) == size) {
             shelf[i] = NULL;
             return storage;
         }
@@ -61,9 +74,9 @@ static void storage_give(PyObject **slot)
     if (Py_REFCNT(storage) == 1 && !without_shelf) {
         int k = 0;
         for (int i = 0; shelf[k] && i < SHELF_SLOTS; i++)
-            if (!shelf[i] || PyByteArray_GET_SIZE(shelf[i]) < PyByteArray_GET_SIZE(shelf[k]))
+            if (!shelf[i] || PyByteArray_Size(shelf[i]) < PyByteArray_Size(shelf[k]))
                 k = i;
-        if (!shelf[k] || PyByteArray_GET_SIZE(shelf[k]) < PyByteArray_GET_SIZE(storage)) {
+        if (!shelf[k] || PyByteArray_Size(shelf[k]) < PyByteArray_Size(storage)) {
             PyObject *smaller = shelf[k];
             shelf[k] = storage;
             storage = smaller;
@@ -88,7 +101,8 @@ static PyObject *RecvBuffer_new(PyTypeObject *type, PyObject *args, PyObject *kw
         PyErr_SetString(PyExc_TypeError, "refill must be callable");
         return NULL;
     }
-    RecvBuffer *self = (RecvBuffer *)type->tp_alloc(type, 0);
+    allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+    RecvBuffer *self = (RecvBuffer *)alloc(type, 0);
     if (!self)
         return NULL;
     self->capacity = size;
@@ -99,6 +113,7 @@ static PyObject *RecvBuffer_new(PyTypeObject *type, PyObject *args, PyObject *kw
 
 static int RecvBuffer_traverse(RecvBuffer *self, visitproc visit, void *arg)
 {
+    Py_VISIT(Py_TYPE((PyObject *)self)); /* a heap type: each instance holds a reference to it */
     Py_VISIT(self->refill);
     return 0;
 }
@@ -111,10 +126,12 @@ static int RecvBuffer_clear(RecvBuffer *self)
 
 static void RecvBuffer_dealloc(RecvBuffer *self)
 {
+    PyTypeObject *type = Py_TYPE((PyObject *)self);
     PyObject_GC_UnTrack(self);
     RecvBuffer_clear(self);
     storage_give(&self->storage);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    ((freefunc)PyType_GetSlot(type, Py_tp_free))(self);
+    Py_DECREF(type); /* the reference the instance held */
 }
 
 /* All read: start again at 0, and give storage back if asked to. */
@@ -133,11 +150,27 @@ static PyObject *take(RecvBuffer *self, Py_ssize_t n)
     Py_ssize_t have = self->end - self->pos;
     if (n > have)
         n = have;
-    PyObject *out = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self->storage) + self->pos, n);
+    PyObject *out = PyBytes_FromStringAndSize(PyByteArray_AsString(self->storage) + self->pos, n);
     if (out) {
         self->pos += n;
         after_read(self);
     }
+    return out;
+}
+
+/* refill(*args) through a tuple: PyObject_Vectorcall is limited only from
+ * 3.12, and this is the slow path, taken once per fill. */
+static PyObject *call_refill(PyObject *refill, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *tuple = PyTuple_New(nargs);
+    if (!tuple)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SetItem(tuple, i, args[i]); /* cannot fail: a new tuple, i in range */
+    }
+    PyObject *out = PyObject_CallObject(refill, tuple);
+    Py_DECREF(tuple);
     return out;
 }
 
@@ -152,7 +185,7 @@ static PyObject *RecvBuffer_recv(RecvBuffer *self, PyObject *const *args, Py_ssi
     }
     if (!self->refill) /* only after the garbage collector broke a cycle through it */
         return PyErr_Format(PyExc_OSError, "the receive buffer is released");
-    return PyObject_Vectorcall(self->refill, args, (size_t)nargs, NULL);
+    return call_refill(self->refill, args, nargs);
 }
 
 /* filled(n, release_when_read): the engine wrote n more bytes at storage[end:]. */
@@ -168,7 +201,7 @@ static PyObject *RecvBuffer_filled(RecvBuffer *self, PyObject *const *args, Py_s
         return NULL;
     /* Only end moves here, and only pos in a read, so a read in between
      * cannot misplace the new bytes. */
-    if (!self->storage || n < 0 || n > PyByteArray_GET_SIZE(self->storage) - self->end)
+    if (!self->storage || n < 0 || n > PyByteArray_Size(self->storage) - self->end)
         return PyErr_Format(PyExc_ValueError, "filled beyond the storage");
     self->end += n;
     self->release_when_read = release;
@@ -197,7 +230,7 @@ static PyObject *RecvBuffer_take_into(RecvBuffer *self, PyObject *arg)
     if (n > view.len)
         n = view.len;
     if (n > 0) {
-        memcpy(view.buf, PyByteArray_AS_STRING(self->storage) + self->pos, (size_t)n);
+        memcpy(view.buf, PyByteArray_AsString(self->storage) + self->pos, (size_t)n);
         self->pos += n;
         after_read(self);
     }
@@ -220,7 +253,7 @@ static PyObject *RecvBuffer_resize(RecvBuffer *self, PyObject *arg)
     PyObject *storage = storage_take(size);
     if (!storage)
         return NULL;
-    memcpy(PyByteArray_AS_STRING(storage), PyByteArray_AS_STRING(self->storage) + self->pos,
+    memcpy(PyByteArray_AsString(storage), PyByteArray_AsString(self->storage) + self->pos,
            (size_t)unread);
     storage_give(&self->storage);
     self->storage = storage;
@@ -289,18 +322,24 @@ static PyGetSetDef RecvBuffer_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject RecvBufferType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "dcxsec._recvbuf.RecvBuffer",
-    .tp_basicsize = sizeof(RecvBuffer),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "RecvBuffer(size, refill): decrypted bytes served by a C recv().",
-    .tp_new = RecvBuffer_new,
-    .tp_dealloc = (destructor)RecvBuffer_dealloc,
-    .tp_traverse = (traverseproc)RecvBuffer_traverse,
-    .tp_clear = (inquiry)RecvBuffer_clear,
-    .tp_methods = RecvBuffer_methods,
-    .tp_getset = RecvBuffer_getset,
+/* A heap type made from slots (the limited API has no static PyTypeObject);
+ * immutable, as a static type is. */
+static PyType_Slot RecvBuffer_slots[] = {
+    {Py_tp_doc, (void *)"RecvBuffer(size, refill): decrypted bytes served by a C recv()."},
+    {Py_tp_new, RecvBuffer_new},
+    {Py_tp_dealloc, RecvBuffer_dealloc},
+    {Py_tp_traverse, RecvBuffer_traverse},
+    {Py_tp_clear, RecvBuffer_clear},
+    {Py_tp_methods, RecvBuffer_methods},
+    {Py_tp_getset, RecvBuffer_getset},
+    {0, NULL},
+};
+
+static PyType_Spec RecvBuffer_spec = {
+    .name = "dcxsec._recvbuf.RecvBuffer",
+    .basicsize = sizeof(RecvBuffer),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = RecvBuffer_slots,
 };
 
 /* shelved(): sizes of the storage on the shelf, for tests and diagnostics. */
@@ -310,7 +349,7 @@ static PyObject *recvbuf_shelved(PyObject *module, PyObject *unused)
     for (int i = 0; sizes && i < SHELF_SLOTS; i++) {
         if (!shelf[i])
             continue;
-        PyObject *size = PyLong_FromSsize_t(PyByteArray_GET_SIZE(shelf[i]));
+        PyObject *size = PyLong_FromSsize_t(PyByteArray_Size(shelf[i]));
         if (!size || PyList_Append(sizes, size) < 0)
             Py_CLEAR(sizes);
         Py_XDECREF(size);
@@ -343,14 +382,12 @@ static struct PyModuleDef recvbuf_module = {
 
 PyMODINIT_FUNC PyInit__recvbuf(void)
 {
-    if (PyType_Ready(&RecvBufferType) < 0)
-        return NULL;
     PyObject *m = PyModule_Create(&recvbuf_module);
     if (!m)
         return NULL;
-    Py_INCREF(&RecvBufferType);
-    if (PyModule_AddObject(m, "RecvBuffer", (PyObject *)&RecvBufferType) < 0) {
-        Py_DECREF(&RecvBufferType);
+    PyObject *type = PyType_FromSpec(&RecvBuffer_spec);
+    if (!type || PyModule_AddObject(m, "RecvBuffer", type) < 0) {
+        Py_XDECREF(type);
         Py_DECREF(m);
         return NULL;
     }
