@@ -84,8 +84,3 @@ void dcx_load_table_retire(dcx_load_table *t, int worker)
     (void)t;
     (void)worker;
 }
-
-void dcx_load_table_free(dcx_load_table *t)
-{
-    (void)t;
-}

@@ -467,7 +467,8 @@ dcx_acceptor *dcx_acceptor_new(dcx_ctx *ctx, dcx_socket listener,
     if (limits->max_pending < 1 || limits->max_pending_per_address < 1 ||
         limits->handshake_timeout_ms < 1 || limits->backlog < 1 ||
         (limits->loads && (limits->worker < 0 || limits->worker >= limits->loads->workers))) {
-        dcx_fail(err, DCX_E_CONFIG, "the acceptor's limits must be positive, and its worker one of the load table's");
+        dcx_fail(err, DCX_E_CONFIG,
+                 "the acceptor's limits must be positive, and its worker one of the load table's");
         return NULL;
     }
     dcx_acceptor *a = calloc(1, sizeof(*a));
@@ -612,12 +613,6 @@ void dcx_load_table_release(dcx_load_table *t, int worker)
 void dcx_load_table_retire(dcx_load_table *t, int worker)
 {
     atomic_store(&t->held[worker], INT_MAX / 2);
-}
-
-void dcx_load_table_free(dcx_load_table *t)
-{
-    if (t)
-        munmap(t, sizeof(dcx_load_table) + (size_t)t->workers * sizeof(atomic_int));
 }
 
 void dcx_acceptor_free(dcx_acceptor *a)

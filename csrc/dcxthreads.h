@@ -111,14 +111,14 @@ void dcx_acceptor_free(dcx_acceptor *a);
  * give them all to one. */
 typedef struct dcx_load_table dcx_load_table;
 #define DCX_BALANCE_WAIT_MS 100
-/* NULL with err set on failure (DCX_E_UNSUPPORTED where there is no acceptor). */
+/* NULL with err set on failure (DCX_E_UNSUPPORTED where there is no acceptor).
+ * It lives as long as the processes: every worker holds it until it exits. */
 dcx_load_table *dcx_load_table_new(int workers, dcx_error *err);
 int dcx_load_table_count(const dcx_load_table *t, int worker);
 /* A connection the worker's acceptor handed over has ended. */
 void dcx_load_table_release(dcx_load_table *t, int worker);
 /* The worker has ended: the others stop leaving connections to it. */
 void dcx_load_table_retire(dcx_load_table *t, int worker);
-void dcx_load_table_free(dcx_load_table *t);
 
 #ifdef __cplusplus
 }

@@ -176,7 +176,7 @@ class LoadTable:
         table = lib.dcx_load_table_new(workers, err)
         if table == ffi.NULL:
             raise to_exception(err, err.status)
-        self._table, self.workers = table, workers
+        self._table = table  # shared with the forked workers for their lifetime
 
     def held(self, worker: int) -> int:
         """Connections the worker holds: handshakes, and associations not yet ended."""
