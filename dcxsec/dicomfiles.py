@@ -24,6 +24,8 @@ class DicomFile:
     sop_instance: str
     transfer_syntax: str
     size: int
+    as_stored: bool = False  # its encoded dataset can go on the wire byte for byte
+
 
     @property
     def compressed(self) -> bool:
@@ -43,8 +45,8 @@ def walk(paths: Iterable[Path], recursive: bool) -> Iterator[Path]:
 def read_header(path: Path) -> DicomFile:
     """The file's identity, or ValueError saying why it cannot be sent."""
     try:
-        with warnings.catch_warnings():  # an encoding quirk pydicom reads past is not ours to say
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as remarks:  # quirks pydicom reads past
+            warnings.simplefilter("always")
             ds = dcmread(path, stop_before_pixels=True,
                          specific_tags=["SOPClassUID", "SOPInstanceUID"])
     except FileNotFoundError:
@@ -62,7 +64,13 @@ def read_header(path: Path) -> DicomFile:
         raise ValueError("its dataset has no SOP Class UID or SOP Instance UID")
     if str(sop_class) == MEDIA_STORAGE_DIRECTORY:
         raise ValueError("a DICOMDIR (a file-set's index), not an object to store")
-    return DicomFile(path, str(sop_class), str(instance), str(syntax), path.stat().st_size)
+    # Sent as stored only when the file meta names the same object and pydicom
+    # read it without a remark (implicit VR where explicit was announced, ...):
+    # a quirky file goes decoded and encoded again, in its transfer syntax.
+    as_stored = (not remarks and meta.get("MediaStorageSOPClassUID") == sop_class
+                 and meta.get("MediaStorageSOPInstanceUID") == instance)
+    return DicomFile(path, str(sop_class), str(instance), str(syntax), path.stat().st_size,
+                     as_stored)
 
 
 def contexts_for(files: Iterable[DicomFile], decompress: bool) -> set[tuple[str, str]]:

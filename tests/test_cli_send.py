@@ -183,3 +183,31 @@ def instance_uid(path: Path) -> str:
     from pydicom import dcmread
 
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_files_go_as_stored_unless_their_meta_or_encoding_disagrees(pki, store_scp, dicom_file,
+                                                                    tmp_path):
+    """A file goes on the wire as stored; one whose file meta names another
+    instance, or whose encoding pydicom remarks on, is decoded and sent as
+    its dataset says.  Every one arrives, byte-identical."""
+    from pydicom import dcmread
+
+    from dcxsec.dicomfiles import read_header
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    clean = dicom_file(64 * 1024, folder / "clean.dcm")
+    other = dicom_file(64 * 1024, folder / "other.dcm")
+    ds = dcmread(other)
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"  # not the dataset's instance
+    ds.save_as(other)  # as given: enforce_file_format would set the meta right
+    quirky = folder / "rtplan.dcm"  # pydicom remarks on its encoding as it reads it
+    shutil.copy(get_testdata_file("rtplan.dcm"), quirky)
+    assert [read_header(p).as_stored for p in (clean, other, quirky)] == [True, False, False]
+    scp = store_scp()
+    done = dcxsec_cli("send", "127.0.0.1", str(scp.port), str(folder), "--json",
+                      *tls(pki.client, pki.ca))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["stored"] == 3
+    assert set(scp.attempts) == {instance_uid(p) for p in (clean, other, quirky)}
+    assert scp.datasets() == sent_datasets(folder)
