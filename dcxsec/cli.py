@@ -14,6 +14,15 @@ def _version() -> str:
     return f"dcxsec {dcxsec.__version__} on {dcxsec.backend()}"
 
 
+def _without_numpy() -> None:
+    """Keep pydicom from importing numpy, for a command that decodes no pixel
+    data: pydicom imports it when it is installed, and that import (OpenBLAS
+    starts a thread per core) is a third of the CPU a ``dcxsec send`` or
+    ``echo`` takes to start.  pydicom works without numpy, as it is optional."""
+    if "numpy" not in sys.modules:
+        sys.modules["numpy"] = None  # type: ignore[assignment] - import raises ImportError
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dcxsec", description="Secure DICOM networking (DICOM TLS).")
     parser.add_argument("--version", action="version", version=_version())
@@ -27,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", type=int, default=512 * 1024, help="bytes per object (default 512 KiB)")
     commands.add_parser("version", help="the dcxsec version and its TLS engine")
     args = parser.parse_args(argv)
+    if not (args.command == "demo" or getattr(args, "decompress", False)):
+        _without_numpy()
     if args.command == "cert":
         return certcli.run(args)
     if args.command in ("echo", "send", "receive"):

@@ -19,15 +19,15 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydicom import dcmread
+from typing import TYPE_CHECKING, Any
 
 from dcxsec import cliopts
-from dcxsec.dicomfiles import DicomFile, batches, contexts_for, read_header, walk
 from dcxsec.errors import ConfigurationError
 from dcxsec.progress import Progress
 from dcxsec.requestor import steady
+
+if TYPE_CHECKING:  # pydicom is imported once the command line is read (see cli.py)
+    from dcxsec.dicomfiles import DicomFile
 
 WARNINGS = (0x0001, 0xB000, 0xB006, 0xB007)  # stored, with a remark
 
@@ -117,6 +117,8 @@ class Sender:
                 return
         try:
             if source is f.path and not f.as_stored:
+                from pydicom import dcmread
+
                 source = dcmread(f.path)  # a quirky file: decoded, and encoded again as it says
             status = assoc.send_c_store(source)
         except Exception as exc:  # noqa: BLE001 - pynetdicom refuses a dataset in many ways
@@ -154,6 +156,8 @@ class Sender:
             assoc.release()
 
     def run(self, files: list[DicomFile]) -> None:
+        from dcxsec.dicomfiles import batches, contexts_for
+
         for batch in batches(files, self.args.decompress):
             contexts = contexts_for(batch, self.args.decompress)
             work: queue.Queue = queue.Queue()
@@ -173,6 +177,8 @@ class Sender:
 
 
 def decompressed(f: DicomFile):
+    from pydicom import dcmread
+
     ds = dcmread(f.path)
     ds.decompress()
     return ds
@@ -180,6 +186,8 @@ def decompressed(f: DicomFile):
 
 def collect(paths: list[Path], recursive: bool) -> tuple[list[DicomFile], list[tuple[Path, str]]]:
     """The DICOM files found, and the files skipped with why."""
+    from dcxsec.dicomfiles import read_header, walk
+
     files, skipped = [], []
     for path in walk(paths, recursive):
         try:
