@@ -197,3 +197,19 @@ def test_the_max_pdu_offered_is_the_one_given(pki, receive, client_ctx, dicom_fi
         assert [dataset_bytes(p) for p in stored(r.out)] == [dataset_bytes(source)]
     done = dcxsec_cli("receive", str(free_port()), "--out", str(r.out), "--max-pdu", "100")
     assert done.returncode == 2 and "--max-pdu must be 0 (no limit) or at least 4096" in done.stderr
+
+
+@pytest.mark.parametrize("instance", ["1.2.3.4.5", "1.2.3.4.55"])  # odd and even lengths
+def test_file_head_is_the_one_pynetdicom_writes(instance):
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    from dcxsec.part10 import PREAMBLE, file_head
+
+    ct, explicit = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1"
+    expected = PREAMBLE + encode_file_meta(create_file_meta(
+        sop_class_uid=ct, sop_instance_uid=instance, transfer_syntax=explicit))
+    assert file_head(ct, instance, explicit) == expected
+    for bad in ("", "1." * 40, "1.2.3.é"):
+        with pytest.raises(ValueError):
+            file_head(ct, bad, explicit)
+
