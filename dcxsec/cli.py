@@ -15,10 +15,11 @@ def _version() -> str:
 
 
 def _without_numpy() -> None:
-    """Keep pydicom from importing numpy, for a command that decodes no pixel
-    data: pydicom imports it when it is installed, and that import (OpenBLAS
-    starts a thread per core) is a third of the CPU a ``dcxsec send`` or
-    ``echo`` takes to start.  pydicom works without numpy, as it is optional."""
+    """Keep pydicom from importing numpy in echo, send and receive, which
+    decode no pixel data (``send --decompress`` does): pydicom imports numpy
+    when it is installed, and that import (OpenBLAS starts a thread per core)
+    was a third of the CPU a ``dcxsec send`` took to start.  pydicom works
+    without numpy, as it is optional for it."""
     if "numpy" not in sys.modules:
         sys.modules["numpy"] = None  # type: ignore[assignment] - import raises ImportError
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", type=int, default=512 * 1024, help="bytes per object (default 512 KiB)")
     commands.add_parser("version", help="the dcxsec version and its TLS engine")
     args = parser.parse_args(argv)
-    if not (args.command == "demo" or getattr(args, "decompress", False)):
+    if args.command in ("echo", "send", "receive") and not getattr(args, "decompress", False):
         _without_numpy()
     if args.command == "cert":
         return certcli.run(args)

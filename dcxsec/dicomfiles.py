@@ -26,7 +26,6 @@ class DicomFile:
     size: int
     as_stored: bool = False  # its encoded dataset can go on the wire byte for byte
 
-
     @property
     def compressed(self) -> bool:
         return UID(self.transfer_syntax).is_compressed
