@@ -1,6 +1,9 @@
 """``python -m dcxsec``: the command line."""
+import gc
 import sys
 
-from dcxsec.cli import main
+gc.disable()  # until cli.main has imported what the command needs, then froze it
+
+from dcxsec.cli import main  # noqa: E402
 
 sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from dcxsec import certcli, echo, receive, send
@@ -24,6 +25,28 @@ def _without_numpy() -> None:
         sys.modules["numpy"] = None  # type: ignore[assignment] - import raises ImportError
 
 
+def _imported_quietly(command: str, decompress: bool) -> None:
+    """For echo, send and receive, which run as processes of their own:
+    import what they need with the cyclic collector paused, then freeze every
+    object so far.  The collector would otherwise walk the modules' objects
+    again and again as the imports make them (a fifth of a ``dcxsec send``'s
+    start), and forked ``--workers`` share them untouched.  ``python -m
+    dcxsec`` pauses the collector before importing anything."""
+    if command not in ("echo", "send", "receive"):
+        gc.enable()
+        return
+    gc.disable()
+    try:
+        if not decompress:
+            _without_numpy()
+        import pydicom  # noqa: F401
+        import pynetdicom  # noqa: F401
+        from pynetdicom import sop_class  # noqa: F401
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dcxsec", description="Secure DICOM networking (DICOM TLS).")
     parser.add_argument("--version", action="version", version=_version())
@@ -37,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", type=int, default=512 * 1024, help="bytes per object (default 512 KiB)")
     commands.add_parser("version", help="the dcxsec version and its TLS engine")
     args = parser.parse_args(argv)
-    if args.command in ("echo", "send", "receive") and not getattr(args, "decompress", False):
-        _without_numpy()
+    _imported_quietly(args.command, getattr(args, "decompress", False))
     if args.command == "cert":
         return certcli.run(args)
     if args.command in ("echo", "send", "receive"):
