@@ -2,7 +2,7 @@
 folder of 512 KiB CT objects, into one receiver that writes every object to
 disk.  The senders are ``dcxsec send`` processes, and then DCMTK's
 ``storescu +tls``, which leaves the receiver most of the 2 cores (4 Python
-senders take about 3 of the 4.4 core-seconds a round has).  The receivers:
+senders take about 1.8 of the 3.3 core-seconds a round has).  The receivers:
 
 - ``dcxsec receive`` with ``--workers 1`` and ``--workers 2``, and with
   ``--max-pdu 16382`` (what its 1 MiB default gains);
