@@ -9,10 +9,13 @@ from typing import Iterable, Iterator
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import data_element_generator
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 MAX_CONTEXTS = 128  # an A-ASSOCIATE-RQ carries at most 128 presentation contexts
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: a file-set's index, not an object
+META_START = 144  # the preamble, "DICM" and (0002,0000), which says how long the rest of group 2 is
+UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class DicomFile:
     transfer_syntax: str
     size: int
     as_stored: bool = False  # its encoded dataset can go on the wire byte for byte
+    damage: str = ""  # why it must not be sent at all (a file cut short)
 
     @property
     def compressed(self) -> bool:
@@ -68,8 +72,33 @@ def read_header(path: Path) -> DicomFile:
     # a quirky file goes decoded and encoded again, in its transfer syntax.
     as_stored = (not remarks and meta.get("MediaStorageSOPClassUID") == sop_class
                  and meta.get("MediaStorageSOPInstanceUID") == instance)
-    return DicomFile(path, str(sop_class), str(instance), str(syntax), path.stat().st_size,
-                     as_stored)
+    size = path.stat().st_size
+    damage = "" if remarks else truncation(path, meta, UID(syntax), size)
+    return DicomFile(path, str(sop_class), str(instance), str(syntax), size, as_stored, damage)
+
+
+def truncation(path: Path, meta, syntax: UID, size: int) -> str:
+    """Why the dataset of a file is cut short, or "" when its last element
+    ends where the file does.  Walks the elements' headers, skipping values."""
+    group_length = meta.get("FileMetaInformationGroupLength")
+    if group_length is None or syntax.is_deflated:
+        return ""  # where the dataset starts, or its layout, is unknown without more work
+    end = META_START + group_length
+    try:
+        with open(path, "rb") as fp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fp.seek(end)
+            for element in data_element_generator(fp, syntax.is_implicit_VR,
+                                                  syntax.is_little_endian, defer_size=1024):
+                skipped = element.value is None and element.length != UNDEFINED_LENGTH
+                end = element.value_tell + element.length if skipped else fp.tell()
+    except EOFError:
+        return "truncated: the file ends inside an element of undefined length"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if end > size:
+        return f"truncated: its last element ends at byte {end:,}, the file at byte {size:,}"
+    return ""
 
 
 def contexts_for(files: Iterable[DicomFile], decompress: bool) -> set[tuple[str, str]]:

@@ -100,6 +100,10 @@ class Sender:
             plain=self.tls_args is None)
 
     def store(self, assoc: Any, f: DicomFile) -> None:
+        if f.damage:
+            self.outcome.fail(f, f.damage, retryable=False)
+            self.progress.advance(f.size)
+            return
         accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
         source: Any = f.path
         if (f.sop_class, f.transfer_syntax) not in accepted:

@@ -211,3 +211,26 @@ def test_files_go_as_stored_unless_their_meta_or_encoding_disagrees(pki, store_s
     assert json.loads(done.stdout)["stored"] == 3
     assert set(scp.attempts) == {instance_uid(p) for p in (clean, other, quirky)}
     assert scp.datasets() == sent_datasets(folder)
+
+
+def test_a_file_cut_short_is_not_sent_and_fails(pki, store_scp, dicom_file, tmp_path):
+    """A file whose last element runs past its end (native pixel data, or
+    encapsulated fragments without their delimiter) fails without being
+    sent; the others go."""
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    whole = dicom_file(64 * 1024, folder / "whole.dcm")
+    native = folder / "native.dcm"
+    native.write_bytes(dicom_file(64 * 1024, tmp_path / "source.dcm").read_bytes()[:-1000])
+    encapsulated = folder / "jpeg.dcm"
+    encapsulated.write_bytes(Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")).read_bytes()[:-500])
+    scp = store_scp()
+    done = dcxsec_cli("send", "127.0.0.1", str(scp.port), str(folder), "--json",
+                      *tls(pki.client, pki.ca))
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)
+    assert result["stored"] == 1 and result["failed"] == 2
+    reasons = {Path(f["path"]).name: f["reason"] for f in result["failures"]}
+    assert reasons["native.dcm"].startswith("truncated: its last element ends at byte")
+    assert reasons["jpeg.dcm"].startswith("truncated: the file ends inside")
+    assert set(scp.attempts) == {instance_uid(whole)}
