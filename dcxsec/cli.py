@@ -40,8 +40,7 @@ def _imported_quietly(command: str, decompress: bool) -> None:
         if not decompress:
             _without_numpy()
         import pydicom  # noqa: F401
-        import pynetdicom  # noqa: F401
-        from pynetdicom import sop_class  # noqa: F401
+        import pynetdicom  # noqa: F401 - its SOP classes, presentation contexts and all
     finally:
         gc.freeze()
         gc.enable()

@@ -27,17 +27,21 @@ def _uid(value: str) -> bytes:
     return encoded
 
 
+_VERSION = _LONG.pack(0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"  # File Meta Information Version
+_IMPLEMENTATION = (_short(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID), b"\x00")
+                   + _short(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" "))
+
+
 def file_head(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     """Preamble, prefix and file meta group for an object of ``sop_class``
     and ``sop_instance`` encoded in ``transfer_syntax``; ValueError for a UID
     that cannot be one (not ASCII, empty or too long)."""
     body = b"".join((
-        _LONG.pack(0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",  # File Meta Information Version
+        _VERSION,
         _short(0x0002, b"UI", _uid(sop_class), b"\x00"),
         _short(0x0003, b"UI", _uid(sop_instance), b"\x00"),
         _short(0x0010, b"UI", _uid(transfer_syntax), b"\x00"),
-        _short(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID), b"\x00"),
-        _short(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" "),
+        _IMPLEMENTATION,
     ))
     group_length = _SHORT.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<I", len(body))
     return PREAMBLE + group_length + body

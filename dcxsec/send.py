@@ -100,10 +100,6 @@ class Sender:
             plain=self.tls_args is None)
 
     def store(self, assoc: Any, f: DicomFile) -> None:
-        if f.damage:
-            self.outcome.fail(f, f.damage, retryable=False)
-            self.progress.advance(f.size)
-            return
         accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
         source: Any = f.path
         if (f.sop_class, f.transfer_syntax) not in accepted:
@@ -162,7 +158,11 @@ class Sender:
     def run(self, files: list[DicomFile]) -> None:
         from dcxsec.dicomfiles import batches, contexts_for
 
-        for batch in batches(files, self.args.decompress):
+        for f in files:  # a file cut short fails before any association is asked for it
+            if f.damage:
+                self.outcome.fail(f, f.damage, retryable=False)
+                self.progress.advance(f.size)
+        for batch in batches([f for f in files if not f.damage], self.args.decompress):
             contexts = contexts_for(batch, self.args.decompress)
             work: queue.Queue = queue.Queue()
             for f in batch:
